@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Builds the homi guest kernel: Debian's linux-source-7.2, plus qemu/patches/*.patch,
+# configured from allnoconfig + qemu/kernel.config (+ qemu/kernel-debug.config for
+# VARIANT=debug). The result is cached outside the repository under a key made of
+# the source version, config fragments, patches, toolchain versions and this
+# script, so an unchanged tree is never rebuilt.
+#
+# Prints the build directory (the KDIR for out-of-tree modules) on stdout.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/versions.sh"
+variant=${VARIANT:-release}
+
+log() { echo "kernel: $*" >&2; }
+
+src=$("$here/fetch-kernel.sh")
+ver=$(basename "$src")
+
+frags=("$here/kernel.config")
+[ "$variant" = debug ] && frags+=("$here/kernel-debug.config")
+[ "$variant" = release ] || [ "$variant" = debug ] || { log "unknown VARIANT=$variant (release|debug)"; exit 1; }
+shopt -s nullglob
+patches=("$here"/patches/*.patch)
+shopt -u nullglob
+
+key=$( {
+	echo "$ver $variant"
+	cat "${frags[@]}" "$0"
+	for p in "${patches[@]}"; do basename "$p"; cat "$p"; done
+	/usr/bin/rustc --version; clang$LLVM_SUFFIX --version | head -1; "$HOMI_TOOLS/bin/bindgen" --version
+} | sha256sum | cut -c1-16)
+
+out=$HOMI_CACHE/kernel/$ver-$variant-$key
+if [ -f "$out/.homi-built" ]; then
+	log "cached: $out ($(cat "$out/.homi-built"))"
+	echo "$out"
+	exit 0
+fi
+
+start=$(date +%s)
+tree=$HOMI_CACHE/tree/$ver-$key
+if [ ! -f "$tree/.homi-patched" ]; then
+	rm -rf "$tree"
+	mkdir -p "$(dirname "$tree")"
+	# Hard links are safe: patch(1) replaces files rather than writing through them.
+	cp -al "$src" "$tree"
+	for p in "${patches[@]}"; do
+		log "applying $(basename "$p")"
+		patch -d "$tree" -p1 --quiet --forward < "$p"
+	done
+	touch "$tree/.homi-patched"
+fi
+
+mk=(make -C "$tree" O="$out" LLVM="$LLVM_SUFFIX" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+	BINDGEN="$HOMI_TOOLS/bin/bindgen" -s)
+export LIBCLANG_PATH=/usr/lib/llvm${LLVM_SUFFIX}/lib
+rm -rf "$out"
+mkdir -p "$out"
+"${mk[@]}" rustavailable >&2 || { log "the kernel reports Rust unavailable (run make setup)"; exit 1; }
+cat "${frags[@]}" > "$out/homi.config"
+KCONFIG_ALLCONFIG="$out/homi.config" "${mk[@]}" allnoconfig >&2
+
+# Every requested option must have survived dependency resolution.
+missing=0
+while IFS= read -r line; do
+	case "$line" in ''|'#'*) continue ;; esac
+	opt=${line%%=*} val=${line#*=}
+	if [ "$val" = n ]; then
+		grep -qx "$opt=y" "$out/.config" && { log "config: $opt should be off"; missing=1; }
+	else
+		grep -qxF "$line" "$out/.config" || { log "config: $line did not survive (dependency missing?)"; missing=1; }
+	fi
+done < "$out/homi.config"
+[ "$missing" = 0 ] || exit 1
+
+jobs=$(( $(nproc) + 1 ))
+log "building Linux $ver ($variant) with -j$jobs in $out"
+"${mk[@]}" -j"$jobs" >&2
+elapsed=$(( $(date +%s) - start ))
+echo "built in ${elapsed}s on $(nproc) cores, $(date -u +%FT%TZ)" > "$out/.homi-built"
+log "built Linux $ver ($variant) in ${elapsed}s"
+echo "$out"

@@ -1,0 +1,37 @@
+//! `homi-vmtest`: homi's in-VM test suites.
+//!
+//! Runs inside the test VM (`cargo xtask vm`), as root, against the real nvme driver
+//! and QEMU's emulated controller. Every check prints `ok - NAME` or
+//! `not ok - NAME: WHY`, appends the same line to `$HOMI_OUT/results.txt` for the host
+//! to count, and the run ends with `N passed, N failed`.
+
+mod harness;
+mod kmod;
+mod suites;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(about = "homi in-VM test suites (run inside the test VM, as root)")]
+struct Args {
+    /// Path of the homi.ko to load and unload.
+    #[arg(long)]
+    kmod: PathBuf,
+    /// Suites to run, in order.
+    #[arg(default_values_t = ["basic".to_string()])]
+    suites: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut h = harness::Harness::new();
+    for suite in &args.suites {
+        if let Err(e) = suites::run(suite, &args.kmod, &mut h) {
+            h.record(&format!("{suite}: suite"), Err(e));
+        }
+    }
+    h.finish()
+}

@@ -1,0 +1,91 @@
+//! The suites, by name.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context};
+use homi::{uapi, HomiDevice};
+
+use crate::harness::Harness;
+use crate::kmod;
+
+/// Runs the suite `name`.
+pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    match name {
+        "basic" => basic(kmod_path, h),
+        other => bail!("unknown suite {other:?} (known: basic)"),
+    }
+}
+
+/// The harness itself: the guest sees the emulated controller, and homi.ko loads,
+/// answers VERSION, and unloads without a kernel warning.
+fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    h.check("basic: guest sees nvme0 and its namespace", || {
+        ensure!(
+            Path::new("/sys/class/nvme/nvme0").exists(),
+            "no /sys/class/nvme/nvme0"
+        );
+        ensure!(Path::new("/dev/nvme0").exists(), "no /dev/nvme0");
+        ensure!(Path::new("/dev/nvme0n1").exists(), "no /dev/nvme0n1");
+        let model = std::fs::read_to_string("/sys/class/nvme/nvme0/model")?;
+        ensure!(
+            model.contains("QEMU"),
+            "unexpected controller model {model:?}"
+        );
+        Ok(())
+    });
+    if kmod::loaded("homi") {
+        bail!("homi is already loaded; the suite needs to load it itself");
+    }
+    let loaded = h.check("basic: homi.ko loads and creates /dev/homi", || {
+        kmod::load(kmod_path, "")?;
+        ensure!(kmod::loaded("homi"), "/sys/module/homi missing after load");
+        ensure!(
+            HomiDevice::default_path().exists(),
+            "no /dev/homi after load"
+        );
+        Ok(())
+    });
+    if loaded {
+        h.check("basic: VERSION ioctl round-trips", || {
+            let dev = HomiDevice::open().context("open /dev/homi")?;
+            let v = dev.version()?;
+            ensure!(
+                (v.abi_major, v.abi_minor) == (uapi::ABI_MAJOR, uapi::ABI_MINOR),
+                "module ABI {}.{} != library ABI {}.{}",
+                v.abi_major,
+                v.abi_minor,
+                uapi::ABI_MAJOR,
+                uapi::ABI_MINOR
+            );
+            Ok(())
+        });
+        h.check("basic: unknown ioctl answers ENOTTY", || {
+            let f = std::fs::File::open(HomiDevice::default_path())?;
+            // An ioctl number of homi's type that the ABI does not define.
+            let bogus = nix::request_code_none!(uapi::IOCTL_TYPE, 0x7f);
+            // SAFETY: a no-argument ioctl; the module must reject it without touching memory.
+            let rc = unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), bogus) };
+            let err = std::io::Error::last_os_error();
+            ensure!(
+                rc == -1 && err.raw_os_error() == Some(nix::libc::ENOTTY),
+                "got rc {rc}, {err}"
+            );
+            Ok(())
+        });
+        h.check("basic: homi.ko unloads cleanly", || {
+            kmod::unload("homi").context("delete_module(homi)")?;
+            ensure!(!kmod::loaded("homi"), "/sys/module/homi still present");
+            ensure!(
+                !HomiDevice::default_path().exists(),
+                "/dev/homi still present"
+            );
+            Ok(())
+        });
+    }
+    h.check("basic: kernel log has no warning or splat", || {
+        let bad = kmod::splats()?;
+        ensure!(bad.is_empty(), "kernel log:\n{}", bad.join("\n"));
+        Ok(())
+    });
+    Ok(())
+}

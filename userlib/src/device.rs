@@ -1,0 +1,69 @@
+//! An open `/dev/homi`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use homi_uapi::{HomiVersion, ABI_MAJOR};
+
+use crate::{sys, Error, Result};
+
+/// An open file of the homi misc device.
+#[derive(Debug)]
+pub struct HomiDevice {
+    fd: File,
+}
+
+impl HomiDevice {
+    /// The default device node.
+    pub fn default_path() -> PathBuf {
+        Path::new("/dev").join(homi_uapi::DEVICE_NAME)
+    }
+
+    /// Opens `/dev/homi` and checks that the module speaks a compatible ABI.
+    pub fn open() -> Result<Self> {
+        Self::open_path(&Self::default_path())
+    }
+
+    /// Opens the homi device at `path` and checks the module's ABI version.
+    pub fn open_path(path: &Path) -> Result<Self> {
+        let fd = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        let dev = Self { fd };
+        let v = dev.version()?;
+        if v.abi_major != ABI_MAJOR {
+            return Err(Error::AbiMismatch {
+                module_major: v.abi_major,
+                module_minor: v.abi_minor,
+                lib_major: ABI_MAJOR,
+            });
+        }
+        tracing::debug!(
+            abi_major = v.abi_major,
+            abi_minor = v.abi_minor,
+            "opened {}",
+            path.display()
+        );
+        Ok(dev)
+    }
+
+    /// Asks the module for its ABI version and feature bits.
+    pub fn version(&self) -> Result<HomiVersion> {
+        let mut v = HomiVersion::default();
+        // SAFETY: the fd is open for the life of `self`, and `v` is a valid, writable
+        // `HomiVersion`, which is what this ioctl writes.
+        unsafe { sys::homi_version(self.fd.as_raw_fd(), &mut v) }.map_err(|source| {
+            Error::Ioctl {
+                op: "HOMI_IOCTL_VERSION",
+                source,
+            }
+        })?;
+        Ok(v)
+    }
+}

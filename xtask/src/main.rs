@@ -1,0 +1,129 @@
+//! `cargo xtask`: homi's one runner.
+//!
+//! - `setup`: install everything the harness needs (qemu/setup.sh);
+//! - `kernel`: build (or reuse) the cached guest kernel (qemu/kernel.sh);
+//! - `kmod`: build homi.ko against it with `W=1 CLIPPY=1`, rustfmt-checked;
+//! - `vm -- CMD`: boot the test VM with emulated NVMe and run CMD inside;
+//! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
+//! - `demo`: the main job, end to end.
+
+mod kbuild;
+mod tally;
+mod test;
+mod vm;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "homi's runner")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install packages and tools (idempotent; needs root or sudo).
+    Setup,
+    /// Build the guest kernel, or reuse the cached build; prints its directory.
+    Kernel(kbuild::KernelArgs),
+    /// Build kmod/homi.ko against the guest kernel, W=1 CLIPPY=1, warnings are errors.
+    Kmod(kbuild::KernelArgs),
+    /// Boot the test VM and run a command inside it.
+    Vm(vm::VmArgs),
+    /// Run every test: host, kmod build, in-VM suites.
+    Test(test::TestArgs),
+    /// The main job: boot the VM, load homi.ko, talk to it, show what happened.
+    Demo(vm::VmOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Setup => setup(),
+        Cmd::Kernel(a) => kbuild::kernel(&a).map(|k| {
+            println!("{}", k.dir.display());
+            0
+        }),
+        Cmd::Kmod(a) => kbuild::kernel(&a).and_then(|k| kbuild::kmod(&k)).map(|_| 0),
+        Cmd::Vm(a) => vm::run_cli(&a),
+        Cmd::Test(a) => test::run(&a),
+        Cmd::Demo(o) => demo(&o),
+    };
+    match result {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (the parent of xtask/).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_owned()
+}
+
+/// Runs `cmd`, failing with its description if it does not exit 0.
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawn {what}"))?;
+    if !status.success() {
+        bail!("{what} failed: {status}");
+    }
+    Ok(())
+}
+
+fn setup() -> anyhow::Result<i32> {
+    run_checked(Command::new("bash").arg(repo_root().join("qemu/setup.sh")))?;
+    Ok(0)
+}
+
+/// Builds the workspace binaries the guest runs, in release mode.
+pub fn build_guest_binaries() -> anyhow::Result<PathBuf> {
+    run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "homi-vmtests",
+        "-p",
+        "homi-cli",
+    ]))?;
+    Ok(repo_root().join("target/release"))
+}
+
+fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
+    setup()?;
+    let k = kbuild::kernel(&opts.kernel)?;
+    let ko = kbuild::kmod(&k)?;
+    let bin = build_guest_binaries()?;
+    let script = format!(
+        "set -e\n\
+         echo '--- guest: controllers the nvme driver owns'\n\
+         for c in /sys/class/nvme/nvme*; do echo \"$(basename $c): $(cat $c/model) queues=$(ls -d /sys/block/$(basename $c)n1/mq/* | wc -l)\"; done\n\
+         echo '--- guest: loading homi.ko'\n\
+         insmod {ko}\n\
+         echo '--- guest: homi info'\n\
+         {bin}/homi version\n\
+         echo '--- guest: unloading homi.ko'\n\
+         rmmod homi\n\
+         dmesg | grep -i homi\n",
+        ko = ko.display(),
+        bin = bin.display()
+    );
+    let run = vm::boot(&k, opts, &script)?;
+    println!(
+        "demo: booted to the command in {:.2}s ({}); guest exit status {}",
+        run.boot_secs, run.accel, run.exit_status
+    );
+    Ok(run.exit_status)
+}

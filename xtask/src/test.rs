@@ -1,0 +1,176 @@
+//! `cargo xtask test`: every suite, one closing line.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::kbuild;
+use crate::tally::Tally;
+use crate::vm::{self, VmOptions};
+use crate::{build_guest_binaries, repo_root};
+
+/// `cargo xtask test`.
+#[derive(Args, Debug)]
+pub struct TestArgs {
+    /// Skip `setup` (package installs); for machines already set up.
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Host checks only: no kernel, no kmod, no VM.
+    #[arg(long)]
+    pub host_only: bool,
+    #[command(flatten)]
+    pub opts: VmOptions,
+}
+
+/// Runs everything and prints `N passed, N failed` last.
+pub fn run(args: &TestArgs) -> anyhow::Result<i32> {
+    if !args.no_setup {
+        crate::run_checked(Command::new("bash").arg(repo_root().join("qemu/setup.sh")))?;
+    }
+    let mut t = Tally::default();
+    host(&mut t);
+    if !args.host_only {
+        in_vm(args, &mut t);
+    }
+    Ok(t.finish())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(repo_root());
+    c
+}
+
+/// Host unit tests, formatting and lints of the cargo workspace.
+fn host(t: &mut Tally) {
+    let fmt = cargo().args(["fmt", "--all", "--check"]).output();
+    let fmt = fmt.map_err(anyhow::Error::from).and_then(|o| {
+        if o.status.success() {
+            Ok(())
+        } else {
+            bail!("{}", String::from_utf8_lossy(&o.stdout))
+        }
+    });
+    t.result("host: cargo fmt --check", &fmt);
+
+    let clippy = cargo()
+        .args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .status();
+    let clippy = match clippy {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(anyhow::anyhow!("clippy: {s}")),
+        Err(e) => Err(e.into()),
+    };
+    t.result("host: cargo clippy -D warnings", &clippy);
+
+    match cargo().args(["test", "--workspace"]).output() {
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            print!("{}", String::from_utf8_lossy(&o.stdout));
+            let (p, f) = cargo_test_counts(&text);
+            if !o.status.success() && f == 0 {
+                t.record("host: cargo test", false, &text);
+            }
+            t.add_counts("host: cargo test failure", p, f);
+        }
+        Err(e) => t.record("host: cargo test", false, &e.to_string()),
+    }
+}
+
+/// Sums the `test result: ok. N passed; M failed; ...` lines of `cargo test`.
+fn cargo_test_counts(text: &str) -> (usize, usize) {
+    let (mut p, mut f) = (0, 0);
+    for line in text.lines().filter(|l| l.starts_with("test result:")) {
+        let num = |key: &str| -> usize {
+            line.split(';')
+                .find_map(|part| part.trim().strip_suffix(key).map(str::trim))
+                .and_then(|n| n.rsplit(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        p += num("passed");
+        f += num("failed");
+    }
+    (p, f)
+}
+
+/// The kmod build and the in-VM suites.
+fn in_vm(args: &TestArgs, t: &mut Tally) {
+    let k = kbuild::kernel(&args.opts.kernel);
+    if !t.result("kernel: guest kernel built or cached", &k) {
+        return;
+    }
+    let k = k.expect("checked");
+    let ko = kbuild::kmod(&k);
+    if !t.result(
+        "kmod: homi.ko builds with W=1 CLIPPY=1, no warnings, rustfmt-clean",
+        &ko,
+    ) {
+        return;
+    }
+    let ko = ko.expect("checked");
+    let bin = build_guest_binaries();
+    if !t.result("host: guest binaries build", &bin) {
+        return;
+    }
+    let bin = bin.expect("checked");
+
+    let opts = VmOptions {
+        quiet: true,
+        ..args.opts.clone()
+    };
+    let script = format!(
+        "{}/homi-vmtest --kmod {} basic\n",
+        bin.display(),
+        ko.display()
+    );
+    let run = vm::boot_named(&k, &opts, &script, "test-basic").context("boot the test VM");
+    if !t.result("vm: boots and runs the basic suite", &run) {
+        return;
+    }
+    let run = run.expect("checked");
+    println!(
+        "vm: booted to the test command in {:.2}s ({})",
+        run.boot_secs, run.accel
+    );
+    let results = run.out_file("results.txt").unwrap_or_default();
+    let n = t.add_tap(&results);
+    t.record(
+        "vm: basic suite reported its checks and exited 0",
+        n > 0 && run.exit_status == 0,
+        &format!("{n} checks, exit status {}", run.exit_status),
+    );
+    let dmesg = run.dmesg();
+    let bad = vm::splats(&dmesg);
+    t.record(
+        "vm: guest kernel log clean after the suite",
+        bad.is_empty(),
+        &bad.join("\n"),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cargo_test_counts;
+
+    #[test]
+    fn counts_cargo_test_summaries() {
+        let text = "test result: ok. 3 passed; 0 failed; 0 ignored\n\
+                    noise\n\
+                    test result: FAILED. 1 passed; 2 failed; 0 ignored\n";
+        assert_eq!(cargo_test_counts(text), (4, 2));
+    }
+}
