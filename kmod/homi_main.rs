@@ -21,6 +21,11 @@ use kernel::{
     uaccess::UserSlice,
 };
 
+#[allow(
+    unreachable_pub,
+    dead_code,
+    reason = "the ABI file is public API in user space; the module uses part of it"
+)]
 #[path = "../uapi/src/abi.rs"]
 mod uapi;
 
@@ -50,11 +55,7 @@ struct HomiModule {
 
 impl kernel::InPlaceModule for HomiModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        pr_info!(
-            "homi: ABI {}.{} loaded\n",
-            uapi::ABI_MAJOR,
-            uapi::ABI_MINOR
-        );
+        pr_info!("ABI {}.{} loaded\n", uapi::ABI_MAJOR, uapi::ABI_MINOR);
         try_pin_init!(Self {
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"homi" }),
         })

@@ -26,8 +26,8 @@ patches=("$here"/patches/*.patch)
 shopt -u nullglob
 
 key=$( {
-	echo "$ver $variant"
-	cat "${frags[@]}" "$0"
+	echo "$ver $variant rev$KERNEL_BUILD_REV"
+	cat "${frags[@]}"
 	for p in "${patches[@]}"; do basename "$p"; cat "$p"; done
 	/usr/bin/rustc --version; clang$LLVM_SUFFIX --version | head -1; "$HOMI_TOOLS/bin/bindgen" --version
 } | sha256sum | cut -c1-16)
@@ -58,6 +58,8 @@ mk=(make -C "$tree" O="$out" LLVM="$LLVM_SUFFIX" RUSTC=/usr/bin/rustc RUSTDOC=/u
 export LIBCLANG_PATH=/usr/lib/llvm${LLVM_SUFFIX}/lib
 rm -rf "$out"
 mkdir -p "$out"
+# A failed or interrupted build leaves nothing that looks reusable.
+trap 'rm -rf "$out"' EXIT
 "${mk[@]}" rustavailable >&2 || { log "the kernel reports Rust unavailable (run make setup)"; exit 1; }
 cat "${frags[@]}" > "$out/homi.config"
 KCONFIG_ALLCONFIG="$out/homi.config" "${mk[@]}" allnoconfig >&2
@@ -80,5 +82,12 @@ log "building Linux $ver ($variant) with -j$jobs in $out"
 "${mk[@]}" -j"$jobs" >&2
 elapsed=$(( $(date +%s) - start ))
 echo "built in ${elapsed}s on $(nproc) cores, $(date -u +%FT%TZ)" > "$out/.homi-built"
+trap - EXIT
 log "built Linux $ver ($variant) in ${elapsed}s"
+
+# Keep the three newest builds of this variant (and their source trees); drop older ones.
+for old in $(ls -dt "$HOMI_CACHE"/kernel/*-"$variant"-* | tail -n +4); do
+	log "pruning old build $old"
+	rm -rf "$old" "$HOMI_CACHE"/tree/*-"${old##*-}"
+done
 echo "$out"

@@ -8,6 +8,9 @@ KERNEL_SUITE=sid
 KERNEL_RUSTC_MINOR_MIN=85
 BINDGEN_VERSION=0.72.1
 LLVM_SUFFIX=-19
+# Bump when kernel.sh changes how the kernel is built (not how it logs), so cached
+# builds made the old way are not reused.
+KERNEL_BUILD_REV=1
 
 # Everything built or downloaded lives outside the repository, keyed by inputs.
 HOMI_CACHE=${HOMI_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/homi}

@@ -90,6 +90,20 @@ pub fn cache_var(name: &str) -> anyhow::Result<String> {
 /// build. Also checks rustfmt with the kernel's settings. Returns the module's path.
 pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
     let kmod_dir = repo_root().join("kmod");
+    // Clean first: Kbuild skips unchanged objects, and their warnings with them.
+    let clean = Command::new("make")
+        .arg("-C")
+        .arg(&k.dir)
+        .arg(format!("M={}", kmod_dir.display()))
+        .arg("clean")
+        .output()
+        .context("run make clean for kmod")?;
+    if !clean.status.success() {
+        bail!(
+            "make clean in kmod failed:\n{}",
+            String::from_utf8_lossy(&clean.stderr)
+        );
+    }
     let out = Command::new("make")
         .arg("-C")
         .arg(&k.dir)
@@ -112,7 +126,7 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
         bail!("homi.ko built with warnings (W=1 CLIPPY=1 must be clean):\n{log}");
     }
     let fmt = Command::new("/usr/bin/rustfmt")
-        .arg("--check")
+        .args(["--check", "--color", "never"])
         .arg(kmod_dir.join("homi_main.rs"))
         .current_dir(&kmod_dir)
         .output()
