@@ -2,24 +2,42 @@
 
 //! homi: Host Orchestrated Multipath I/O.
 //!
-//! Registers the misc device `/dev/homi`, through which user space and GPUs get NVMe
-//! I/O queue pairs beside the kernel's nvme driver. The ioctl ABI is defined once, in
-//! `uapi/src/abi.rs`, and included here as source.
+//! Reserves NVMe I/O queue pairs that nvme-pci does not use, creates them through the
+//! driver's own admin queue, and exports them through the misc device `/dev/homi`, so
+//! user space and GPUs drive the same controller as the kernel, side by side. The
+//! ioctl ABI is defined once, in `uapi/src/abi.rs`, and included here as source.
 //!
 //! C header: [`include/linux/miscdevice.h`](srctree/include/linux/miscdevice.h)
 
 use kernel::{
     fs::File,
-    ioctl::_IOR,
+    ioctl::{
+        _IOR,
+        _IOW,
+        _IOWR, //
+    },
     miscdevice::{
         MiscDevice,
         MiscDeviceOptions,
         MiscDeviceRegistration, //
     },
+    mm::virt::VmaNew,
     prelude::*,
-    transmute::AsBytes,
+    sync::{
+        Arc,
+        ArcBorrow, //
+    },
+    transmute::{
+        AsBytes,
+        FromBytes, //
+    },
     uaccess::UserSlice,
 };
+
+mod admin;
+mod dma;
+mod file;
+mod glue;
 
 #[allow(
     unreachable_pub,
@@ -29,15 +47,45 @@ use kernel::{
 #[path = "../uapi/src/abi.rs"]
 mod uapi;
 
-use uapi::HomiVersion;
+use file::FileState;
+use uapi::*;
 
-// SAFETY: `HomiVersion` is `repr(C)` with fields of 4, 4 and 8 bytes in that order, so it
-// has no padding and every byte of it is initialised.
-unsafe impl AsBytes for HomiVersion {}
+// SAFETY (all impls below): each type is `repr(C)` with only integer fields (and arrays
+// of such types), laid out without padding (asserted by size in the ABI file), so every
+// byte is initialised and every bit pattern is valid.
+macro_rules! abi_bytes {
+    ($($t:ty),*) => {$(
+        // SAFETY: see above.
+        unsafe impl AsBytes for $t {}
+        // SAFETY: see above.
+        unsafe impl FromBytes for $t {}
+    )*};
+}
+abi_bytes!(
+    HomiVersion,
+    HomiAttach,
+    HomiNamespace,
+    HomiInfo,
+    HomiQpair,
+    HomiId,
+    HomiAlloc,
+    HomiRegister
+);
 
 // The ABI file encodes ioctl numbers with its own `_IOC`; the kernel's encoder must agree,
 // which also checks that each number carries its struct's size.
-const _: () = assert!(uapi::HOMI_IOCTL_VERSION == _IOR::<HomiVersion>(uapi::IOCTL_TYPE, 0x00));
+const _: () = {
+    assert!(HOMI_IOCTL_VERSION == _IOR::<HomiVersion>(IOCTL_TYPE, 0x00));
+    assert!(HOMI_IOCTL_ATTACH == _IOW::<HomiAttach>(IOCTL_TYPE, 0x01));
+    assert!(HOMI_IOCTL_INFO == _IOR::<HomiInfo>(IOCTL_TYPE, 0x02));
+    assert!(HOMI_IOCTL_CREATE_QPAIR == _IOWR::<HomiQpair>(IOCTL_TYPE, 0x03));
+    assert!(HOMI_IOCTL_DESTROY_QPAIR == _IOW::<HomiId>(IOCTL_TYPE, 0x04));
+    assert!(HOMI_IOCTL_REARM_QPAIR == _IOWR::<HomiQpair>(IOCTL_TYPE, 0x05));
+    assert!(HOMI_IOCTL_ALLOC == _IOWR::<HomiAlloc>(IOCTL_TYPE, 0x06));
+    assert!(HOMI_IOCTL_FREE == _IOW::<HomiId>(IOCTL_TYPE, 0x07));
+    assert!(HOMI_IOCTL_REGISTER == _IOWR::<HomiRegister>(IOCTL_TYPE, 0x08));
+    assert!(HOMI_IOCTL_UNREGISTER == _IOW::<HomiId>(IOCTL_TYPE, 0x09));
+};
 
 module! {
     type: HomiModule,
@@ -47,45 +95,96 @@ module! {
     license: "GPL",
 }
 
+/// The glue's module-wide state: the PCI bus notifier that tells homi a controller is
+/// being unbound, and the dummy page behind revoked mappings.
+struct Glue;
+
+impl Glue {
+    fn init() -> Result<Self> {
+        // SAFETY: `file::unbinding` is valid for as long as the module is loaded, and
+        // `drop` unregisters it before the module's code goes away.
+        kernel::error::to_result(unsafe { glue::homi_glue_init(file::unbinding) })?;
+        Ok(Self)
+    }
+}
+
+impl Drop for Glue {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `init`; torn down once, here, when no file is open.
+        unsafe { glue::homi_glue_exit() };
+    }
+}
+
 #[pin_data]
 struct HomiModule {
+    _glue: Glue,
     #[pin]
-    _miscdev: MiscDeviceRegistration<HomiFile>,
+    _miscdev: MiscDeviceRegistration<HomiDev>,
 }
 
 impl kernel::InPlaceModule for HomiModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        pr_info!("ABI {}.{} loaded\n", uapi::ABI_MAJOR, uapi::ABI_MINOR);
+        // SAFETY: called once, before any file can exist.
+        unsafe { file::init_globals() };
+        pr_info!("ABI {}.{} loaded\n", ABI_MAJOR, ABI_MINOR);
         try_pin_init!(Self {
+            _glue: Glue::init()?,
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"homi" }),
         })
     }
 }
 
-/// The state of one open file of `/dev/homi`.
-struct HomiFile;
+/// The misc device's file operations.
+struct HomiDev;
+
+fn read_arg<T: FromBytes>(arg: usize) -> Result<T> {
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .reader()
+        .read::<T>()
+}
+
+fn write_arg<T: AsBytes>(arg: usize, val: &T) -> Result<isize> {
+    UserSlice::new(UserPtr::from_addr(arg), size_of::<T>())
+        .writer()
+        .write(val)?;
+    Ok(0)
+}
 
 #[vtable]
-impl MiscDevice for HomiFile {
-    type Ptr = KBox<Self>;
+impl MiscDevice for HomiDev {
+    type Ptr = Arc<FileState>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
-        Ok(KBox::new(HomiFile, GFP_KERNEL)?)
+    fn open(file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Arc<FileState>> {
+        FileState::new(file)
     }
 
-    fn ioctl(_me: &HomiFile, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn release(me: Arc<FileState>, _file: &File) {
+        me.release();
+    }
+
+    fn mmap(me: ArcBorrow<'_, FileState>, _file: &File, vma: &VmaNew) -> Result {
+        me.mmap(vma)
+    }
+
+    fn ioctl(me: ArcBorrow<'_, FileState>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         match cmd {
-            uapi::HOMI_IOCTL_VERSION => {
-                let reply = HomiVersion {
-                    abi_major: uapi::ABI_MAJOR,
-                    abi_minor: uapi::ABI_MINOR,
+            HOMI_IOCTL_VERSION => write_arg(
+                arg,
+                &HomiVersion {
+                    abi_major: ABI_MAJOR,
+                    abi_minor: ABI_MINOR,
                     features: 0,
-                };
-                let mut writer =
-                    UserSlice::new(UserPtr::from_addr(arg), size_of::<HomiVersion>()).writer();
-                writer.write(&reply)?;
-                Ok(0)
-            }
+                },
+            ),
+            HOMI_IOCTL_ATTACH => me.attach(&read_arg(arg)?).map(|()| 0),
+            HOMI_IOCTL_INFO => write_arg(arg, &me.info()?),
+            HOMI_IOCTL_CREATE_QPAIR => write_arg(arg, &me.create_qpair(&read_arg(arg)?)?),
+            HOMI_IOCTL_DESTROY_QPAIR => me.destroy_qpair(&read_arg(arg)?).map(|()| 0),
+            HOMI_IOCTL_REARM_QPAIR => write_arg(arg, &me.rearm_qpair(&read_arg(arg)?)?),
+            HOMI_IOCTL_ALLOC => write_arg(arg, &me.alloc(&read_arg(arg)?)?),
+            HOMI_IOCTL_FREE => me.free(&read_arg(arg)?).map(|()| 0),
+            HOMI_IOCTL_REGISTER => write_arg(arg, &me.register(&read_arg(arg)?)?),
+            HOMI_IOCTL_UNREGISTER => me.unregister(&read_arg(arg)?).map(|()| 0),
             _ => Err(ENOTTY),
         }
     }

@@ -17,7 +17,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -29,6 +29,7 @@ const IOC_NRSHIFT: u32 = 0;
 const IOC_TYPESHIFT: u32 = IOC_NRSHIFT + IOC_NRBITS;
 const IOC_SIZESHIFT: u32 = IOC_TYPESHIFT + IOC_TYPEBITS;
 const IOC_DIRSHIFT: u32 = IOC_SIZESHIFT + IOC_SIZEBITS;
+const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 
 /// Encodes an ioctl number the way the generic `_IOC()` macro does (x86, arm64,
@@ -57,3 +58,252 @@ pub struct HomiVersion {
 ///
 /// Needs no attached controller and no capability.
 pub const HOMI_IOCTL_VERSION: u32 = ioc(IOC_READ, 0x00, core::mem::size_of::<HomiVersion>());
+
+/// `_IOW(0xB9, 0x01, struct homi_attach)`: binds this file to one NVMe controller.
+///
+/// The caller passes an fd of the controller's char device (`/dev/nvmeX`) opened
+/// read-write, and must hold `CAP_SYS_RAWIO`. A file attaches once.
+pub const HOMI_IOCTL_ATTACH: u32 = ioc(IOC_WRITE, 0x01, core::mem::size_of::<HomiAttach>());
+/// `_IOR(0xB9, 0x02, struct homi_info)`: the attached controller, as homi sees it.
+pub const HOMI_IOCTL_INFO: u32 = ioc(IOC_READ, 0x02, core::mem::size_of::<HomiInfo>());
+/// `_IOWR(0xB9, 0x03, struct homi_qpair)`: reserves a spare qid and creates a polled
+/// I/O queue pair on it.
+pub const HOMI_IOCTL_CREATE_QPAIR: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x03,
+    core::mem::size_of::<HomiQpair>(),
+);
+/// `_IOW(0xB9, 0x04, struct homi_id)`: deletes a queue pair (SQ, then CQ) and frees
+/// its qid.
+pub const HOMI_IOCTL_DESTROY_QPAIR: u32 = ioc(IOC_WRITE, 0x04, core::mem::size_of::<HomiId>());
+/// `_IOWR(0xB9, 0x05, struct homi_qpair)`: recreates a queue pair that a controller
+/// reset destroyed, on the same qid and rings, under the new generation.
+pub const HOMI_IOCTL_REARM_QPAIR: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x05,
+    core::mem::size_of::<HomiQpair>(),
+);
+/// `_IOWR(0xB9, 0x06, struct homi_alloc)`: allocates module-owned DMA memory,
+/// physically contiguous as the controller sees it.
+pub const HOMI_IOCTL_ALLOC: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x06,
+    core::mem::size_of::<HomiAlloc>(),
+);
+/// `_IOW(0xB9, 0x07, struct homi_id)`: frees memory from [`HOMI_IOCTL_ALLOC`].
+pub const HOMI_IOCTL_FREE: u32 = ioc(IOC_WRITE, 0x07, core::mem::size_of::<HomiId>());
+/// `_IOWR(0xB9, 0x08, struct homi_register)`: pins user memory and maps it for the
+/// controller, returning one DMA address per page.
+pub const HOMI_IOCTL_REGISTER: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x08,
+    core::mem::size_of::<HomiRegister>(),
+);
+/// `_IOW(0xB9, 0x09, struct homi_id)`: unmaps and unpins a registration.
+pub const HOMI_IOCTL_UNREGISTER: u32 = ioc(IOC_WRITE, 0x09, core::mem::size_of::<HomiId>());
+
+/// Input of [`HOMI_IOCTL_ATTACH`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiAttach {
+    /// An fd of `/dev/nvmeX`, opened read-write.
+    pub nvme_fd: i32,
+    /// Must be zero.
+    pub flags: u32,
+}
+
+/// The most namespaces [`HomiInfo`] lists.
+pub const HOMI_MAX_NAMESPACES: usize = 16;
+
+/// One namespace in [`HomiInfo`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiNamespace {
+    /// Namespace ID.
+    pub nsid: u32,
+    /// log2 of the LBA data size of the namespace's current format.
+    pub lba_shift: u32,
+    /// Size in logical blocks (NSZE).
+    pub blocks: u64,
+    /// Metadata bytes per LBA of the current format.
+    pub meta_size: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// [`HomiInfo::flags`]: the controller is live (not resetting, not being removed).
+pub const HOMI_INFO_LIVE: u32 = 1 << 0;
+/// [`HomiInfo::flags`]: shadow doorbells (Doorbell Buffer Config) are in use, so queues
+/// that only write MMIO doorbells cannot work on this kernel.
+pub const HOMI_INFO_SHADOW_DOORBELLS: u32 = 1 << 1;
+/// [`HomiInfo::flags`]: the controller has a Controller Memory Buffer.
+pub const HOMI_INFO_CMB: u32 = 1 << 2;
+/// [`HomiInfo::flags`]: the controller has more namespaces than [`HomiInfo`] lists.
+pub const HOMI_INFO_MORE_NAMESPACES: u32 = 1 << 3;
+
+/// Reply of [`HOMI_IOCTL_INFO`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiInfo {
+    /// The `X` of `/dev/nvmeX`.
+    pub instance: u32,
+    /// `HOMI_INFO_*` bits.
+    pub flags: u32,
+    /// I/O queues the kernel's nvme driver uses (qids `1..=driver_io_queues`).
+    pub driver_io_queues: u32,
+    /// I/O queues the controller granted (Get Features, Number of Queues).
+    pub granted_io_queues: u32,
+    /// The lowest qid homi may reserve: `driver_io_queues + 1`.
+    pub first_spare_qid: u32,
+    /// Spare qids not reserved by anyone right now.
+    pub spare_free: u32,
+    /// Largest queue depth (CAP.MQES + 1).
+    pub max_queue_entries: u32,
+    /// Doorbell stride in bytes (`4 << CAP.DSTRD`).
+    pub doorbell_stride: u32,
+    /// Smallest memory page size in bytes (`4096 << CAP.MPSMIN`).
+    pub min_page_size: u32,
+    /// Largest transfer in bytes that the driver allows (from MDTS).
+    pub max_transfer: u32,
+    /// The CAP register.
+    pub cap: u64,
+    /// Controller generation: bumped on every controller reset.
+    pub generation: u64,
+    /// Pages pinned by homi registrations, module-wide.
+    pub pinned_pages: u64,
+    /// Bytes of DMA memory homi holds (rings and buffers), module-wide.
+    pub dma_bytes: u64,
+    /// Queue pairs held through homi, module-wide.
+    pub qpairs: u32,
+    /// Entries of `namespaces` that are filled.
+    pub nr_namespaces: u32,
+    /// Active namespaces, lowest nsid first.
+    pub namespaces: [HomiNamespace; HOMI_MAX_NAMESPACES],
+}
+
+/// Input and reply of [`HOMI_IOCTL_CREATE_QPAIR`] and [`HOMI_IOCTL_REARM_QPAIR`].
+///
+/// Offsets are for `mmap(2)` of `/dev/homi` with `MAP_SHARED`; each mapping covers
+/// exactly one ring or the doorbell page.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiQpair {
+    /// In: entries per queue, `2..=max_queue_entries` (create only).
+    pub depth: u32,
+    /// In: must be zero.
+    pub flags: u32,
+    /// Out (in, for rearm): the queue ID.
+    pub qid: u32,
+    /// Out: byte offset of this queue's SQ tail doorbell in the doorbell page; the CQ
+    /// head doorbell is `doorbell_stride` further.
+    pub sq_doorbell: u32,
+    /// Out: bytes of the SQ mapping (`depth * 64`, page-rounded).
+    pub sq_size: u64,
+    /// Out: bytes of the CQ mapping (`depth * 16`, page-rounded).
+    pub cq_size: u64,
+    /// Out: mmap offset of the SQ ring.
+    pub sq_offset: u64,
+    /// Out: mmap offset of the CQ ring.
+    pub cq_offset: u64,
+    /// Out: mmap offset of the doorbell page (one page, uncached). Rearm hands out a
+    /// new one: the old mapping stays revoked.
+    pub doorbell_offset: u64,
+    /// Out: the controller generation the queue lives in.
+    pub generation: u64,
+}
+
+/// Input of the ioctls that name one object.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiId {
+    /// The qid or buffer/registration id.
+    pub id: u32,
+    /// Must be zero.
+    pub flags: u32,
+}
+
+/// Input and reply of [`HOMI_IOCTL_ALLOC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiAlloc {
+    /// In: bytes, a multiple of 4096, at most [`HOMI_ALLOC_MAX`].
+    pub size: u64,
+    /// In: must be zero.
+    pub flags: u32,
+    /// Out: the buffer id, for [`HOMI_IOCTL_FREE`].
+    pub id: u32,
+    /// Out: mmap offset of the buffer.
+    pub offset: u64,
+    /// Out: the controller-visible address of the first byte; the buffer is contiguous.
+    pub dma_addr: u64,
+}
+
+/// Largest single [`HOMI_IOCTL_ALLOC`].
+pub const HOMI_ALLOC_MAX: u64 = 4 << 20;
+
+/// Input and reply of [`HOMI_IOCTL_REGISTER`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiRegister {
+    /// In: user address, 4096-aligned.
+    pub addr: u64,
+    /// In: bytes, a non-zero multiple of 4096.
+    pub len: u64,
+    /// In: user pointer to an array of `len / 4096` u64s, filled with each page's
+    /// controller-visible address.
+    pub dma_addrs: u64,
+    /// In: must be zero.
+    pub flags: u32,
+    /// Out: the registration id, for [`HOMI_IOCTL_UNREGISTER`].
+    pub id: u32,
+}
+
+/// The mmap offset of the file's status page ([`HomiStatus`], read-only, one page).
+/// It can be mapped before attaching and stays valid until the file is closed.
+pub const HOMI_STATUS_OFFSET: u64 = 0;
+/// Slots in [`HomiStatus::queue_state`], indexed by qid.
+pub const HOMI_STATUS_QUEUES: usize = 1000;
+/// [`HomiStatus::queue_state`]: no queue of this file has this qid.
+pub const HOMI_QUEUE_NONE: u32 = 0;
+/// [`HomiStatus::queue_state`]: the queue exists on the controller.
+pub const HOMI_QUEUE_LIVE: u32 = 1;
+/// [`HomiStatus::queue_state`]: a reset or unbind destroyed the queue and revoked its
+/// doorbell mapping. Rearm it (after a reset) or destroy it.
+pub const HOMI_QUEUE_DEAD: u32 = 2;
+/// [`HomiStatus::ctrl_state`]: live.
+pub const HOMI_CTRL_LIVE: u32 = 1;
+/// [`HomiStatus::ctrl_state`]: resetting or otherwise not live.
+pub const HOMI_CTRL_NOT_LIVE: u32 = 2;
+/// [`HomiStatus::ctrl_state`]: the driver let go of the controller; the file is dead.
+pub const HOMI_CTRL_GONE: u32 = 3;
+
+/// The read-only status page, written by the module, read by user space without a
+/// syscall. Fields change under the reader: read them with volatile or atomic loads.
+///
+/// Revocation protocol: the module updates this page *before* it revokes a mapping.
+/// A revoked mapping faults in a dummy page rather than killing the process, so a
+/// reader that sees an unexpected completion entry must check `generation` and
+/// `ctrl_state` (with acquire ordering) before trusting it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HomiStatus {
+    /// Controller generation (see [`HomiInfo::generation`]).
+    pub generation: u64,
+    /// `HOMI_CTRL_*`.
+    pub ctrl_state: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// `HOMI_QUEUE_*` of each of this file's queues, by qid.
+    pub queue_state: [u32; HOMI_STATUS_QUEUES],
+}
+
+// The structs have no implicit padding: both sides copy them as bytes.
+const _: () = assert!(core::mem::size_of::<HomiVersion>() == 16);
+const _: () = assert!(core::mem::size_of::<HomiAttach>() == 8);
+const _: () = assert!(core::mem::size_of::<HomiNamespace>() == 24);
+const _: () = assert!(core::mem::size_of::<HomiInfo>() == 80 + 24 * HOMI_MAX_NAMESPACES);
+const _: () = assert!(core::mem::size_of::<HomiQpair>() == 64);
+const _: () = assert!(core::mem::size_of::<HomiId>() == 8);
+const _: () = assert!(core::mem::size_of::<HomiAlloc>() == 32);
+const _: () = assert!(core::mem::size_of::<HomiRegister>() == 32);
+const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS_QUEUES);

@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The NVMe admin commands homi sends through the driver's admin queue (NVMe Base
+//! Specification 2.0, section 5), and parsing of what they return.
+
+use kernel::prelude::*;
+
+use crate::glue::Ctrl;
+
+/// Admin opcodes homi uses.
+#[repr(u8)]
+#[derive(Clone, Copy)]
+enum Opcode {
+    DeleteIoSq = 0x00,
+    CreateIoSq = 0x01,
+    DeleteIoCq = 0x04,
+    CreateIoCq = 0x05,
+    Identify = 0x06,
+    GetFeatures = 0x0a,
+}
+
+/// Feature Identifier: Number of Queues.
+const FID_NUMBER_OF_QUEUES: u32 = 0x07;
+/// Identify CNS: the Identify Namespace data structure.
+const CNS_NAMESPACE: u32 = 0x00;
+/// Identify CNS: the active namespace ID list.
+const CNS_ACTIVE_NSIDS: u32 = 0x02;
+/// Create I/O CQ/SQ dword 11: physically contiguous.
+const QUEUE_PHYS_CONTIG: u32 = 1 << 0;
+
+/// A 64-byte submission queue entry; the driver fills in the command identifier.
+fn sqe(opcode: Opcode, nsid: u32, prp1: u64, cdw10: u32, cdw11: u32) -> [u32; 16] {
+    let mut c = [0u32; 16];
+    c[0] = opcode as u32;
+    c[1] = nsid;
+    c[6] = prp1 as u32;
+    c[7] = (prp1 >> 32) as u32;
+    c[10] = cdw10;
+    c[11] = cdw11;
+    c
+}
+
+/// I/O queues the controller granted: Get Features, Number of Queues. Both counts are
+/// zero-based; a queue pair needs one of each.
+pub(crate) fn granted_io_queues(ctrl: &Ctrl) -> Result<u32> {
+    let dw0 = ctrl.admin(
+        &sqe(Opcode::GetFeatures, 0, 0, FID_NUMBER_OF_QUEUES, 0),
+        None,
+    )?;
+    Ok((dw0 & 0xffff).min(dw0 >> 16) + 1)
+}
+
+/// Creates an I/O completion queue with interrupts disabled: homi's queues are polled,
+/// and every MSI-X vector belongs to nvme-pci.
+pub(crate) fn create_cq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result {
+    let cdw10 = ((depth - 1) << 16) | u32::from(qid);
+    ctrl.admin(
+        &sqe(Opcode::CreateIoCq, 0, dma, cdw10, QUEUE_PHYS_CONTIG),
+        None,
+    )
+    .map(|_| ())
+}
+
+/// Creates an I/O submission queue bound to the completion queue of the same qid.
+pub(crate) fn create_sq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result {
+    let cdw10 = ((depth - 1) << 16) | u32::from(qid);
+    let cdw11 = (u32::from(qid) << 16) | QUEUE_PHYS_CONTIG;
+    ctrl.admin(&sqe(Opcode::CreateIoSq, 0, dma, cdw10, cdw11), None)
+        .map(|_| ())
+}
+
+/// Deletes an I/O submission queue; the controller aborts what it still holds.
+pub(crate) fn delete_sq(ctrl: &Ctrl, qid: u16) -> Result {
+    ctrl.admin(&sqe(Opcode::DeleteIoSq, 0, 0, u32::from(qid), 0), None)
+        .map(|_| ())
+}
+
+/// Deletes an I/O completion queue (its SQ must be gone first).
+pub(crate) fn delete_cq(ctrl: &Ctrl, qid: u16) -> Result {
+    ctrl.admin(&sqe(Opcode::DeleteIoCq, 0, 0, u32::from(qid), 0), None)
+        .map(|_| ())
+}
+
+/// One active namespace.
+pub(crate) struct Namespace {
+    pub(crate) nsid: u32,
+    pub(crate) lba_shift: u32,
+    pub(crate) blocks: u64,
+    pub(crate) meta_size: u32,
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The active namespaces, lowest nsid first, at most `max`; also says whether more
+/// exist.
+pub(crate) fn namespaces(ctrl: &Ctrl, max: usize) -> Result<(KVec<Namespace>, bool)> {
+    // Identify data must be DMA-able, hence a heap page rather than the stack.
+    let mut page = KVec::from_elem(0u8, 4096, GFP_KERNEL)?;
+    ctrl.admin(
+        &sqe(Opcode::Identify, 0, 0, CNS_ACTIVE_NSIDS, 0),
+        Some(&mut page),
+    )?;
+    let mut nsids = KVec::new();
+    for i in 0..1024 {
+        match le32(&page, i * 4) {
+            0 => break,
+            id => nsids.push(id, GFP_KERNEL)?,
+        }
+    }
+    let more = nsids.len() > max;
+    let mut out = KVec::new();
+    for &nsid in nsids.iter().take(max) {
+        page.fill(0);
+        ctrl.admin(
+            &sqe(Opcode::Identify, nsid, 0, CNS_NAMESPACE, 0),
+            Some(&mut page),
+        )?;
+        let blocks = u64::from(le32(&page, 0)) | (u64::from(le32(&page, 4)) << 32);
+        // FLBAS bits 3:0 (and 6:5 as the high bits) select the current LBA format.
+        let flbas = usize::from(page[26]);
+        let format = (flbas & 0xf) | ((flbas >> 5) & 0x3) << 4;
+        let lbaf = le32(&page, 128 + 4 * format);
+        out.push(
+            Namespace {
+                nsid,
+                lba_shift: (lbaf >> 16) & 0xff,
+                blocks,
+                meta_size: lbaf & 0xffff,
+            },
+            GFP_KERNEL,
+        )?;
+    }
+    Ok((out, more))
+}

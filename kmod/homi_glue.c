@@ -1,0 +1,255 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * homi C glue: see homi_glue.h for why each function is here. Everything else
+ * is Rust (homi_main.rs and its modules).
+ */
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/nvme.h>
+#include <linux/pci.h>
+#include <linux/slab.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "nvme.h"
+#include "homi_glue.h"
+
+MODULE_IMPORT_NS("NVME_TARGET_PASSTHRU");
+
+/*
+ * Returns the controller behind an open /dev/nvmeX with a reference on its
+ * char device, or NULL if the file is not an nvme-pci controller. The same
+ * lookup nvmet's passthru uses.
+ */
+struct nvme_ctrl *homi_ctrl_get(struct file *nvme_file)
+{
+	struct nvme_ctrl *ctrl = nvme_ctrl_from_file(nvme_file);
+
+	if (!ctrl || !ctrl->dev || !dev_is_pci(ctrl->dev))
+		return NULL;
+	get_device(ctrl->device);
+	return ctrl;
+}
+
+void homi_ctrl_put(struct nvme_ctrl *ctrl)
+{
+	put_device(ctrl->device);
+}
+
+/* The PCI device: rings and buffers are DMA-mapped against it. */
+struct device *homi_ctrl_dma_dev(struct nvme_ctrl *ctrl)
+{
+	return ctrl->dev;
+}
+
+int homi_ctrl_instance(struct nvme_ctrl *ctrl)
+{
+	return ctrl->instance;
+}
+
+/* I/O queues the driver created (queue_count counts the admin queue too). */
+u32 homi_ctrl_io_queues(struct nvme_ctrl *ctrl)
+{
+	return ctrl->queue_count ? ctrl->queue_count - 1 : 0;
+}
+
+u64 homi_ctrl_cap(struct nvme_ctrl *ctrl)
+{
+	return ctrl->cap;
+}
+
+u16 homi_ctrl_oacs(struct nvme_ctrl *ctrl)
+{
+	return ctrl->oacs;
+}
+
+u32 homi_ctrl_max_hw_sectors(struct nvme_ctrl *ctrl)
+{
+	return ctrl->max_hw_sectors;
+}
+
+bool homi_ctrl_live(struct nvme_ctrl *ctrl)
+{
+	return nvme_ctrl_state(ctrl) == NVME_CTRL_LIVE;
+}
+
+/* Bumped by the core on every transition into RESETTING. */
+u64 homi_ctrl_generation(struct nvme_ctrl *ctrl)
+{
+	return atomic_long_read(&ctrl->nr_reset);
+}
+
+u64 homi_ctrl_bar_start(struct nvme_ctrl *ctrl)
+{
+	return pci_resource_start(to_pci_dev(ctrl->dev), 0);
+}
+
+u64 homi_ctrl_bar_len(struct nvme_ctrl *ctrl)
+{
+	return pci_resource_len(to_pci_dev(ctrl->dev), 0);
+}
+
+/*
+ * Submits one admin command through the driver's own admin queue and waits.
+ * Returns 0, a positive NVMe status, or a negative errno.
+ */
+int homi_ctrl_admin(struct nvme_ctrl *ctrl, const void *sqe, void *buf,
+		    unsigned int len, u32 *result)
+{
+	struct nvme_command cmd;
+	union nvme_result res = {};
+	int ret;
+
+	memcpy(&cmd, sqe, sizeof(cmd));
+	ret = __nvme_submit_sync_cmd(ctrl->admin_q, &cmd, &res, buf, len,
+				     NVME_QID_ANY, 0);
+	if (result)
+		*result = le32_to_cpu(res.u32);
+	return ret;
+}
+
+/* Maps one page of MMIO (the doorbells) uncached into a user VMA. */
+int homi_mmap_mmio(struct vm_area_struct *vma, u64 phys)
+{
+	vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
+	return io_remap_pfn_range(vma, vma->vm_start, phys >> PAGE_SHIFT,
+				  vma->vm_end - vma->vm_start,
+				  vma->vm_page_prot);
+}
+
+/*
+ * Revoked mappings. Every homi mapping is fully populated at mmap time, so a
+ * fault means homi zapped it (reset, destroy, unbind). The faulting page gets
+ * the dummy page instead of a SIGBUS: writes go nowhere, and user space learns
+ * what happened from the status page.
+ */
+static struct page *homi_dummy_page;
+
+static vm_fault_t homi_revoked_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+
+	if (vma->vm_flags & VM_MIXEDMAP)
+		return vmf_insert_page(vma, vmf->address, homi_dummy_page);
+	return vmf_insert_pfn(vma, vmf->address, page_to_pfn(homi_dummy_page));
+}
+
+static const struct vm_operations_struct homi_revocable_ops = {
+	.fault = homi_revoked_fault,
+};
+
+void homi_vma_revocable(struct vm_area_struct *vma)
+{
+	vma->vm_ops = &homi_revocable_ops;
+}
+
+/* One zeroed kernel page: the status page, which involves no device. */
+void *homi_page_alloc(void)
+{
+	return (void *)get_zeroed_page(GFP_KERNEL);
+}
+
+void homi_page_free(void *addr)
+{
+	free_page((unsigned long)addr);
+}
+
+int homi_mmap_page(struct vm_area_struct *vma, void *addr)
+{
+	return vm_insert_page(vma, vma->vm_start, virt_to_page(addr));
+}
+
+/*
+ * A watcher on ctrl->state_wq, which the core wakes on every controller state
+ * change. The wake function runs under the controller's spinlock, so it only
+ * schedules work; @changed runs from that work, in process context.
+ */
+struct homi_watch {
+	struct wait_queue_entry entry;
+	struct work_struct work;
+	struct nvme_ctrl *ctrl;
+	void (*changed)(void *ctx);
+	void *ctx;
+};
+
+static int homi_watch_wake(struct wait_queue_entry *entry, unsigned int mode,
+			   int flags, void *key)
+{
+	struct homi_watch *w = container_of(entry, struct homi_watch, entry);
+
+	schedule_work(&w->work);
+	return 0;
+}
+
+static void homi_watch_work(struct work_struct *work)
+{
+	struct homi_watch *w = container_of(work, struct homi_watch, work);
+
+	w->changed(w->ctx);
+}
+
+struct homi_watch *homi_watch_start(struct nvme_ctrl *ctrl,
+				    void (*changed)(void *ctx), void *ctx)
+{
+	struct homi_watch *w = kzalloc(sizeof(*w), GFP_KERNEL);
+
+	if (!w)
+		return NULL;
+	w->ctrl = ctrl;
+	w->changed = changed;
+	w->ctx = ctx;
+	INIT_WORK(&w->work, homi_watch_work);
+	init_waitqueue_func_entry(&w->entry, homi_watch_wake);
+	add_wait_queue(&ctrl->state_wq, &w->entry);
+	return w;
+}
+
+/* After this returns, @changed is not running and will not run again. */
+void homi_watch_stop(struct homi_watch *w)
+{
+	remove_wait_queue(&w->ctrl->state_wq, &w->entry);
+	cancel_work_sync(&w->work);
+	kfree(w);
+}
+
+/*
+ * PCI bus notifier: BUS_NOTIFY_UNBIND_DRIVER comes before the driver's remove
+ * callback, while the admin queue still works and the BAR is still mapped.
+ */
+static void (*homi_unbinding)(struct device *dev);
+
+static int homi_bus_notify(struct notifier_block *nb, unsigned long action,
+			   void *data)
+{
+	if (action == BUS_NOTIFY_UNBIND_DRIVER && homi_unbinding)
+		homi_unbinding(data);
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block homi_bus_nb = {
+	.notifier_call = homi_bus_notify,
+};
+
+int homi_glue_init(void (*unbinding)(struct device *dev))
+{
+	int ret;
+
+	homi_dummy_page = alloc_page(GFP_KERNEL | __GFP_ZERO);
+	if (!homi_dummy_page)
+		return -ENOMEM;
+	homi_unbinding = unbinding;
+	ret = bus_register_notifier(&pci_bus_type, &homi_bus_nb);
+	if (ret) {
+		__free_page(homi_dummy_page);
+		homi_dummy_page = NULL;
+	}
+	return ret;
+}
+
+void homi_glue_exit(void)
+{
+	bus_unregister_notifier(&pci_bus_type, &homi_bus_nb);
+	homi_unbinding = NULL;
+	__free_page(homi_dummy_page);
+	homi_dummy_page = NULL;
+}
