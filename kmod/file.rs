@@ -232,6 +232,33 @@ pub(crate) struct FileState {
     /// The file's `address_space`, for revoking user mappings.
     mapping: usize,
     status: StatusPage,
+    _module: ModuleRef,
+}
+
+/// A reference on this module, held by each open file.
+///
+/// The Rust misc device leaves `file_operations.owner` unset, so the VFS pins nothing
+/// while a file is open; without this, `rmmod` would succeed under open files.
+/// The reference drops at the very end of `release`, after all teardown.
+struct ModuleRef;
+
+impl ModuleRef {
+    fn get() -> Result<Self> {
+        // SAFETY: `THIS_MODULE` is this module, alive while its code runs.
+        if unsafe { bindings::try_module_get(crate::THIS_MODULE.as_ptr()) } {
+            Ok(Self)
+        } else {
+            // The module is being unloaded.
+            Err(ENODEV)
+        }
+    }
+}
+
+impl Drop for ModuleRef {
+    fn drop(&mut self) {
+        // SAFETY: taken in `get`, put once, here.
+        unsafe { bindings::module_put(crate::THIS_MODULE.as_ptr()) };
+    }
 }
 
 /// The file's status page ([`HomiStatus`]): a kernel page that user space maps
@@ -356,6 +383,7 @@ impl FileState {
                 inner <- new_mutex!(Inner::Detached),
                 mapping,
                 status: StatusPage::new()?,
+                _module: ModuleRef::get()?,
             }),
             GFP_KERNEL,
         )

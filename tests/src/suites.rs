@@ -12,7 +12,11 @@ use crate::kmod;
 pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     match name {
         "basic" => basic(kmod_path, h),
-        other => bail!("unknown suite {other:?} (known: basic)"),
+        "queues" => crate::queues::queues(kmod_path, h),
+        "unbind" => crate::queues::unbind(h),
+        "dbcs" => crate::queues::dbcs(kmod_path, h),
+        "nospare" => crate::queues::nospare(kmod_path, h),
+        other => bail!("unknown suite {other:?} (known: basic, queues, unbind, dbcs, nospare)"),
     }
 }
 

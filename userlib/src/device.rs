@@ -53,6 +53,11 @@ impl HomiDevice {
         Ok(dev)
     }
 
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.fd
+    }
+
     /// Asks the module for its ABI version and feature bits.
     pub fn version(&self) -> Result<HomiVersion> {
         let mut v = HomiVersion::default();

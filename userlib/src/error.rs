@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::command::Status;
+
 /// Errors returned by this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -21,6 +23,14 @@ pub enum Error {
         /// What the module answered.
         source: nix::Error,
     },
+    /// Mapping part of `/dev/homi` failed.
+    #[error("mmap of {what} failed: {source}")]
+    Mmap {
+        /// What was being mapped.
+        what: &'static str,
+        /// What the kernel answered.
+        source: nix::Error,
+    },
     /// The module speaks an ABI major version this library does not.
     #[error("homi module ABI {module_major}.{module_minor} is incompatible with this library's {lib_major}.x")]
     AbiMismatch {
@@ -31,6 +41,41 @@ pub enum Error {
         /// This library's major version.
         lib_major: u32,
     },
+    /// The controller has shadow doorbells (Doorbell Buffer Config) on, which a stock
+    /// nvme-pci keeps private: MMIO-only queues cannot work.
+    #[error("shadow doorbells (NVMe Doorbell Buffer Config) are active on this controller; a stock kernel cannot give homi queues on it (boot QEMU with dbcs=off, or use the user-queue patch)")]
+    ShadowDoorbells,
+    /// Every qid the controller granted is used by the driver or already reserved.
+    #[error(
+        "no spare queues: the nvme driver and homi hold every I/O queue the controller granted"
+    )]
+    NoSpareQueues,
+    /// The controller is resetting or otherwise not live; try again.
+    #[error("the controller is not live (resetting?)")]
+    NotLive,
+    /// A controller reset destroyed the queue; in-flight commands are lost.
+    #[error("the controller was reset (generation {old} -> {new}); rearm or recreate the queue")]
+    Reset {
+        /// The generation the queue lived in.
+        old: u64,
+        /// The controller's generation now.
+        new: u64,
+    },
+    /// The controller left its driver; the homi file is dead.
+    #[error("the controller was unbound from its driver")]
+    Gone,
+    /// The command completed with an error status.
+    #[error("command failed: {0}")]
+    Nvme(Status),
+    /// No completion arrived in time.
+    #[error("no completion after {0:?}")]
+    Timeout(std::time::Duration),
+    /// The submission queue has no free slot.
+    #[error("submission queue full")]
+    QueueFull,
+    /// An argument does not fit what the device or the buffer allows.
+    #[error("invalid argument: {0}")]
+    Invalid(&'static str),
 }
 
 /// Short for `std::result::Result<T, homi::Error>`.

@@ -4,10 +4,38 @@
 //! This crate talks to the `homi` kernel module through `/dev/homi`. The ioctl ABI is
 //! the [`homi_uapi`] crate, which the module compiles from the same source.
 
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use homi::{Command, Controller};
+//!
+//! # fn main() -> homi::Result<()> {
+//! let ctrl = Controller::open("/dev/nvme0")?;
+//! let mut qp = ctrl.create_qpair(64)?;
+//! let buf = ctrl.alloc(4096)?;
+//! let (prp1, prp2) = buf.prps(0, 4096)?;
+//! let read = Command::read(1, 0, 8).with_prps(prp1, prp2);
+//! // SAFETY: `buf` outlives the command, and nothing touches it until it completes.
+//! unsafe { qp.execute(&read, Duration::from_secs(5))? };
+//! let mut first = [0u8; 16];
+//! buf.read_at(0, &mut first)?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod buffer;
+mod command;
+mod controller;
 mod device;
 mod error;
+mod mapping;
+mod queue;
 pub(crate) mod sys;
 
+pub use buffer::DmaBuffer;
+pub use command::{Command, Opcode, Sqe, Status, StatusType};
+pub use controller::Controller;
 pub use device::HomiDevice;
 pub use error::{Error, Result};
 pub use homi_uapi as uapi;
+pub use queue::{Completion, QueuePair};

@@ -3,23 +3,63 @@
 //! nix computes each request code from the struct it passes, so the tests below check
 //! that its encoding and the ABI file's agree.
 
-use homi_uapi::HomiVersion;
+use homi_uapi::*;
 
-nix::ioctl_read!(homi_version, homi_uapi::IOCTL_TYPE, 0x00, HomiVersion);
+nix::ioctl_read!(homi_version, IOCTL_TYPE, 0x00, HomiVersion);
+nix::ioctl_write_ptr!(homi_attach, IOCTL_TYPE, 0x01, HomiAttach);
+nix::ioctl_read!(homi_info, IOCTL_TYPE, 0x02, HomiInfo);
+nix::ioctl_readwrite!(homi_create_qpair, IOCTL_TYPE, 0x03, HomiQpair);
+nix::ioctl_write_ptr!(homi_destroy_qpair, IOCTL_TYPE, 0x04, HomiId);
+nix::ioctl_readwrite!(homi_rearm_qpair, IOCTL_TYPE, 0x05, HomiQpair);
+nix::ioctl_readwrite!(homi_alloc, IOCTL_TYPE, 0x06, HomiAlloc);
+nix::ioctl_write_ptr!(homi_free, IOCTL_TYPE, 0x07, HomiId);
+nix::ioctl_readwrite!(homi_register, IOCTL_TYPE, 0x08, HomiRegister);
+nix::ioctl_write_ptr!(homi_unregister, IOCTL_TYPE, 0x09, HomiId);
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::mem::size_of;
+
+    use homi_uapi::*;
+    use nix::sys::ioctl::ioctl_num_type as Num;
+    use nix::{request_code_read as r, request_code_readwrite as rw, request_code_write as w};
 
     #[test]
     fn ioctl_numbers_match_nix_encoding() {
+        let t = IOCTL_TYPE;
         assert_eq!(
-            nix::request_code_read!(
-                homi_uapi::IOCTL_TYPE,
-                0x00,
-                std::mem::size_of::<HomiVersion>()
-            ),
-            homi_uapi::HOMI_IOCTL_VERSION as nix::sys::ioctl::ioctl_num_type
+            r!(t, 0x00, size_of::<HomiVersion>()),
+            HOMI_IOCTL_VERSION as Num
+        );
+        assert_eq!(
+            w!(t, 0x01, size_of::<HomiAttach>()),
+            HOMI_IOCTL_ATTACH as Num
+        );
+        assert_eq!(r!(t, 0x02, size_of::<HomiInfo>()), HOMI_IOCTL_INFO as Num);
+        assert_eq!(
+            rw!(t, 0x03, size_of::<HomiQpair>()),
+            HOMI_IOCTL_CREATE_QPAIR as Num
+        );
+        assert_eq!(
+            w!(t, 0x04, size_of::<HomiId>()),
+            HOMI_IOCTL_DESTROY_QPAIR as Num
+        );
+        assert_eq!(
+            rw!(t, 0x05, size_of::<HomiQpair>()),
+            HOMI_IOCTL_REARM_QPAIR as Num
+        );
+        assert_eq!(
+            rw!(t, 0x06, size_of::<HomiAlloc>()),
+            HOMI_IOCTL_ALLOC as Num
+        );
+        assert_eq!(w!(t, 0x07, size_of::<HomiId>()), HOMI_IOCTL_FREE as Num);
+        assert_eq!(
+            rw!(t, 0x08, size_of::<HomiRegister>()),
+            HOMI_IOCTL_REGISTER as Num
+        );
+        assert_eq!(
+            w!(t, 0x09, size_of::<HomiId>()),
+            HOMI_IOCTL_UNREGISTER as Num
         );
     }
 }

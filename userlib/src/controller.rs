@@ -1,0 +1,192 @@
+//! A controller attached through `/dev/homi`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use homi_uapi::*;
+
+use crate::buffer::DmaBuffer;
+use crate::device::HomiDevice;
+use crate::mapping::Mapping;
+use crate::queue::QueuePair;
+use crate::{sys, Error, Result};
+
+/// State shared by a controller handle and everything made from it.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) dev: HomiDevice,
+    status: Mapping,
+    pub(crate) doorbell_stride: usize,
+    _nvme: File,
+}
+
+impl Shared {
+    pub(crate) fn fd(&self) -> &File {
+        self.dev.file()
+    }
+
+    /// The controller generation, from the status page.
+    pub(crate) fn generation(&self) -> u64 {
+        // SAFETY: the status page is mapped for the life of `self` and the offset is
+        // that of the 8-aligned generation field; the module writes it atomically.
+        unsafe { AtomicU64::from_ptr(self.status.ptr().cast()) }.load(Ordering::Acquire)
+    }
+
+    /// `HOMI_CTRL_*`, from the status page.
+    pub(crate) fn ctrl_state(&self) -> u32 {
+        // SAFETY: as for `generation`, at the 4-aligned `ctrl_state` field.
+        unsafe { AtomicU32::from_ptr(self.status.ptr().add(8).cast()) }.load(Ordering::Acquire)
+    }
+
+    /// `HOMI_QUEUE_*` of `qid`, from the status page.
+    pub(crate) fn queue_state(&self, qid: u16) -> u32 {
+        let qid = usize::from(qid);
+        if qid >= HOMI_STATUS_QUEUES {
+            return HOMI_QUEUE_NONE;
+        }
+        // SAFETY: as for `generation`, at the 4-aligned slot of `qid`, inside the page.
+        unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * qid).cast()) }
+            .load(Ordering::Acquire)
+    }
+
+    /// Fails if the controller was reset since `generation` or left its driver.
+    pub(crate) fn check(&self, generation: u64) -> Result<()> {
+        if self.ctrl_state() == HOMI_CTRL_GONE {
+            return Err(Error::Gone);
+        }
+        let now = self.generation();
+        if now != generation {
+            return Err(Error::Reset {
+                old: generation,
+                new: now,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An NVMe controller that the kernel's nvme driver owns, attached through homi.
+///
+/// Cloning is cheap; queue pairs and buffers keep the attachment alive.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    shared: Arc<Shared>,
+}
+
+impl Controller {
+    /// Attaches to the controller `/dev/nvmeX` at `nvme` through `/dev/homi`.
+    ///
+    /// Needs `CAP_SYS_RAWIO` and read-write access to `nvme`.
+    pub fn open(nvme: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(HomiDevice::open()?, nvme.as_ref())
+    }
+
+    /// Attaches through an already open homi device.
+    pub fn open_with(dev: HomiDevice, nvme: &Path) -> Result<Self> {
+        let nvme_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(nvme)
+            .map_err(|source| Error::Open {
+                path: nvme.to_owned(),
+                source,
+            })?;
+        let req = HomiAttach {
+            nvme_fd: nvme_file.as_raw_fd(),
+            flags: 0,
+        };
+        // SAFETY: the fd is open and `req` is a valid `HomiAttach`.
+        unsafe { sys::homi_attach(dev.file().as_raw_fd(), &req) }.map_err(|source| {
+            Error::Ioctl {
+                op: "HOMI_IOCTL_ATTACH",
+                source,
+            }
+        })?;
+        let status = Mapping::new(
+            dev.file().as_fd(),
+            HOMI_STATUS_OFFSET,
+            4096,
+            false,
+            "status page",
+        )?;
+        let info = info(&dev)?;
+        tracing::debug!(nvme = %nvme.display(), spare = info.spare_free, "attached");
+        let doorbell_stride = info.doorbell_stride as usize;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                dev,
+                status,
+                doorbell_stride,
+                _nvme: nvme_file,
+            }),
+        })
+    }
+
+    /// Asks the module about the controller (admin commands: Get Features, Identify).
+    pub fn info(&self) -> Result<HomiInfo> {
+        info(&self.shared.dev)
+    }
+
+    /// The controller generation, bumped on every reset (read from the status page,
+    /// without a syscall).
+    pub fn generation(&self) -> u64 {
+        self.shared.generation()
+    }
+
+    /// `HOMI_CTRL_*` from the status page.
+    pub fn state(&self) -> u32 {
+        self.shared.ctrl_state()
+    }
+
+    /// `HOMI_QUEUE_*` of one of this attachment's queues, from the status page.
+    pub fn queue_state(&self, qid: u16) -> u32 {
+        self.shared.queue_state(qid)
+    }
+
+    /// Reserves a spare qid and creates a queue pair of `depth` entries on it.
+    pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
+        let mut q = HomiQpair {
+            depth,
+            ..Default::default()
+        };
+        // SAFETY: the fd is open and `q` is a valid, writable `HomiQpair`.
+        unsafe { sys::homi_create_qpair(self.shared.fd().as_raw_fd(), &mut q) }.map_err(
+            |e| match e {
+                nix::Error::EOPNOTSUPP => Error::ShadowDoorbells,
+                nix::Error::ENOSPC => Error::NoSpareQueues,
+                nix::Error::EAGAIN => Error::NotLive,
+                source => Error::Ioctl {
+                    op: "HOMI_IOCTL_CREATE_QPAIR",
+                    source,
+                },
+            },
+        )?;
+        QueuePair::map(self.shared.clone(), q)
+    }
+
+    /// Allocates `size` bytes of module-owned DMA memory (a multiple of 4096, at most
+    /// 4 MiB), contiguous as the controller sees it.
+    pub fn alloc(&self, size: usize) -> Result<DmaBuffer> {
+        DmaBuffer::alloc(self.shared.clone(), size)
+    }
+
+    /// The raw `/dev/homi` file, for ioctls this crate does not wrap.
+    pub fn homi_fd(&self) -> &File {
+        self.shared.fd()
+    }
+}
+
+fn info(dev: &HomiDevice) -> Result<HomiInfo> {
+    let mut info = HomiInfo::default();
+    // SAFETY: the fd is open and `info` is writable and of the ioctl's type.
+    unsafe { sys::homi_info(dev.file().as_raw_fd(), &mut info) }.map_err(|source| {
+        Error::Ioctl {
+            op: "HOMI_IOCTL_INFO",
+            source,
+        }
+    })?;
+    Ok(info)
+}
