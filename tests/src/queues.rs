@@ -261,6 +261,64 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     let base = info_counters(&ctrl)?;
 
     h.check(
+        "queues: every ioctl: EFAULT for unmapped arguments, ENOTTY for wrong sizes",
+        || {
+            let fresh = open_homi()?;
+            let all = [
+                HOMI_IOCTL_VERSION,
+                HOMI_IOCTL_ATTACH,
+                HOMI_IOCTL_INFO,
+                HOMI_IOCTL_CREATE_QPAIR,
+                HOMI_IOCTL_DESTROY_QPAIR,
+                HOMI_IOCTL_REARM_QPAIR,
+                HOMI_IOCTL_ALLOC,
+                HOMI_IOCTL_FREE,
+                HOMI_IOCTL_REGISTER,
+                HOMI_IOCTL_UNREGISTER,
+            ];
+            for req in all {
+                let f = if req == HOMI_IOCTL_ATTACH {
+                    &fresh
+                } else {
+                    ctrl.homi_fd()
+                };
+                for bad in [0usize, 0x10, usize::MAX - 4095] {
+                    // SAFETY: the module must reject the pointer; nothing here dereferences it.
+                    let rc = unsafe { nix::libc::ioctl(f.as_raw_fd(), req as _, bad) };
+                    expect_errno(
+                        &format!("ioctl {req:#x} at {bad:#x}"),
+                        Errno::result(rc).map(drop),
+                        Errno::EFAULT,
+                    )?;
+                }
+                // The same number with a size one byte off is not an ioctl of ours.
+                let size = (req >> 16) & 0x3fff;
+                let wrong = (req & !(0x3fff << 16)) | ((size + 1) << 16);
+                let mut junk = [0u8; 1024];
+                expect_errno(
+                    &format!("ioctl {req:#x} with size {}", size + 1),
+                    raw(f, wrong, &mut junk),
+                    Errno::ENOTTY,
+                )?;
+            }
+            // Unaligned argument pointers are fine: the module copies bytes.
+            let mut bytes = vec![0u8; std::mem::size_of::<HomiInfo>() + 1];
+            // SAFETY: `bytes` has room for a `HomiInfo` at offset 1.
+            let rc = unsafe {
+                nix::libc::ioctl(
+                    ctrl.homi_fd().as_raw_fd(),
+                    HOMI_IOCTL_INFO as _,
+                    bytes.as_mut_ptr().add(1),
+                )
+            };
+            Errno::result(rc).context("INFO into an unaligned buffer")?;
+            let instance = u32::from_ne_bytes(bytes[1..5].try_into()?);
+            ensure!(instance == ctrl.info()?.instance, "unaligned INFO differs");
+            Ok(())
+        },
+    );
+
+    h.check(
         "queues: INFO reports the driver's queues, spare qids and the namespace",
         || {
             let i = ctrl.info()?;

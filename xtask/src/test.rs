@@ -131,35 +131,68 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     }
     let bin = bin.expect("checked");
 
-    let opts = VmOptions {
+    let base = VmOptions {
         quiet: true,
         ..args.opts.clone()
     };
-    let script = format!(
-        "{}/homi-vmtest --kmod {} basic\n",
-        bin.display(),
-        ko.display()
-    );
-    let run = vm::boot_named(&k, &opts, &script, "test-basic").context("boot the test VM");
-    if !t.result("vm: boots and runs the basic suite", &run) {
+    // One boot per controller shape; each runs its suites in order.
+    let boots = [
+        ("stock", base.clone(), "basic queues unbind"),
+        (
+            "dbcs-on",
+            VmOptions {
+                dbcs: true,
+                ..base.clone()
+            },
+            "dbcs",
+        ),
+        (
+            "no-spare",
+            VmOptions {
+                max_ioqpairs: base.smp,
+                ..base.clone()
+            },
+            "nospare",
+        ),
+    ];
+    for (name, opts, suites) in boots {
+        let script = format!(
+            "{}/homi-vmtest --kmod {} {suites}\n",
+            bin.display(),
+            ko.display()
+        );
+        vm_suites(t, &k, &opts, name, &script);
+    }
+}
+
+/// Boots one VM, runs `script`, and tallies what the in-VM suites reported.
+fn vm_suites(t: &mut Tally, k: &kbuild::Kernel, opts: &VmOptions, name: &str, script: &str) {
+    let run = vm::boot_named(k, opts, script, &format!("test-{name}")).context("boot the test VM");
+    if !t.result(&format!("vm[{name}]: boots and runs its suites"), &run) {
         return;
     }
     let run = run.expect("checked");
     println!(
-        "vm: booted to the test command in {:.2}s ({})",
+        "vm[{name}]: booted to the test command in {:.2}s ({})",
         run.boot_secs, run.accel
     );
     let results = run.out_file("results.txt").unwrap_or_default();
     let n = t.add_tap(&results);
     t.record(
-        "vm: basic suite reported its checks and exited 0",
+        &format!("vm[{name}]: suites reported their checks and exited 0"),
         n > 0 && run.exit_status == 0,
-        &format!("{n} checks, exit status {}", run.exit_status),
+        &format!(
+            "{n} checks, exit status {}; see {}",
+            run.exit_status,
+            run.dir.join("serial.log").display()
+        ),
     );
-    let dmesg = run.dmesg();
-    let bad = vm::splats(&dmesg);
+    let bad = vm::splats(&run.dmesg())
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     t.record(
-        "vm: guest kernel log clean after the suite",
+        &format!("vm[{name}]: guest kernel log clean"),
         bad.is_empty(),
         &bad.join("\n"),
     );

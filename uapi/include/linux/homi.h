@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note OR MIT */
+/*
+ * homi ioctl ABI for C users. The definition of record is uapi/src/abi.rs;
+ * uapi's tests compile this header and check every size, offset and ioctl
+ * number against it.
+ */
+#ifndef _UAPI_LINUX_HOMI_H
+#define _UAPI_LINUX_HOMI_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define HOMI_IOCTL_TYPE 0xB9
+#define HOMI_ABI_MAJOR 0
+#define HOMI_ABI_MINOR 2
+
+struct homi_version {
+	__u32 abi_major;
+	__u32 abi_minor;
+	__u64 features;
+};
+
+struct homi_attach {
+	__s32 nvme_fd;		/* fd of /dev/nvmeX, opened read-write */
+	__u32 flags;		/* must be 0 */
+};
+
+#define HOMI_MAX_NAMESPACES 16
+
+struct homi_namespace {
+	__u32 nsid;
+	__u32 lba_shift;
+	__u64 blocks;
+	__u32 meta_size;
+	__u32 reserved;
+};
+
+#define HOMI_INFO_LIVE			(1U << 0)
+#define HOMI_INFO_SHADOW_DOORBELLS	(1U << 1)
+#define HOMI_INFO_CMB			(1U << 2)
+#define HOMI_INFO_MORE_NAMESPACES	(1U << 3)
+
+struct homi_info {
+	__u32 instance;
+	__u32 flags;
+	__u32 driver_io_queues;
+	__u32 granted_io_queues;
+	__u32 first_spare_qid;
+	__u32 spare_free;
+	__u32 max_queue_entries;
+	__u32 doorbell_stride;
+	__u32 min_page_size;
+	__u32 max_transfer;
+	__u64 cap;
+	__u64 generation;
+	__u64 pinned_pages;
+	__u64 dma_bytes;
+	__u32 qpairs;
+	__u32 nr_namespaces;
+	struct homi_namespace namespaces[HOMI_MAX_NAMESPACES];
+};
+
+struct homi_qpair {
+	__u32 depth;
+	__u32 flags;
+	__u32 qid;
+	__u32 sq_doorbell;
+	__u64 sq_size;
+	__u64 cq_size;
+	__u64 sq_offset;
+	__u64 cq_offset;
+	__u64 doorbell_offset;
+	__u64 generation;
+};
+
+struct homi_id {
+	__u32 id;
+	__u32 flags;
+};
+
+#define HOMI_ALLOC_MAX (4ULL << 20)
+
+struct homi_alloc {
+	__u64 size;
+	__u32 flags;
+	__u32 id;
+	__u64 offset;
+	__u64 dma_addr;
+};
+
+struct homi_register {
+	__u64 addr;
+	__u64 len;
+	__u64 dma_addrs;
+	__u32 flags;
+	__u32 id;
+};
+
+#define HOMI_STATUS_OFFSET 0
+#define HOMI_STATUS_QUEUES 1000
+#define HOMI_QUEUE_NONE 0
+#define HOMI_QUEUE_LIVE 1
+#define HOMI_QUEUE_DEAD 2
+#define HOMI_CTRL_LIVE 1
+#define HOMI_CTRL_NOT_LIVE 2
+#define HOMI_CTRL_GONE 3
+
+struct homi_status {
+	__u64 generation;
+	__u32 ctrl_state;
+	__u32 reserved;
+	__u32 queue_state[HOMI_STATUS_QUEUES];
+};
+
+#define HOMI_IOCTL_VERSION	_IOR(HOMI_IOCTL_TYPE, 0x00, struct homi_version)
+#define HOMI_IOCTL_ATTACH	_IOW(HOMI_IOCTL_TYPE, 0x01, struct homi_attach)
+#define HOMI_IOCTL_INFO		_IOR(HOMI_IOCTL_TYPE, 0x02, struct homi_info)
+#define HOMI_IOCTL_CREATE_QPAIR	_IOWR(HOMI_IOCTL_TYPE, 0x03, struct homi_qpair)
+#define HOMI_IOCTL_DESTROY_QPAIR _IOW(HOMI_IOCTL_TYPE, 0x04, struct homi_id)
+#define HOMI_IOCTL_REARM_QPAIR	_IOWR(HOMI_IOCTL_TYPE, 0x05, struct homi_qpair)
+#define HOMI_IOCTL_ALLOC	_IOWR(HOMI_IOCTL_TYPE, 0x06, struct homi_alloc)
+#define HOMI_IOCTL_FREE		_IOW(HOMI_IOCTL_TYPE, 0x07, struct homi_id)
+#define HOMI_IOCTL_REGISTER	_IOWR(HOMI_IOCTL_TYPE, 0x08, struct homi_register)
+#define HOMI_IOCTL_UNREGISTER	_IOW(HOMI_IOCTL_TYPE, 0x09, struct homi_id)
+
+#endif /* _UAPI_LINUX_HOMI_H */
