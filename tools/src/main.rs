@@ -1,10 +1,14 @@
 //! `homi`: the command-line tool for homi queues.
 
+mod io;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use homi::HomiDevice;
+use homi::uapi::*;
+use homi::{Controller, HomiDevice};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -13,36 +17,161 @@ use homi::HomiDevice;
     about = "NVMe queue pairs beside the kernel's nvme driver"
 )]
 struct Cli {
-    /// The homi device node.
-    #[arg(long, global = true, default_value_os_t = HomiDevice::default_path())]
-    device: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(clap::Args)]
+struct Target {
+    /// The controller's char device.
+    #[arg(long, default_value = "/dev/nvme0")]
+    nvme: PathBuf,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Print the loaded module's ABI version and this tool's.
     Version,
+    /// Describe the controller: namespaces, the driver's queues, spare qids.
+    Info {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read an LBA range through a homi queue into a file.
+    Read(io::IoArgs),
+    /// Write a file to an LBA range through a homi queue.
+    Write(io::IoArgs),
+}
+
+/// `homi info --json`: one object, fields named as below.
+#[derive(Serialize)]
+struct InfoJson {
+    controller: String,
+    instance: u32,
+    live: bool,
+    shadow_doorbells: bool,
+    driver_io_queues: u32,
+    granted_io_queues: u32,
+    first_spare_qid: u32,
+    spare_free: u32,
+    max_queue_entries: u32,
+    doorbell_stride: u32,
+    min_page_size: u32,
+    max_transfer: u32,
+    generation: u64,
+    qpairs_held: u32,
+    pinned_pages: u64,
+    dma_bytes: u64,
+    namespaces: Vec<NsJson>,
+}
+
+#[derive(Serialize)]
+struct NsJson {
+    nsid: u32,
+    block_size: u64,
+    blocks: u64,
+    bytes: u64,
+}
+
+fn info(target: &Target, json: bool) -> anyhow::Result<()> {
+    let ctrl = Controller::open(&target.nvme)
+        .with_context(|| format!("attach {}", target.nvme.display()))?;
+    let i = ctrl.info()?;
+    let out = InfoJson {
+        controller: target.nvme.display().to_string(),
+        instance: i.instance,
+        live: i.flags & HOMI_INFO_LIVE != 0,
+        shadow_doorbells: i.flags & HOMI_INFO_SHADOW_DOORBELLS != 0,
+        driver_io_queues: i.driver_io_queues,
+        granted_io_queues: i.granted_io_queues,
+        first_spare_qid: i.first_spare_qid,
+        spare_free: i.spare_free,
+        max_queue_entries: i.max_queue_entries,
+        doorbell_stride: i.doorbell_stride,
+        min_page_size: i.min_page_size,
+        max_transfer: i.max_transfer,
+        generation: i.generation,
+        qpairs_held: i.qpairs,
+        pinned_pages: i.pinned_pages,
+        dma_bytes: i.dma_bytes,
+        namespaces: i.namespaces[..i.nr_namespaces as usize]
+            .iter()
+            .map(|n| NsJson {
+                nsid: n.nsid,
+                block_size: 1 << n.lba_shift,
+                blocks: n.blocks,
+                bytes: n.blocks << n.lba_shift,
+            })
+            .collect(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "{} (nvme{}): {}",
+        out.controller,
+        out.instance,
+        if out.live { "live" } else { "not live" }
+    );
+    println!(
+        "  queues: driver uses qids 1..={}, controller granted {}, spare qids {}..={} ({} free)",
+        out.driver_io_queues,
+        out.granted_io_queues,
+        out.first_spare_qid,
+        out.granted_io_queues,
+        out.spare_free
+    );
+    println!(
+        "  limits: {} entries per queue, doorbell stride {} B, page {} B, max transfer {} KiB",
+        out.max_queue_entries,
+        out.doorbell_stride,
+        out.min_page_size,
+        out.max_transfer / 1024
+    );
+    if out.shadow_doorbells {
+        println!("  shadow doorbells: ON (stock kernels cannot give homi queues here)");
+    }
+    println!(
+        "  homi holds: {} queue pairs, {} pinned pages, {} KiB DMA memory; generation {}",
+        out.qpairs_held,
+        out.pinned_pages,
+        out.dma_bytes / 1024,
+        out.generation
+    );
+    for n in &out.namespaces {
+        println!(
+            "  ns {}: {} blocks of {} B ({} MiB)",
+            n.nsid,
+            n.blocks,
+            n.block_size,
+            n.bytes >> 20
+        );
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
+    match Cli::parse().cmd {
         Cmd::Version => {
-            let dev = HomiDevice::open_path(&cli.device)
-                .with_context(|| format!("is homi.ko loaded? ({})", cli.device.display()))?;
+            let dev = HomiDevice::open().context("open /dev/homi (is homi.ko loaded?)")?;
             let v = dev.version()?;
             println!(
                 "module ABI {}.{} (features {:#x}); library ABI {}.{}; homi {}",
                 v.abi_major,
                 v.abi_minor,
                 v.features,
-                homi::uapi::ABI_MAJOR,
-                homi::uapi::ABI_MINOR,
+                ABI_MAJOR,
+                ABI_MINOR,
                 env!("CARGO_PKG_VERSION")
             );
+            Ok(())
         }
+        Cmd::Info { target, json } => info(&target, json),
+        Cmd::Read(a) => io::run(&a, false),
+        Cmd::Write(a) => io::run(&a, true),
     }
-    Ok(())
 }

@@ -107,16 +107,28 @@ fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
     let ko = kbuild::kmod(&k)?;
     let bin = build_guest_binaries()?;
     let script = format!(
-        "set -e\n\
-         echo '--- guest: controllers the nvme driver owns'\n\
-         for c in /sys/class/nvme/nvme*; do echo \"$(basename $c): $(cat $c/model) queues=$(ls -d /sys/block/$(basename $c)n1/mq/* | wc -l)\"; done\n\
-         echo '--- guest: loading homi.ko'\n\
-         insmod {ko}\n\
-         echo '--- guest: homi info'\n\
-         {bin}/homi version\n\
-         echo '--- guest: unloading homi.ko'\n\
-         rmmod homi\n\
-         dmesg | grep -i homi\n",
+        r#"set -e
+B={bin}
+cd "$TMPDIR"
+echo "== the kernel's nvme driver owns nvme0 and uses $(ls /sys/block/nvme0n1/mq | wc -l) I/O queues"
+insmod {ko}
+echo "== homi info"
+$B/homi info
+echo "== 1 MiB written through a homi queue, read back by the kernel (O_DIRECT)"
+head -c 1048576 /dev/urandom > a
+$B/homi write --lba 2048 --file a
+dd if=/dev/nvme0n1 of=a.kernel bs=1M skip=1 count=1 iflag=direct status=none
+cmp a a.kernel && echo "   identical"
+echo "== 1 MiB written by the kernel (O_DIRECT), read back through a homi queue"
+head -c 1048576 /dev/urandom > b
+dd if=b of=/dev/nvme0n1 bs=1M seek=2 oflag=direct conv=fsync status=none
+$B/homi read --lba 4096 --blocks 2048 --file b.homi
+cmp b b.homi && echo "   identical"
+echo "== after the tools exit, homi holds nothing"
+$B/homi info | grep 'homi holds'
+rmmod homi
+echo "== done: homi.ko unloaded"
+"#,
         ko = ko.display(),
         bin = bin.display()
     );

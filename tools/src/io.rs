@@ -1,0 +1,149 @@
+//! `homi read` and `homi write`: move an LBA range between a namespace and a file
+//! through one homi queue pair, keeping many commands in flight.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use homi::{Command, Controller};
+
+/// Arguments of `homi read` / `homi write`.
+#[derive(clap::Args)]
+pub struct IoArgs {
+    /// The controller's char device.
+    #[arg(long, default_value = "/dev/nvme0")]
+    nvme: PathBuf,
+    /// Namespace ID.
+    #[arg(long, default_value_t = 1)]
+    nsid: u32,
+    /// First logical block.
+    #[arg(long)]
+    lba: u64,
+    /// Logical blocks to move (for write: default, the whole file).
+    #[arg(long)]
+    blocks: Option<u64>,
+    /// The file to read into or write from.
+    #[arg(long)]
+    file: PathBuf,
+    /// Commands in flight.
+    #[arg(long, default_value_t = 16)]
+    qd: u32,
+}
+
+/// Bytes per command: two memory pages fit in PRP1 and PRP2 without a PRP list.
+const CHUNK: usize = 8192;
+
+pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
+    ensure!((1..=1024).contains(&a.qd), "--qd must be 1..=1024");
+    let ctrl = Controller::open(&a.nvme).with_context(|| format!("attach {}", a.nvme.display()))?;
+    let info = ctrl.info()?;
+    let ns = info.namespaces[..info.nr_namespaces as usize]
+        .iter()
+        .find(|n| n.nsid == a.nsid)
+        .with_context(|| format!("namespace {} not found on {}", a.nsid, a.nvme.display()))?;
+    let bs = 1u64 << ns.lba_shift;
+    ensure!(
+        CHUNK as u64 % bs == 0,
+        "block size {bs} does not divide {CHUNK}"
+    );
+    let mut data = Vec::new();
+    let blocks = if write {
+        File::open(&a.file)?.read_to_end(&mut data)?;
+        ensure!(
+            !data.is_empty() && data.len() as u64 % bs == 0,
+            "file size must be a non-zero multiple of {bs}"
+        );
+        let b = data.len() as u64 / bs;
+        if let Some(want) = a.blocks {
+            ensure!(want == b, "--blocks {want} but the file holds {b}");
+        }
+        b
+    } else {
+        a.blocks.context("--blocks is required for read")?
+    };
+    ensure!(blocks > 0, "nothing to move");
+    ensure!(
+        a.lba
+            .checked_add(blocks)
+            .is_some_and(|end| end <= ns.blocks),
+        "LBA range beyond the namespace ({} blocks)",
+        ns.blocks
+    );
+    if !write {
+        data = vec![0; (blocks * bs) as usize];
+    }
+
+    let mut qp = ctrl.create_qpair((a.qd + 1).max(2))?;
+    // One CHUNK-sized slot per command in flight.
+    let buf = ctrl.alloc(CHUNK * a.qd as usize)?;
+    let chunk_blocks = CHUNK as u64 / bs;
+    let nchunks = blocks.div_ceil(chunk_blocks);
+    let mut free_slots: Vec<usize> = (0..a.qd as usize).collect();
+    let (mut next, mut done) = (0u64, 0u64);
+    let start = Instant::now();
+    while done < nchunks {
+        while next < nchunks && !free_slots.is_empty() {
+            let slot = free_slots.pop().expect("checked");
+            let lba = a.lba + next * chunk_blocks;
+            let n = chunk_blocks.min(blocks - next * chunk_blocks);
+            let off = slot * CHUNK;
+            let len = (n * bs) as usize;
+            let (p1, p2) = buf.prps(off, len)?;
+            let cmd = if write {
+                let from = (next * chunk_blocks * bs) as usize;
+                buf.write_at(off, &data[from..from + len])?;
+                Command::write(a.nsid, lba, n as u32)
+            } else {
+                Command::read(a.nsid, lba, n as u32)
+            };
+            // SAFETY: the slot is ours until its completion; `buf` outlives the queue.
+            unsafe { qp.push(&cmd.with_prps(p1, p2), next << 16 | slot as u64)? };
+            next += 1;
+        }
+        qp.ring();
+        let mut failed = None;
+        qp.poll(|c| {
+            let (chunk, slot) = (c.token >> 16, (c.token & 0xffff) as usize);
+            if let Err(e) = c.ok() {
+                failed = Some(format!("chunk {chunk}: {e}"));
+            } else if !write {
+                let from = (chunk * chunk_blocks * bs) as usize;
+                let len = (chunk_blocks.min(blocks - chunk * chunk_blocks) * bs) as usize;
+                // Completed, so the device is done with the slot.
+                let _ = buf.read_at(slot * CHUNK, &mut data[from..from + len]);
+            }
+            free_slots.push(slot);
+            done += 1;
+        })?;
+        if let Some(f) = failed {
+            bail!("I/O failed: {f}");
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            bail!("gave up after 300 s with {done}/{nchunks} commands done");
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if !write {
+        OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&a.file)?
+            .write_all(&data)?;
+    }
+    eprintln!(
+        "homi: {} {} blocks ({} KiB) at LBA {} of ns {} through qid {} in {:.1} ms ({} commands, QD {})",
+        if write { "wrote" } else { "read" },
+        blocks,
+        blocks * bs / 1024,
+        a.lba,
+        a.nsid,
+        qp.qid(),
+        secs * 1e3,
+        nchunks,
+        a.qd
+    );
+    Ok(())
+}
