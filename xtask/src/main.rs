@@ -137,5 +137,11 @@ echo "== done: homi.ko unloaded"
         "demo: booted to the command in {:.2}s ({}); guest exit status {}",
         run.boot_secs, run.accel, run.exit_status
     );
+    let dmesg = run.dmesg();
+    let bad = vm::splats(&dmesg);
+    if !bad.is_empty() {
+        eprintln!("demo: the guest kernel warned:\n{}", bad.join("\n"));
+        return Ok(run.exit_status.max(1));
+    }
     Ok(run.exit_status)
 }
