@@ -14,17 +14,9 @@ pub struct Harness {
 impl Harness {
     pub fn new() -> Self {
         let results = std::env::var_os("HOMI_OUT").and_then(|dir| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(std::path::Path::new(&dir).join("results.txt"))
-                .ok()
+            OpenOptions::new().create(true).append(true).open(std::path::Path::new(&dir).join("results.txt")).ok()
         });
-        Self {
-            passed: 0,
-            failed: 0,
-            results,
-        }
+        Self { passed: 0, failed: 0, results }
     }
 
     /// Records one check's outcome.

@@ -18,10 +18,7 @@ pub fn load(path: &Path, params: &str) -> anyhow::Result<()> {
 
 /// Unloads the module `name`, failing rather than waiting if it is in use.
 pub fn unload(name: &str) -> nix::Result<()> {
-    delete_module(
-        &CString::new(name).expect("no NUL"),
-        DeleteModuleFlags::O_NONBLOCK,
-    )
+    delete_module(&CString::new(name).expect("no NUL"), DeleteModuleFlags::O_NONBLOCK)
 }
 
 /// Whether the module `name` is loaded.
@@ -46,11 +43,7 @@ const SPLATS: &[&str] = &[
 
 /// Returns the kernel log lines that look like a warning or a crash.
 pub fn splats() -> anyhow::Result<Vec<String>> {
-    Ok(kernel_log()?
-        .lines()
-        .filter(|l| SPLATS.iter().any(|s| l.contains(s)))
-        .map(str::to_owned)
-        .collect())
+    Ok(kernel_log()?.lines().filter(|l| SPLATS.iter().any(|s| l.contains(s))).map(str::to_owned).collect())
 }
 
 /// Reads the whole kernel ring buffer through `/dev/kmsg`, without blocking.

@@ -32,22 +32,11 @@ fn raw<T>(f: &File, req: u32, arg: &mut T) -> Result<(), Errno> {
 }
 
 fn open_homi() -> anyhow::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(HomiDevice::default_path())
-        .context("open /dev/homi")
+    OpenOptions::new().read(true).write(true).open(HomiDevice::default_path()).context("open /dev/homi")
 }
 
 fn attach_raw(homi: &File, nvme: &File) -> Result<(), Errno> {
-    raw(
-        homi,
-        HOMI_IOCTL_ATTACH,
-        &mut HomiAttach {
-            nvme_fd: nvme.as_raw_fd(),
-            flags: 0,
-        },
-    )
+    raw(homi, HOMI_IOCTL_ATTACH, &mut HomiAttach { nvme_fd: nvme.as_raw_fd(), flags: 0 })
 }
 
 fn expect_errno(what: &str, got: Result<(), Errno>, want: Errno) -> anyhow::Result<()> {
@@ -117,28 +106,19 @@ impl Aligned {
 impl Drop for Aligned {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this layout.
-        unsafe {
-            std::alloc::dealloc(
-                self.ptr,
-                std::alloc::Layout::from_size_align(self.len, 4096).unwrap(),
-            )
-        };
+        unsafe { std::alloc::dealloc(self.ptr, std::alloc::Layout::from_size_align(self.len, 4096).unwrap()) };
     }
 }
 
 fn kernel_write(at: u64, data: &[u8]) -> anyhow::Result<()> {
     let mut buf = Aligned::new(data.len());
     buf.as_mut_slice().copy_from_slice(data);
-    kernel_ns()?
-        .write_all_at(buf.as_slice(), at * 512)
-        .context("O_DIRECT write")
+    kernel_ns()?.write_all_at(buf.as_slice(), at * 512).context("O_DIRECT write")
 }
 
 fn kernel_read(at: u64, len: usize) -> anyhow::Result<Vec<u8>> {
     let mut buf = Aligned::new(len);
-    kernel_ns()?
-        .read_exact_at(buf.as_mut_slice(), at * 512)
-        .context("O_DIRECT read")?;
+    kernel_ns()?.read_exact_at(buf.as_mut_slice(), at * 512).context("O_DIRECT read")?;
     Ok(buf.as_slice().to_vec())
 }
 
@@ -167,18 +147,10 @@ fn roundtrip(ctrl: &Controller, qp: &mut QueuePair, lba: u64, seed: u64) -> anyh
     let buf = ctrl.alloc(8192)?;
     let a = pattern(seed, 8192);
     homi_write(qp, &buf, lba, &a)?;
-    ensure!(
-        kernel_read(lba, 8192)? == a,
-        "qid {}: kernel read differs from what homi wrote",
-        qp.qid()
-    );
+    ensure!(kernel_read(lba, 8192)? == a, "qid {}: kernel read differs from what homi wrote", qp.qid());
     let b = pattern(seed + 1, 8192);
     kernel_write(lba, &b)?;
-    ensure!(
-        homi_read(qp, &buf, lba, 8192)? == b,
-        "qid {}: homi read differs from what the kernel wrote",
-        qp.qid()
-    );
+    ensure!(homi_read(qp, &buf, lba, 8192)? == b, "qid {}: homi read differs from what the kernel wrote", qp.qid());
     Ok(())
 }
 
@@ -193,64 +165,32 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         kmod::load(kmod_path, "").context("load homi.ko")?;
     }
 
-    h.check(
-        "queues: ATTACH rejects bad fds, flags and read-only controllers",
-        || {
-            let homi = open_homi()?;
-            let devnull = File::open("/dev/null")?;
-            expect_errno("not an nvme fd", attach_raw(&homi, &devnull), Errno::ENODEV)?;
-            let ro = File::open(NVME)?;
-            expect_errno("read-only nvme fd", attach_raw(&homi, &ro), Errno::EACCES)?;
-            let mut bad = HomiAttach {
-                nvme_fd: -1,
-                flags: 0,
-            };
-            expect_errno(
-                "fd -1",
-                raw(&homi, HOMI_IOCTL_ATTACH, &mut bad),
-                Errno::EBADF,
-            )?;
-            bad.nvme_fd = 999;
-            expect_errno(
-                "closed fd",
-                raw(&homi, HOMI_IOCTL_ATTACH, &mut bad),
-                Errno::EBADF,
-            )?;
-            let nvme = OpenOptions::new().read(true).write(true).open(NVME)?;
-            let mut flags = HomiAttach {
-                nvme_fd: nvme.as_raw_fd(),
-                flags: 1,
-            };
-            expect_errno(
-                "flags",
-                raw(&homi, HOMI_IOCTL_ATTACH, &mut flags),
-                Errno::EINVAL,
-            )?;
-            let mut info = HomiInfo::default();
-            expect_errno(
-                "INFO before ATTACH",
-                raw(&homi, HOMI_IOCTL_INFO, &mut info),
-                Errno::ENOTCONN,
-            )?;
-            attach_raw(&homi, &nvme).context("good attach")?;
-            expect_errno("second ATTACH", attach_raw(&homi, &nvme), Errno::EBUSY)?;
-            Ok(())
-        },
-    );
+    h.check("queues: ATTACH rejects bad fds, flags and read-only controllers", || {
+        let homi = open_homi()?;
+        let devnull = File::open("/dev/null")?;
+        expect_errno("not an nvme fd", attach_raw(&homi, &devnull), Errno::ENODEV)?;
+        let ro = File::open(NVME)?;
+        expect_errno("read-only nvme fd", attach_raw(&homi, &ro), Errno::EACCES)?;
+        let mut bad = HomiAttach { nvme_fd: -1, flags: 0 };
+        expect_errno("fd -1", raw(&homi, HOMI_IOCTL_ATTACH, &mut bad), Errno::EBADF)?;
+        bad.nvme_fd = 999;
+        expect_errno("closed fd", raw(&homi, HOMI_IOCTL_ATTACH, &mut bad), Errno::EBADF)?;
+        let nvme = OpenOptions::new().read(true).write(true).open(NVME)?;
+        let mut flags = HomiAttach { nvme_fd: nvme.as_raw_fd(), flags: 1 };
+        expect_errno("flags", raw(&homi, HOMI_IOCTL_ATTACH, &mut flags), Errno::EINVAL)?;
+        let mut info = HomiInfo::default();
+        expect_errno("INFO before ATTACH", raw(&homi, HOMI_IOCTL_INFO, &mut info), Errno::ENOTCONN)?;
+        attach_raw(&homi, &nvme).context("good attach")?;
+        expect_errno("second ATTACH", attach_raw(&homi, &nvme), Errno::EBUSY)?;
+        Ok(())
+    });
 
     h.check("queues: ATTACH needs CAP_SYS_RAWIO", || {
         // A child drops to an unprivileged uid, which clears its capabilities, while
         // keeping the fds root opened.
-        let out = Proc::new(std::env::current_exe()?)
-            .arg("helper")
-            .arg("attach-unprivileged")
-            .output()?;
+        let out = Proc::new(std::env::current_exe()?).arg("helper").arg("attach-unprivileged").output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        ensure!(
-            out.status.success() && text.contains("EPERM"),
-            "child said {text:?} ({})",
-            out.status
-        );
+        ensure!(out.status.success() && text.contains("EPERM"), "child said {text:?} ({})", out.status);
         Ok(())
     });
 
@@ -260,644 +200,373 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     };
     let base = info_counters(&ctrl)?;
 
-    h.check(
-        "queues: every ioctl: EFAULT for unmapped arguments, ENOTTY for wrong sizes",
-        || {
-            let fresh = open_homi()?;
-            let all = [
-                HOMI_IOCTL_VERSION,
-                HOMI_IOCTL_ATTACH,
-                HOMI_IOCTL_INFO,
-                HOMI_IOCTL_CREATE_QPAIR,
-                HOMI_IOCTL_DESTROY_QPAIR,
-                HOMI_IOCTL_REARM_QPAIR,
-                HOMI_IOCTL_ALLOC,
-                HOMI_IOCTL_FREE,
-                HOMI_IOCTL_REGISTER,
-                HOMI_IOCTL_UNREGISTER,
-            ];
-            for req in all {
-                let f = if req == HOMI_IOCTL_ATTACH {
-                    &fresh
-                } else {
-                    ctrl.homi_fd()
-                };
-                for bad in [0usize, 0x10, usize::MAX - 4095] {
-                    // SAFETY: the module must reject the pointer; nothing here dereferences it.
-                    let rc = unsafe { nix::libc::ioctl(f.as_raw_fd(), req as _, bad) };
-                    expect_errno(
-                        &format!("ioctl {req:#x} at {bad:#x}"),
-                        Errno::result(rc).map(drop),
-                        Errno::EFAULT,
-                    )?;
-                }
-                // The same number with a size one byte off is not an ioctl of ours.
-                let size = (req >> 16) & 0x3fff;
-                let wrong = (req & !(0x3fff << 16)) | ((size + 1) << 16);
-                let mut junk = [0u8; 1024];
-                expect_errno(
-                    &format!("ioctl {req:#x} with size {}", size + 1),
-                    raw(f, wrong, &mut junk),
-                    Errno::ENOTTY,
-                )?;
+    h.check("queues: every ioctl: EFAULT for unmapped arguments, ENOTTY for wrong sizes", || {
+        let fresh = open_homi()?;
+        let all = [
+            HOMI_IOCTL_VERSION,
+            HOMI_IOCTL_ATTACH,
+            HOMI_IOCTL_INFO,
+            HOMI_IOCTL_CREATE_QPAIR,
+            HOMI_IOCTL_DESTROY_QPAIR,
+            HOMI_IOCTL_REARM_QPAIR,
+            HOMI_IOCTL_ALLOC,
+            HOMI_IOCTL_FREE,
+            HOMI_IOCTL_REGISTER,
+            HOMI_IOCTL_UNREGISTER,
+        ];
+        for req in all {
+            let f = if req == HOMI_IOCTL_ATTACH { &fresh } else { ctrl.homi_fd() };
+            for bad in [0usize, 0x10, usize::MAX - 4095] {
+                // SAFETY: the module must reject the pointer; nothing here dereferences it.
+                let rc = unsafe { nix::libc::ioctl(f.as_raw_fd(), req as _, bad) };
+                expect_errno(&format!("ioctl {req:#x} at {bad:#x}"), Errno::result(rc).map(drop), Errno::EFAULT)?;
             }
-            // Unaligned argument pointers are fine: the module copies bytes.
-            let mut bytes = vec![0u8; std::mem::size_of::<HomiInfo>() + 1];
-            // SAFETY: `bytes` has room for a `HomiInfo` at offset 1.
-            let rc = unsafe {
-                nix::libc::ioctl(
-                    ctrl.homi_fd().as_raw_fd(),
-                    HOMI_IOCTL_INFO as _,
-                    bytes.as_mut_ptr().add(1),
-                )
-            };
-            Errno::result(rc).context("INFO into an unaligned buffer")?;
-            let instance = u32::from_ne_bytes(bytes[1..5].try_into()?);
-            ensure!(instance == ctrl.info()?.instance, "unaligned INFO differs");
-            Ok(())
-        },
-    );
+            // The same number with a size one byte off is not an ioctl of ours.
+            let size = (req >> 16) & 0x3fff;
+            let wrong = (req & !(0x3fff << 16)) | ((size + 1) << 16);
+            let mut junk = [0u8; 1024];
+            expect_errno(&format!("ioctl {req:#x} with size {}", size + 1), raw(f, wrong, &mut junk), Errno::ENOTTY)?;
+        }
+        // Unaligned argument pointers are fine: the module copies bytes.
+        let mut bytes = vec![0u8; std::mem::size_of::<HomiInfo>() + 1];
+        // SAFETY: `bytes` has room for a `HomiInfo` at offset 1.
+        let rc =
+            unsafe { nix::libc::ioctl(ctrl.homi_fd().as_raw_fd(), HOMI_IOCTL_INFO as _, bytes.as_mut_ptr().add(1)) };
+        Errno::result(rc).context("INFO into an unaligned buffer")?;
+        let instance = u32::from_ne_bytes(bytes[1..5].try_into()?);
+        ensure!(instance == ctrl.info()?.instance, "unaligned INFO differs");
+        Ok(())
+    });
 
-    h.check(
-        "queues: INFO reports the driver's queues, spare qids and the namespace",
-        || {
-            let i = ctrl.info()?;
-            let driver = std::fs::read_dir("/sys/block/nvme0n1/mq")?.count() as u32;
-            ensure!(
-                i.driver_io_queues == driver,
-                "driver_io_queues {} but blk-mq has {driver}",
-                i.driver_io_queues
-            );
-            ensure!(
-                i.granted_io_queues == 64,
-                "granted {} (QEMU max_ioqpairs=64)",
-                i.granted_io_queues
-            );
-            ensure!(
-                i.first_spare_qid == driver + 1,
-                "first spare {}",
-                i.first_spare_qid
-            );
-            ensure!(i.spare_free == 64 - driver, "spare_free {}", i.spare_free);
-            ensure!(
-                i.max_queue_entries == 2048,
-                "MQES+1 {}",
-                i.max_queue_entries
-            );
-            ensure!(
-                i.doorbell_stride == 4 && i.min_page_size == 4096,
-                "stride/page {:?}",
-                (i.doorbell_stride, i.min_page_size)
-            );
-            ensure!(
-                i.flags & HOMI_INFO_LIVE != 0 && i.flags & HOMI_INFO_SHADOW_DOORBELLS == 0,
-                "flags {:#x}",
-                i.flags
-            );
-            ensure!(i.nr_namespaces == 1, "{} namespaces", i.nr_namespaces);
-            let ns = i.namespaces[0];
-            let sectors: u64 = std::fs::read_to_string("/sys/block/nvme0n1/size")?
-                .trim()
-                .parse()?;
-            ensure!(
-                ns.nsid == 1 && ns.lba_shift == 9 && ns.blocks == sectors,
-                "namespace {ns:?}, kernel says {sectors} sectors"
-            );
-            ensure!(i.max_transfer >= 4096, "max transfer {}", i.max_transfer);
-            Ok(())
-        },
-    );
+    h.check("queues: INFO reports the driver's queues, spare qids and the namespace", || {
+        let i = ctrl.info()?;
+        let driver = std::fs::read_dir("/sys/block/nvme0n1/mq")?.count() as u32;
+        ensure!(i.driver_io_queues == driver, "driver_io_queues {} but blk-mq has {driver}", i.driver_io_queues);
+        ensure!(i.granted_io_queues == 64, "granted {} (QEMU max_ioqpairs=64)", i.granted_io_queues);
+        ensure!(i.first_spare_qid == driver + 1, "first spare {}", i.first_spare_qid);
+        ensure!(i.spare_free == 64 - driver, "spare_free {}", i.spare_free);
+        ensure!(i.max_queue_entries == 2048, "MQES+1 {}", i.max_queue_entries);
+        ensure!(
+            i.doorbell_stride == 4 && i.min_page_size == 4096,
+            "stride/page {:?}",
+            (i.doorbell_stride, i.min_page_size)
+        );
+        ensure!(i.flags & HOMI_INFO_LIVE != 0 && i.flags & HOMI_INFO_SHADOW_DOORBELLS == 0, "flags {:#x}", i.flags);
+        ensure!(i.nr_namespaces == 1, "{} namespaces", i.nr_namespaces);
+        let ns = i.namespaces[0];
+        let sectors: u64 = std::fs::read_to_string("/sys/block/nvme0n1/size")?.trim().parse()?;
+        ensure!(
+            ns.nsid == 1 && ns.lba_shift == 9 && ns.blocks == sectors,
+            "namespace {ns:?}, kernel says {sectors} sectors"
+        );
+        ensure!(i.max_transfer >= 4096, "max transfer {}", i.max_transfer);
+        Ok(())
+    });
 
     h.check("queues: CREATE_QPAIR rejects bad depths and flags", || {
         let f = ctrl.homi_fd();
         for depth in [0, 1, 2049, u32::MAX] {
-            let mut q = HomiQpair {
-                depth,
-                ..Default::default()
-            };
-            expect_errno(
-                &format!("depth {depth}"),
-                raw(f, HOMI_IOCTL_CREATE_QPAIR, &mut q),
-                Errno::EINVAL,
-            )?;
+            let mut q = HomiQpair { depth, ..Default::default() };
+            expect_errno(&format!("depth {depth}"), raw(f, HOMI_IOCTL_CREATE_QPAIR, &mut q), Errno::EINVAL)?;
         }
-        let mut q = HomiQpair {
-            depth: 8,
-            flags: 2,
-            ..Default::default()
-        };
-        expect_errno(
-            "flags",
-            raw(f, HOMI_IOCTL_CREATE_QPAIR, &mut q),
-            Errno::EINVAL,
-        )?;
-        for (req, name) in [
-            (HOMI_IOCTL_DESTROY_QPAIR, "DESTROY"),
-            (HOMI_IOCTL_FREE, "FREE"),
-            (HOMI_IOCTL_UNREGISTER, "UNREGISTER"),
-        ] {
+        let mut q = HomiQpair { depth: 8, flags: 2, ..Default::default() };
+        expect_errno("flags", raw(f, HOMI_IOCTL_CREATE_QPAIR, &mut q), Errno::EINVAL)?;
+        for (req, name) in
+            [(HOMI_IOCTL_DESTROY_QPAIR, "DESTROY"), (HOMI_IOCTL_FREE, "FREE"), (HOMI_IOCTL_UNREGISTER, "UNREGISTER")]
+        {
             let mut id = HomiId { id: 4000, flags: 0 };
-            expect_errno(
-                &format!("{name} of an unknown id"),
-                raw(f, req, &mut id),
-                Errno::ENOENT,
-            )?;
+            expect_errno(&format!("{name} of an unknown id"), raw(f, req, &mut id), Errno::ENOENT)?;
             let mut id = HomiId { id: 1, flags: 1 };
-            expect_errno(
-                &format!("{name} with flags"),
-                raw(f, req, &mut id),
-                Errno::EINVAL,
-            )?;
+            expect_errno(&format!("{name} with flags"), raw(f, req, &mut id), Errno::EINVAL)?;
         }
-        let mut rearm = HomiQpair {
-            qid: 4000,
-            ..Default::default()
-        };
-        expect_errno(
-            "REARM of an unknown qid",
-            raw(f, HOMI_IOCTL_REARM_QPAIR, &mut rearm),
-            Errno::ENOENT,
-        )?;
+        let mut rearm = HomiQpair { qid: 4000, ..Default::default() };
+        expect_errno("REARM of an unknown qid", raw(f, HOMI_IOCTL_REARM_QPAIR, &mut rearm), Errno::ENOENT)?;
         Ok(())
     });
 
-    h.check(
-        "queues: ALLOC and REGISTER reject bad sizes and pointers",
-        || {
-            let f = ctrl.homi_fd();
-            for size in [0, 100, 4097, (HOMI_ALLOC_MAX + 4096)] {
-                let mut a = HomiAlloc {
-                    size,
-                    ..Default::default()
-                };
-                expect_errno(
-                    &format!("ALLOC {size}"),
-                    raw(f, HOMI_IOCTL_ALLOC, &mut a),
-                    Errno::EINVAL,
-                )?;
-            }
-            let mut addrs = [0u64; 4];
-            let mem = Aligned::new(16384);
-            let good = HomiRegister {
-                addr: mem.ptr as u64,
-                len: 16384,
-                dma_addrs: addrs.as_mut_ptr() as u64,
-                flags: 0,
-                id: 0,
-            };
-            for (what, mut r, want) in [
-                (
-                    "unaligned address",
-                    HomiRegister {
-                        addr: good.addr + 8,
-                        ..good
-                    },
-                    Errno::EINVAL,
-                ),
-                (
-                    "zero length",
-                    HomiRegister { len: 0, ..good },
-                    Errno::EINVAL,
-                ),
-                (
-                    "unaligned length",
-                    HomiRegister { len: 5000, ..good },
-                    Errno::EINVAL,
-                ),
-                ("flags", HomiRegister { flags: 1, ..good }, Errno::EINVAL),
-                (
-                    "unmapped memory",
-                    HomiRegister {
-                        addr: 0x1000,
-                        ..good
-                    },
-                    Errno::EFAULT,
-                ),
-                (
-                    "bad address array",
-                    HomiRegister {
-                        dma_addrs: 8,
-                        ..good
-                    },
-                    Errno::EFAULT,
-                ),
-            ] {
-                expect_errno(what, raw(f, HOMI_IOCTL_REGISTER, &mut r), want)?;
-            }
-            ensure!(
-                info_counters(&ctrl)? == base,
-                "failed calls left something behind: {:?}",
-                info_counters(&ctrl)?
-            );
-            Ok(())
-        },
-    );
+    h.check("queues: ALLOC and REGISTER reject bad sizes and pointers", || {
+        let f = ctrl.homi_fd();
+        for size in [0, 100, 4097, (HOMI_ALLOC_MAX + 4096)] {
+            let mut a = HomiAlloc { size, ..Default::default() };
+            expect_errno(&format!("ALLOC {size}"), raw(f, HOMI_IOCTL_ALLOC, &mut a), Errno::EINVAL)?;
+        }
+        let mut addrs = [0u64; 4];
+        let mem = Aligned::new(16384);
+        let good =
+            HomiRegister { addr: mem.ptr as u64, len: 16384, dma_addrs: addrs.as_mut_ptr() as u64, flags: 0, id: 0 };
+        for (what, mut r, want) in [
+            ("unaligned address", HomiRegister { addr: good.addr + 8, ..good }, Errno::EINVAL),
+            ("zero length", HomiRegister { len: 0, ..good }, Errno::EINVAL),
+            ("unaligned length", HomiRegister { len: 5000, ..good }, Errno::EINVAL),
+            ("flags", HomiRegister { flags: 1, ..good }, Errno::EINVAL),
+            ("unmapped memory", HomiRegister { addr: 0x1000, ..good }, Errno::EFAULT),
+            ("bad address array", HomiRegister { dma_addrs: 8, ..good }, Errno::EFAULT),
+        ] {
+            expect_errno(what, raw(f, HOMI_IOCTL_REGISTER, &mut r), want)?;
+        }
+        ensure!(info_counters(&ctrl)? == base, "failed calls left something behind: {:?}", info_counters(&ctrl)?);
+        Ok(())
+    });
 
-    h.check(
-        "queues: mmap rejects unknown offsets, private and writable status maps",
-        || {
-            use nix::sys::mman::{mmap, MapFlags, ProtFlags};
-            use std::num::NonZeroUsize;
-            let f = ctrl.homi_fd();
-            let len = NonZeroUsize::new(4096).unwrap();
-            let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-            // SAFETY: each call asks for a fresh mapping; failures map nothing.
-            let tries = unsafe {
-                [
-                    (
-                        "unknown offset",
-                        mmap(
-                            None,
-                            len,
-                            ProtFlags::PROT_READ,
-                            MapFlags::MAP_SHARED,
-                            f,
-                            1 << 40,
-                        )
-                        .err(),
-                        Errno::EINVAL,
-                    ),
-                    (
-                        "writable status page",
-                        mmap(None, len, rw, MapFlags::MAP_SHARED, f, 0).err(),
-                        Errno::EACCES,
-                    ),
-                    (
-                        "private status page",
-                        mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, f, 0).err(),
-                        Errno::EINVAL,
-                    ),
-                ]
-            };
-            for (what, got, want) in tries {
-                ensure!(got == Some(want), "{what}: expected {want}, got {got:?}");
-            }
-            Ok(())
-        },
-    );
+    h.check("queues: mmap rejects unknown offsets, private and writable status maps", || {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        use std::num::NonZeroUsize;
+        let f = ctrl.homi_fd();
+        let len = NonZeroUsize::new(4096).unwrap();
+        let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        // SAFETY: each call asks for a fresh mapping; failures map nothing.
+        let tries = unsafe {
+            [
+                (
+                    "unknown offset",
+                    mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, f, 1 << 40).err(),
+                    Errno::EINVAL,
+                ),
+                ("writable status page", mmap(None, len, rw, MapFlags::MAP_SHARED, f, 0).err(), Errno::EACCES),
+                (
+                    "private status page",
+                    mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_PRIVATE, f, 0).err(),
+                    Errno::EINVAL,
+                ),
+            ]
+        };
+        for (what, got, want) in tries {
+            ensure!(got == Some(want), "{what}: expected {want}, got {got:?}");
+        }
+        Ok(())
+    });
 
-    h.check(
-        "queues: several files, several depths, data identical to the kernel's view",
-        || {
-            let other = Controller::open(NVME)?;
-            let mut qps = Vec::new();
-            for (c, depth) in [(&ctrl, 2), (&ctrl, 64), (&other, 1024), (&other, 2048)] {
-                qps.push((
-                    c.clone(),
-                    c.create_qpair(depth)
-                        .with_context(|| format!("depth {depth}"))?,
-                ));
-            }
-            let mut qids: Vec<u16> = qps.iter().map(|(_, q)| q.qid()).collect();
-            let first = ctrl.info()?.first_spare_qid as u16;
-            ensure!(
-                qids.iter().all(|&q| q >= first),
-                "qids {qids:?} below the first spare {first}"
-            );
-            qids.sort();
-            qids.dedup();
-            ensure!(qids.len() == 4, "qids not unique");
-            for (i, (c, qp)) in qps.iter_mut().enumerate() {
-                ensure!(
-                    c.queue_state(qp.qid()) == HOMI_QUEUE_LIVE,
-                    "status page: qid {} not live",
-                    qp.qid()
-                );
-                roundtrip(c, qp, LBA + 64 * i as u64, i as u64)?;
-            }
-            drop(qps);
-            ensure!(ctrl.info()?.qpairs == base.2, "queues left after destroy");
-            Ok(())
-        },
-    );
+    h.check("queues: several files, several depths, data identical to the kernel's view", || {
+        let other = Controller::open(NVME)?;
+        let mut qps = Vec::new();
+        for (c, depth) in [(&ctrl, 2), (&ctrl, 64), (&other, 1024), (&other, 2048)] {
+            qps.push((c.clone(), c.create_qpair(depth).with_context(|| format!("depth {depth}"))?));
+        }
+        let mut qids: Vec<u16> = qps.iter().map(|(_, q)| q.qid()).collect();
+        let first = ctrl.info()?.first_spare_qid as u16;
+        ensure!(qids.iter().all(|&q| q >= first), "qids {qids:?} below the first spare {first}");
+        qids.sort();
+        qids.dedup();
+        ensure!(qids.len() == 4, "qids not unique");
+        for (i, (c, qp)) in qps.iter_mut().enumerate() {
+            ensure!(c.queue_state(qp.qid()) == HOMI_QUEUE_LIVE, "status page: qid {} not live", qp.qid());
+            roundtrip(c, qp, LBA + 64 * i as u64, i as u64)?;
+        }
+        drop(qps);
+        ensure!(ctrl.info()?.qpairs == base.2, "queues left after destroy");
+        Ok(())
+    });
 
-    h.check(
-        "queues: registered user memory reads what the kernel wrote",
-        || {
-            let data = pattern(77, 16384);
-            kernel_write(LBA + 512, &data)?;
-            let mem = Aligned::new(16384);
-            let mut addrs = [0u64; 4];
-            let mut r = HomiRegister {
-                addr: mem.ptr as u64,
-                len: 16384,
-                dma_addrs: addrs.as_mut_ptr() as u64,
-                flags: 0,
-                id: 0,
-            };
-            raw(ctrl.homi_fd(), HOMI_IOCTL_REGISTER, &mut r).context("REGISTER")?;
-            ensure!(
-                ctrl.info()?.pinned_pages == base.0 + 4,
-                "pin counter did not rise by 4"
-            );
-            let mut qp = ctrl.create_qpair(16)?;
-            for (i, &a) in addrs.iter().enumerate() {
-                let cmd = Command::read(1, LBA + 512 + 8 * i as u64, 8).with_prps(a, 0);
-                // SAFETY: the page stays pinned and untouched until the command completes.
-                unsafe { qp.execute(&cmd, TIMEOUT) }?;
-            }
-            ensure!(
-                mem.as_slice() == &data[..],
-                "registered memory differs from the kernel's data"
-            );
-            let mut id = HomiId { id: r.id, flags: 0 };
-            raw(ctrl.homi_fd(), HOMI_IOCTL_UNREGISTER, &mut id).context("UNREGISTER")?;
-            expect_errno(
-                "double UNREGISTER",
-                raw(ctrl.homi_fd(), HOMI_IOCTL_UNREGISTER, &mut id),
-                Errno::ENOENT,
-            )?;
-            ensure!(
-                ctrl.info()?.pinned_pages == base.0,
-                "pages still pinned after UNREGISTER"
-            );
-            Ok(())
-        },
-    );
+    h.check("queues: registered user memory reads what the kernel wrote", || {
+        let data = pattern(77, 16384);
+        kernel_write(LBA + 512, &data)?;
+        let mem = Aligned::new(16384);
+        let mut addrs = [0u64; 4];
+        let mut r =
+            HomiRegister { addr: mem.ptr as u64, len: 16384, dma_addrs: addrs.as_mut_ptr() as u64, flags: 0, id: 0 };
+        raw(ctrl.homi_fd(), HOMI_IOCTL_REGISTER, &mut r).context("REGISTER")?;
+        ensure!(ctrl.info()?.pinned_pages == base.0 + 4, "pin counter did not rise by 4");
+        let mut qp = ctrl.create_qpair(16)?;
+        for (i, &a) in addrs.iter().enumerate() {
+            let cmd = Command::read(1, LBA + 512 + 8 * i as u64, 8).with_prps(a, 0);
+            // SAFETY: the page stays pinned and untouched until the command completes.
+            unsafe { qp.execute(&cmd, TIMEOUT) }?;
+        }
+        ensure!(mem.as_slice() == &data[..], "registered memory differs from the kernel's data");
+        let mut id = HomiId { id: r.id, flags: 0 };
+        raw(ctrl.homi_fd(), HOMI_IOCTL_UNREGISTER, &mut id).context("UNREGISTER")?;
+        expect_errno("double UNREGISTER", raw(ctrl.homi_fd(), HOMI_IOCTL_UNREGISTER, &mut id), Errno::ENOENT)?;
+        ensure!(ctrl.info()?.pinned_pages == base.0, "pages still pinned after UNREGISTER");
+        Ok(())
+    });
 
     h.check("queues: double DESTROY answers ENOENT", || {
-        let mut q = HomiQpair {
-            depth: 8,
-            ..Default::default()
-        };
+        let mut q = HomiQpair { depth: 8, ..Default::default() };
         raw(ctrl.homi_fd(), HOMI_IOCTL_CREATE_QPAIR, &mut q).context("CREATE")?;
-        let mut id = HomiId {
-            id: q.qid,
-            flags: 0,
-        };
+        let mut id = HomiId { id: q.qid, flags: 0 };
         raw(ctrl.homi_fd(), HOMI_IOCTL_DESTROY_QPAIR, &mut id).context("DESTROY")?;
-        expect_errno(
-            "second DESTROY",
-            raw(ctrl.homi_fd(), HOMI_IOCTL_DESTROY_QPAIR, &mut id),
-            Errno::ENOENT,
-        )?;
+        expect_errno("second DESTROY", raw(ctrl.homi_fd(), HOMI_IOCTL_DESTROY_QPAIR, &mut id), Errno::ENOENT)?;
         Ok(())
     });
 
-    h.check(
-        "queues: kernel I/O on the same namespace runs beside homi I/O",
-        || {
-            let stop = Arc::new(AtomicBool::new(false));
-            let kernel_side = {
-                let stop = stop.clone();
-                std::thread::spawn(move || -> anyhow::Result<u64> {
-                    let mut n = 0;
-                    while !stop.load(Ordering::Relaxed) {
-                        let lba = 8192 + (n % 64) * 16;
-                        let data = pattern(1000 + n, 8192);
-                        kernel_write(lba, &data)?;
-                        ensure!(
-                            kernel_read(lba, 8192)? == data,
-                            "kernel I/O mismatch at {lba}"
-                        );
-                        n += 1;
-                    }
-                    Ok(n)
-                })
-            };
-            let mut qp = ctrl.create_qpair(32)?;
-            let buf = ctrl.alloc(8192)?;
-            let start = Instant::now();
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(3) {
-                let lba = 16384 + (n % 64) * 16;
-                let data = pattern(5000 + n, 8192);
-                homi_write(&mut qp, &buf, lba, &data)?;
-                ensure!(
-                    homi_read(&mut qp, &buf, lba, 8192)? == data,
-                    "homi I/O mismatch at {lba}"
-                );
-                n += 1;
-            }
-            stop.store(true, Ordering::Relaxed);
-            let k = kernel_side
-                .join()
-                .map_err(|_| anyhow::anyhow!("kernel I/O thread panicked"))??;
-            ensure!(
-                n > 0 && k > 0,
-                "no overlap: homi {n}, kernel {k} round trips"
-            );
-            println!("# concurrent round trips: homi {n}, kernel {k}");
-            Ok(())
-        },
-    );
-
-    h.check(
-        "queues: SIGKILLed holder leaves no queue, pin or DMA memory",
-        || {
-            let mut child = Proc::new(std::env::current_exe()?)
-                .args(["helper", "hold"])
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut line = [0u8; 6];
-            child.stdout.take().unwrap().read_exact(&mut line)?;
-            ensure!(
-                &line == b"ready\n",
-                "holder said {:?}",
-                String::from_utf8_lossy(&line)
-            );
-            let held = info_counters(&ctrl)?;
-            ensure!(
-                held.0 > base.0 && held.1 > base.1 && held.2 > base.2,
-                "holder holds nothing: {held:?}"
-            );
-            child.kill()?;
-            child.wait()?;
-            // The file is released when the dead process's last reference goes.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while info_counters(&ctrl)? != base && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            ensure!(
-                info_counters(&ctrl)? == base,
-                "left behind: {:?} (before: {base:?})",
-                info_counters(&ctrl)?
-            );
-            Ok(())
-        },
-    );
-
-    h.check(
-        "queues: unload is refused while a file is open",
-        || match kmod::unload("homi") {
-            Err(Errno::EWOULDBLOCK) | Err(Errno::EBUSY) => Ok(()),
-            other => bail!("delete_module with an open file: {other:?}"),
-        },
-    );
-
-    h.check(
-        "queues: reset with an idle queue, then rearm restores I/O",
-        || {
-            let mut qp = ctrl.create_qpair(16)?;
-            let buf = ctrl.alloc(8192)?;
-            roundtrip(&ctrl, &mut qp, LBA + 1024, 10)?;
-            let g = ctrl.generation();
-            reset_controller()?;
-            wait_for("generation change", || ctrl.generation() != g)?;
-            wait_for("queue marked dead", || {
-                ctrl.queue_state(qp.qid()) == HOMI_QUEUE_DEAD
-            })?;
-            wait_for("controller live", || ctrl.state() == HOMI_CTRL_LIVE)?;
-            let (p1, p2) = buf.prps(0, 4096)?;
-            // SAFETY: `buf` outlives the queue.
-            match unsafe { qp.execute(&Command::read(1, LBA, 8).with_prps(p1, p2), TIMEOUT) } {
-                Err(Error::Reset { .. }) => {}
-                other => bail!("I/O on a reset queue: {other:?}"),
-            }
-            qp.rearm()?;
-            ensure!(
-                ctrl.queue_state(qp.qid()) == HOMI_QUEUE_LIVE,
-                "not live after rearm"
-            );
-            roundtrip(&ctrl, &mut qp, LBA + 1024, 11)
-        },
-    );
-
-    h.check(
-        "queues: reset with a busy queue: typed error, rearm, I/O again",
-        || {
-            let mut qp = ctrl.create_qpair(64)?;
-            let buf = ctrl.alloc(4096 * 32)?;
-            let g = ctrl.generation();
-            let resetter = std::thread::spawn(|| {
-                std::thread::sleep(Duration::from_millis(300));
-                reset_controller()
-            });
-            let start = Instant::now();
-            let mut submitted = 0u64;
-            let err = loop {
-                while qp.free_slots() > 0 {
-                    let slot = submitted % 32;
-                    let cmd = Command::read(1, LBA + slot * 8, 8)
-                        .with_prps(buf.dma_addr() + slot * 4096, 0);
-                    // SAFETY: `buf` outlives the queue pair.
-                    if unsafe { qp.push(&cmd, submitted) }.is_err() {
-                        break;
-                    }
-                    submitted += 1;
+    h.check("queues: kernel I/O on the same namespace runs beside homi I/O", || {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kernel_side = {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let lba = 8192 + (n % 64) * 16;
+                    let data = pattern(1000 + n, 8192);
+                    kernel_write(lba, &data)?;
+                    ensure!(kernel_read(lba, 8192)? == data, "kernel I/O mismatch at {lba}");
+                    n += 1;
                 }
-                qp.ring();
-                if let Err(e) = qp.poll(|c| assert!(c.status.is_success(), "{c:?}")) {
-                    break e;
+                Ok(n)
+            })
+        };
+        let mut qp = ctrl.create_qpair(32)?;
+        let buf = ctrl.alloc(8192)?;
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < Duration::from_secs(3) {
+            let lba = 16384 + (n % 64) * 16;
+            let data = pattern(5000 + n, 8192);
+            homi_write(&mut qp, &buf, lba, &data)?;
+            ensure!(homi_read(&mut qp, &buf, lba, 8192)? == data, "homi I/O mismatch at {lba}");
+            n += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        let k = kernel_side.join().map_err(|_| anyhow::anyhow!("kernel I/O thread panicked"))??;
+        ensure!(n > 0 && k > 0, "no overlap: homi {n}, kernel {k} round trips");
+        println!("# concurrent round trips: homi {n}, kernel {k}");
+        Ok(())
+    });
+
+    h.check("queues: SIGKILLed holder leaves no queue, pin or DMA memory", || {
+        let mut child = Proc::new(std::env::current_exe()?).args(["helper", "hold"]).stdout(Stdio::piped()).spawn()?;
+        let mut line = [0u8; 6];
+        child.stdout.take().unwrap().read_exact(&mut line)?;
+        ensure!(&line == b"ready\n", "holder said {:?}", String::from_utf8_lossy(&line));
+        let held = info_counters(&ctrl)?;
+        ensure!(held.0 > base.0 && held.1 > base.1 && held.2 > base.2, "holder holds nothing: {held:?}");
+        child.kill()?;
+        child.wait()?;
+        // The file is released when the dead process's last reference goes.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while info_counters(&ctrl)? != base && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ensure!(info_counters(&ctrl)? == base, "left behind: {:?} (before: {base:?})", info_counters(&ctrl)?);
+        Ok(())
+    });
+
+    h.check("queues: unload is refused while a file is open", || match kmod::unload("homi") {
+        Err(Errno::EWOULDBLOCK) | Err(Errno::EBUSY) => Ok(()),
+        other => bail!("delete_module with an open file: {other:?}"),
+    });
+
+    h.check("queues: reset with an idle queue, then rearm restores I/O", || {
+        let mut qp = ctrl.create_qpair(16)?;
+        let buf = ctrl.alloc(8192)?;
+        roundtrip(&ctrl, &mut qp, LBA + 1024, 10)?;
+        let g = ctrl.generation();
+        reset_controller()?;
+        wait_for("generation change", || ctrl.generation() != g)?;
+        wait_for("queue marked dead", || ctrl.queue_state(qp.qid()) == HOMI_QUEUE_DEAD)?;
+        wait_for("controller live", || ctrl.state() == HOMI_CTRL_LIVE)?;
+        let (p1, p2) = buf.prps(0, 4096)?;
+        // SAFETY: `buf` outlives the queue.
+        match unsafe { qp.execute(&Command::read(1, LBA, 8).with_prps(p1, p2), TIMEOUT) } {
+            Err(Error::Reset { .. }) => {}
+            other => bail!("I/O on a reset queue: {other:?}"),
+        }
+        qp.rearm()?;
+        ensure!(ctrl.queue_state(qp.qid()) == HOMI_QUEUE_LIVE, "not live after rearm");
+        roundtrip(&ctrl, &mut qp, LBA + 1024, 11)
+    });
+
+    h.check("queues: reset with a busy queue: typed error, rearm, I/O again", || {
+        let mut qp = ctrl.create_qpair(64)?;
+        let buf = ctrl.alloc(4096 * 32)?;
+        let g = ctrl.generation();
+        let resetter = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            reset_controller()
+        });
+        let start = Instant::now();
+        let mut submitted = 0u64;
+        let err = loop {
+            while qp.free_slots() > 0 {
+                let slot = submitted % 32;
+                let cmd = Command::read(1, LBA + slot * 8, 8).with_prps(buf.dma_addr() + slot * 4096, 0);
+                // SAFETY: `buf` outlives the queue pair.
+                if unsafe { qp.push(&cmd, submitted) }.is_err() {
+                    break;
                 }
-                if ctrl.generation() != g && start.elapsed() > Duration::from_secs(1) {
-                    // Commands caught by the reset never complete; the status page says why.
-                    break Error::Reset {
-                        old: g,
-                        new: ctrl.generation(),
-                    };
-                }
-                ensure!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "no reset observed"
-                );
-            };
-            resetter
-                .join()
-                .map_err(|_| anyhow::anyhow!("reset thread panicked"))??;
-            ensure!(
-                matches!(err, Error::Reset { .. }),
-                "expected a reset error, got {err}"
-            );
-            ensure!(submitted > 0, "nothing was submitted before the reset");
-            wait_for("controller live", || ctrl.state() == HOMI_CTRL_LIVE)?;
-            qp.rearm()?;
-            roundtrip(&ctrl, &mut qp, LBA + 2048, 12)
-        },
-    );
+                submitted += 1;
+            }
+            qp.ring();
+            if let Err(e) = qp.poll(|c| assert!(c.status.is_success(), "{c:?}")) {
+                break e;
+            }
+            if ctrl.generation() != g && start.elapsed() > Duration::from_secs(1) {
+                // Commands caught by the reset never complete; the status page says why.
+                break Error::Reset { old: g, new: ctrl.generation() };
+            }
+            ensure!(start.elapsed() < Duration::from_secs(20), "no reset observed");
+        };
+        resetter.join().map_err(|_| anyhow::anyhow!("reset thread panicked"))??;
+        ensure!(matches!(err, Error::Reset { .. }), "expected a reset error, got {err}");
+        ensure!(submitted > 0, "nothing was submitted before the reset");
+        wait_for("controller live", || ctrl.state() == HOMI_CTRL_LIVE)?;
+        qp.rearm()?;
+        roundtrip(&ctrl, &mut qp, LBA + 2048, 12)
+    });
 
     drop(ctrl);
-    h.check(
-        "queues: everything released once the files are closed",
-        || {
-            let c = Controller::open(NVME)?;
-            let i = c.info()?;
-            ensure!(
-                (i.pinned_pages, i.dma_bytes, i.qpairs) == (0, 0, 0),
-                "left: {:?}",
-                (i.pinned_pages, i.dma_bytes, i.qpairs)
-            );
-            ensure!(
-                i.spare_free == i.granted_io_queues - i.driver_io_queues,
-                "qids still reserved"
-            );
-            Ok(())
-        },
-    );
+    h.check("queues: everything released once the files are closed", || {
+        let c = Controller::open(NVME)?;
+        let i = c.info()?;
+        ensure!(
+            (i.pinned_pages, i.dma_bytes, i.qpairs) == (0, 0, 0),
+            "left: {:?}",
+            (i.pinned_pages, i.dma_bytes, i.qpairs)
+        );
+        ensure!(i.spare_free == i.granted_io_queues - i.driver_io_queues, "qids still reserved");
+        Ok(())
+    });
     Ok(())
 }
 
 /// Unbind and rebind with a queue held: the holder gets ENODEV, the module lets go.
 pub fn unbind(h: &mut Harness) -> anyhow::Result<()> {
-    h.check(
-        "unbind: driver unbind revokes homi queues; rebind works again",
-        || {
-            let ctrl = Controller::open(NVME)?;
-            let mut qp = ctrl.create_qpair(16)?;
-            roundtrip(&ctrl, &mut qp, LBA + 4096, 20)?;
-            let pci = std::fs::read_link("/sys/class/nvme/nvme0/device")?;
-            let bdf = pci
-                .file_name()
-                .context("pci address")?
-                .to_string_lossy()
-                .into_owned();
-            std::fs::write("/sys/bus/pci/drivers/nvme/unbind", &bdf).context("unbind")?;
-            ensure!(
-                ctrl.state() == HOMI_CTRL_GONE,
-                "status page does not say gone"
-            );
-            ensure!(
-                ctrl.queue_state(qp.qid()) == HOMI_QUEUE_DEAD,
-                "queue not marked dead"
-            );
-            match ctrl.info() {
-                Err(e) if errno_of(&e) == Some(Errno::ENODEV) => {}
-                other => bail!("INFO after unbind: {other:?}"),
-            }
-            match ctrl.alloc(4096) {
-                Err(e) if errno_of(&e) == Some(Errno::ENODEV) => {}
-                other => bail!("ALLOC after unbind: {other:?}"),
-            }
-            drop(qp);
-            drop(ctrl);
-            std::fs::write("/sys/bus/pci/drivers/nvme/bind", &bdf).context("bind")?;
-            wait_for("nvme0 live again", || {
-                std::fs::read_to_string("/sys/class/nvme/nvme0/state")
-                    .is_ok_and(|s| s.trim() == "live")
-            })?;
-            wait_for("nvme0n1 back", || Path::new(NS).exists())?;
-            let ctrl = Controller::open(NVME)?;
-            let mut qp = ctrl.create_qpair(16)?;
-            roundtrip(&ctrl, &mut qp, LBA + 4096, 21)
-        },
-    );
+    h.check("unbind: driver unbind revokes homi queues; rebind works again", || {
+        let ctrl = Controller::open(NVME)?;
+        let mut qp = ctrl.create_qpair(16)?;
+        roundtrip(&ctrl, &mut qp, LBA + 4096, 20)?;
+        let pci = std::fs::read_link("/sys/class/nvme/nvme0/device")?;
+        let bdf = pci.file_name().context("pci address")?.to_string_lossy().into_owned();
+        std::fs::write("/sys/bus/pci/drivers/nvme/unbind", &bdf).context("unbind")?;
+        ensure!(ctrl.state() == HOMI_CTRL_GONE, "status page does not say gone");
+        ensure!(ctrl.queue_state(qp.qid()) == HOMI_QUEUE_DEAD, "queue not marked dead");
+        match ctrl.info() {
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => {}
+            other => bail!("INFO after unbind: {other:?}"),
+        }
+        match ctrl.alloc(4096) {
+            Err(e) if errno_of(&e) == Some(Errno::ENODEV) => {}
+            other => bail!("ALLOC after unbind: {other:?}"),
+        }
+        drop(qp);
+        drop(ctrl);
+        std::fs::write("/sys/bus/pci/drivers/nvme/bind", &bdf).context("bind")?;
+        wait_for("nvme0 live again", || {
+            std::fs::read_to_string("/sys/class/nvme/nvme0/state").is_ok_and(|s| s.trim() == "live")
+        })?;
+        wait_for("nvme0n1 back", || Path::new(NS).exists())?;
+        let ctrl = Controller::open(NVME)?;
+        let mut qp = ctrl.create_qpair(16)?;
+        roundtrip(&ctrl, &mut qp, LBA + 4096, 21)
+    });
     Ok(())
 }
 
 /// On a controller with shadow doorbells on, a stock kernel refuses queues by name.
 pub fn dbcs(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     kmod::load(kmod_path, "").context("load homi.ko")?;
-    h.check(
-        "dbcs: CREATE_QPAIR refused with an error naming shadow doorbells",
-        || {
-            let ctrl = Controller::open(NVME)?;
-            ensure!(
-                ctrl.info()?.flags & HOMI_INFO_SHADOW_DOORBELLS != 0,
-                "INFO does not flag shadow doorbells"
-            );
-            match ctrl.create_qpair(16) {
-                Err(e @ Error::ShadowDoorbells) => {
-                    ensure!(e.to_string().contains("shadow doorbells"), "message: {e}")
-                }
-                other => bail!("expected a shadow-doorbell refusal, got {other:?}"),
+    h.check("dbcs: CREATE_QPAIR refused with an error naming shadow doorbells", || {
+        let ctrl = Controller::open(NVME)?;
+        ensure!(ctrl.info()?.flags & HOMI_INFO_SHADOW_DOORBELLS != 0, "INFO does not flag shadow doorbells");
+        match ctrl.create_qpair(16) {
+            Err(e @ Error::ShadowDoorbells) => {
+                ensure!(e.to_string().contains("shadow doorbells"), "message: {e}")
             }
-            ensure!(
-                kmod::kernel_log()?.contains("shadow doorbells"),
-                "no kernel log line names shadow doorbells"
-            );
-            Ok(())
-        },
-    );
+            other => bail!("expected a shadow-doorbell refusal, got {other:?}"),
+        }
+        ensure!(kmod::kernel_log()?.contains("shadow doorbells"), "no kernel log line names shadow doorbells");
+        Ok(())
+    });
     Ok(())
 }
 
@@ -914,10 +583,7 @@ pub fn nospare(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             }
             other => bail!("expected no spare queues, got {other:?}"),
         }
-        ensure!(
-            kmod::kernel_log()?.contains("no spare queues"),
-            "no kernel log line says so"
-        );
+        ensure!(kmod::kernel_log()?.contains("no spare queues"), "no kernel log line says so");
         Ok(())
     });
     Ok(())

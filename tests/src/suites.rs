@@ -24,17 +24,11 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
 /// answers VERSION, and unloads without a kernel warning.
 fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     h.check("basic: guest sees nvme0 and its namespace", || {
-        ensure!(
-            Path::new("/sys/class/nvme/nvme0").exists(),
-            "no /sys/class/nvme/nvme0"
-        );
+        ensure!(Path::new("/sys/class/nvme/nvme0").exists(), "no /sys/class/nvme/nvme0");
         ensure!(Path::new("/dev/nvme0").exists(), "no /dev/nvme0");
         ensure!(Path::new("/dev/nvme0n1").exists(), "no /dev/nvme0n1");
         let model = std::fs::read_to_string("/sys/class/nvme/nvme0/model")?;
-        ensure!(
-            model.contains("QEMU"),
-            "unexpected controller model {model:?}"
-        );
+        ensure!(model.contains("QEMU"), "unexpected controller model {model:?}");
         Ok(())
     });
     if kmod::loaded("homi") {
@@ -43,10 +37,7 @@ fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     let loaded = h.check("basic: homi.ko loads and creates /dev/homi", || {
         kmod::load(kmod_path, "")?;
         ensure!(kmod::loaded("homi"), "/sys/module/homi missing after load");
-        ensure!(
-            HomiDevice::default_path().exists(),
-            "no /dev/homi after load"
-        );
+        ensure!(HomiDevice::default_path().exists(), "no /dev/homi after load");
         Ok(())
     });
     if loaded {
@@ -70,19 +61,13 @@ fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             // SAFETY: a no-argument ioctl; the module must reject it without touching memory.
             let rc = unsafe { nix::libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&f), bogus) };
             let err = std::io::Error::last_os_error();
-            ensure!(
-                rc == -1 && err.raw_os_error() == Some(nix::libc::ENOTTY),
-                "got rc {rc}, {err}"
-            );
+            ensure!(rc == -1 && err.raw_os_error() == Some(nix::libc::ENOTTY), "got rc {rc}, {err}");
             Ok(())
         });
         h.check("basic: homi.ko unloads cleanly", || {
             kmod::unload("homi").context("delete_module(homi)")?;
             ensure!(!kmod::loaded("homi"), "/sys/module/homi still present");
-            ensure!(
-                !HomiDevice::default_path().exists(),
-                "/dev/homi still present"
-            );
+            ensure!(!HomiDevice::default_path().exists(), "/dev/homi still present");
             Ok(())
         });
     }

@@ -44,17 +44,11 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
         .find(|n| n.nsid == a.nsid)
         .with_context(|| format!("namespace {} not found on {}", a.nsid, a.nvme.display()))?;
     let bs = 1u64 << ns.lba_shift;
-    ensure!(
-        CHUNK as u64 % bs == 0,
-        "block size {bs} does not divide {CHUNK}"
-    );
+    ensure!(CHUNK as u64 % bs == 0, "block size {bs} does not divide {CHUNK}");
     let mut data = Vec::new();
     let blocks = if write {
         File::open(&a.file)?.read_to_end(&mut data)?;
-        ensure!(
-            !data.is_empty() && data.len() as u64 % bs == 0,
-            "file size must be a non-zero multiple of {bs}"
-        );
+        ensure!(!data.is_empty() && data.len() as u64 % bs == 0, "file size must be a non-zero multiple of {bs}");
         let b = data.len() as u64 / bs;
         if let Some(want) = a.blocks {
             ensure!(want == b, "--blocks {want} but the file holds {b}");
@@ -65,9 +59,7 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
     };
     ensure!(blocks > 0, "nothing to move");
     ensure!(
-        a.lba
-            .checked_add(blocks)
-            .is_some_and(|end| end <= ns.blocks),
+        a.lba.checked_add(blocks).is_some_and(|end| end <= ns.blocks),
         "LBA range beyond the namespace ({} blocks)",
         ns.blocks
     );
@@ -126,12 +118,7 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     if !write {
-        OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(&a.file)?
-            .write_all(&data)?;
+        OpenOptions::new().create(true).truncate(true).write(true).open(&a.file)?.write_all(&data)?;
     }
     eprintln!(
         "homi: {} {} blocks ({} KiB) at LBA {} of ns {} through qid {} in {:.1} ms ({} commands, QD {})",

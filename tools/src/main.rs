@@ -11,11 +11,7 @@ use homi::{Controller, HomiDevice};
 use serde::Serialize;
 
 #[derive(Parser)]
-#[command(
-    name = "homi",
-    version,
-    about = "NVMe queue pairs beside the kernel's nvme driver"
-)]
+#[command(name = "homi", version, about = "NVMe queue pairs beside the kernel's nvme driver")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -77,8 +73,7 @@ struct NsJson {
 }
 
 fn info(target: &Target, json: bool) -> anyhow::Result<()> {
-    let ctrl = Controller::open(&target.nvme)
-        .with_context(|| format!("attach {}", target.nvme.display()))?;
+    let ctrl = Controller::open(&target.nvme).with_context(|| format!("attach {}", target.nvme.display()))?;
     let i = ctrl.info()?;
     let out = InfoJson {
         controller: target.nvme.display().to_string(),
@@ -111,19 +106,10 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!(
-        "{} (nvme{}): {}",
-        out.controller,
-        out.instance,
-        if out.live { "live" } else { "not live" }
-    );
+    println!("{} (nvme{}): {}", out.controller, out.instance, if out.live { "live" } else { "not live" });
     println!(
         "  queues: driver uses qids 1..={}, controller granted {}, spare qids {}..={} ({} free)",
-        out.driver_io_queues,
-        out.granted_io_queues,
-        out.first_spare_qid,
-        out.granted_io_queues,
-        out.spare_free
+        out.driver_io_queues, out.granted_io_queues, out.first_spare_qid, out.granted_io_queues, out.spare_free
     );
     println!(
         "  limits: {} entries per queue, doorbell stride {} B, page {} B, max transfer {} KiB",
@@ -143,13 +129,7 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         out.generation
     );
     for n in &out.namespaces {
-        println!(
-            "  ns {}: {} blocks of {} B ({} MiB)",
-            n.nsid,
-            n.blocks,
-            n.block_size,
-            n.bytes >> 20
-        );
+        println!("  ns {}: {} blocks of {} B ({} MiB)", n.nsid, n.blocks, n.block_size, n.bytes >> 20);
     }
     Ok(())
 }

@@ -9,30 +9,78 @@ use crate::controller::Shared;
 use crate::mapping::Mapping;
 use crate::{sys, Error, Result};
 
-/// Coherent DMA memory allocated by the module and mapped into this process. It is
-/// contiguous as the controller sees it: byte `i` is at [`dma_addr`](Self::dma_addr)
-/// `+ i`.
+/// Memory the controller can reach, contiguous as it sees it: byte `i` is at
+/// [`dma_addr`](Self::dma_addr) `+ i`.
+///
+/// On a real controller it is coherent DMA memory allocated by the module and mapped
+/// into this process; on the software controller, page-aligned host memory whose
+/// "DMA address" is its virtual address.
 #[derive(Debug)]
 pub struct DmaBuffer {
-    map: Mapping,
-    id: u32,
+    ptr: *mut u8,
+    len: usize,
     dma: u64,
-    shared: Arc<Shared>,
+    owner: Owner,
+}
+
+#[derive(Debug)]
+enum Owner {
+    Module { _map: Mapping, id: u32, shared: Arc<Shared> },
+    Host { _mem: HostPages },
+}
+
+// SAFETY: the buffer is plain memory owned by `owner`; access goes through raw pointers
+// under the caller's rules.
+unsafe impl Send for DmaBuffer {}
+// SAFETY: `&DmaBuffer` methods copy through raw pointers under the caller's contract.
+unsafe impl Sync for DmaBuffer {}
+
+/// Zeroed, page-aligned host memory.
+#[derive(Debug)]
+pub(crate) struct HostPages {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: plain heap memory.
+unsafe impl Send for HostPages {}
+// SAFETY: plain heap memory; users synchronise through the rings.
+unsafe impl Sync for HostPages {}
+
+impl HostPages {
+    pub(crate) fn new(len: usize) -> Self {
+        let len = len.max(1).next_multiple_of(crate::prp::PAGE);
+        let layout = std::alloc::Layout::from_size_align(len, crate::prp::PAGE).expect("page layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        Self { ptr, len }
+    }
+
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn zero(&self) {
+        // SAFETY: `len` bytes owned by `self`.
+        unsafe { std::ptr::write_bytes(self.ptr(), 0, self.len) };
+    }
+}
+
+impl Drop for HostPages {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, crate::prp::PAGE).expect("page layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
 }
 
 impl DmaBuffer {
     pub(crate) fn alloc(shared: Arc<Shared>, size: usize) -> Result<Self> {
-        let mut a = HomiAlloc {
-            size: size as u64,
-            ..Default::default()
-        };
+        let mut a = HomiAlloc { size: size as u64, ..Default::default() };
         // SAFETY: the fd is open and `a` is a valid, writable `HomiAlloc`.
-        unsafe { sys::homi_alloc(shared.fd().as_raw_fd(), &mut a) }.map_err(|source| {
-            Error::Ioctl {
-                op: "HOMI_IOCTL_ALLOC",
-                source,
-            }
-        })?;
+        unsafe { sys::homi_alloc(shared.fd().as_raw_fd(), &mut a) }
+            .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_ALLOC", source })?;
         let map = match Mapping::new(shared.fd().as_fd(), a.offset, size, true, "DMA buffer") {
             Ok(m) => m,
             Err(e) => {
@@ -40,12 +88,14 @@ impl DmaBuffer {
                 return Err(e);
             }
         };
-        Ok(Self {
-            map,
-            id: a.id,
-            dma: a.dma_addr,
-            shared,
-        })
+        Ok(Self { ptr: map.ptr(), len: size, dma: a.dma_addr, owner: Owner::Module { _map: map, id: a.id, shared } })
+    }
+
+    /// Host memory for the software controller, which takes virtual addresses as DMA
+    /// addresses.
+    pub(crate) fn host(size: usize) -> Self {
+        let mem = HostPages::new(size);
+        Self { ptr: mem.ptr(), len: size, dma: mem.ptr() as u64, owner: Owner::Host { _mem: mem } }
     }
 
     /// The controller-visible address of the first byte.
@@ -55,7 +105,7 @@ impl DmaBuffer {
 
     /// Size in bytes.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
 
     /// Always false: buffers are at least a page.
@@ -65,60 +115,43 @@ impl DmaBuffer {
 
     /// The first byte, for callers that move data themselves.
     pub fn as_ptr(&self) -> *mut u8 {
-        self.map.ptr()
+        self.ptr
     }
 
     /// Copies `src` into the buffer at `offset`. Call it only while no command that
     /// reads or writes that range is in flight.
     pub fn write_at(&self, offset: usize, src: &[u8]) -> Result<()> {
-        let end = offset
-            .checked_add(src.len())
-            .ok_or(Error::Invalid("range"))?;
+        let end = offset.checked_add(src.len()).ok_or(Error::Invalid("range"))?;
         if end > self.len() {
             return Err(Error::Invalid("range beyond the buffer"));
         }
         // SAFETY: the range is inside the mapping; no command touches it (caller's
         // contract), so nothing else writes it while we copy.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.map.ptr().add(offset), src.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len()) };
         Ok(())
     }
 
     /// Copies bytes at `offset` into `dst`. Call it only after the commands that wrote
     /// that range completed.
     pub fn read_at(&self, offset: usize, dst: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(dst.len())
-            .ok_or(Error::Invalid("range"))?;
+        let end = offset.checked_add(dst.len()).ok_or(Error::Invalid("range"))?;
         if end > self.len() {
             return Err(Error::Invalid("range beyond the buffer"));
         }
         // SAFETY: the range is inside the mapping; the device finished writing it
         // (caller's contract).
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.map.ptr().add(offset), dst.as_mut_ptr(), dst.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), dst.as_mut_ptr(), dst.len()) };
         Ok(())
     }
 
     /// The PRP entries for `len` bytes at `offset` of this buffer, when they fit in
-    /// PRP1 and PRP2 (at most two memory pages).
+    /// PRP1 and PRP2 (at most two memory pages); longer transfers go through
+    /// [`QueuePair::push_io`](crate::QueuePair::push_io), which builds PRP lists.
     pub fn prps(&self, offset: usize, len: usize) -> Result<(u64, u64)> {
-        const PAGE: u64 = 4096;
-        if len == 0 || offset.checked_add(len).is_none_or(|end| end > self.len()) {
-            return Err(Error::Invalid("range beyond the buffer"));
+        match crate::prp::span(self.dma, self.len, offset, len)? {
+            crate::prp::Prps::Direct(a, b) => Ok((a, b)),
+            crate::prp::Prps::List { .. } => Err(Error::Invalid("transfer needs a PRP list")),
         }
-        let first = self.dma + offset as u64;
-        let first_page_left = PAGE - (first % PAGE);
-        if len as u64 <= first_page_left {
-            return Ok((first, 0));
-        }
-        let second = first + first_page_left;
-        if len as u64 - first_page_left <= PAGE {
-            return Ok((first, second));
-        }
-        Err(Error::Invalid("transfer needs a PRP list"))
     }
 }
 
@@ -132,6 +165,8 @@ fn free(shared: &Shared, id: u32) {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        free(&self.shared, self.id);
+        if let Owner::Module { id, shared, .. } = &self.owner {
+            free(shared, *id);
+        }
     }
 }

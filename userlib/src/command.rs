@@ -46,24 +46,11 @@ pub struct Command {
 
 impl Command {
     fn new(opcode: Opcode, nsid: u32) -> Self {
-        Self {
-            opcode,
-            nsid,
-            slba: 0,
-            nlb: 0,
-            prp1: 0,
-            prp2: 0,
-            cdw10_override: None,
-            cdw11: 0,
-            fua: false,
-        }
+        Self { opcode, nsid, slba: 0, nlb: 0, prp1: 0, prp2: 0, cdw10_override: None, cdw11: 0, fua: false }
     }
 
     fn blocks(mut self, slba: u64, blocks: u32) -> Self {
-        assert!(
-            (1..=65536).contains(&blocks),
-            "an I/O command moves 1..=65536 blocks"
-        );
+        assert!((1..=65536).contains(&blocks), "an I/O command moves 1..=65536 blocks");
         self.slba = slba;
         self.nlb = (blocks - 1) as u16;
         self
@@ -96,10 +83,7 @@ impl Command {
 
     /// Deallocates ranges: the data buffer holds `ranges` 16-byte range descriptors.
     pub fn deallocate(nsid: u32, ranges: u32) -> Self {
-        assert!(
-            (1..=256).contains(&ranges),
-            "Dataset Management takes 1..=256 ranges"
-        );
+        assert!((1..=256).contains(&ranges), "Dataset Management takes 1..=256 ranges");
         let mut c = Self::new(Opcode::DatasetManagement, nsid);
         c.cdw10_override = Some(ranges - 1);
         // Attribute: Deallocate.
@@ -271,13 +255,7 @@ impl Status {
 
 impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Status({:#05x} {:?} {})",
-            self.0,
-            self.kind(),
-            self.name().unwrap_or("unnamed")
-        )
+        write!(f, "Status({:#05x} {:?} {})", self.0, self.kind(), self.name().unwrap_or("unnamed"))
     }
 }
 
@@ -285,13 +263,7 @@ impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
             Some(n) => write!(f, "{n} ({:#05x})", self.0),
-            None => write!(
-                f,
-                "{:?} status {:#04x} ({:#05x})",
-                self.kind(),
-                self.code(),
-                self.0
-            ),
+            None => write!(f, "{:?} status {:#04x} ({:#05x})", self.kind(), self.code(), self.0),
         }
     }
 }
@@ -302,9 +274,7 @@ mod tests {
 
     #[test]
     fn read_encodes_lba_count_and_cid() {
-        let s = Command::read(1, 0x1_0000_0002, 8)
-            .with_prps(0x1000, 0x2000)
-            .to_sqe(7);
+        let s = Command::read(1, 0x1_0000_0002, 8).with_prps(0x1000, 0x2000).to_sqe(7);
         assert_eq!(s.0[0], 0x02 | 7 << 16);
         assert_eq!(s.0[1], 1);
         assert_eq!((s.0[6], s.0[8]), (0x1000, 0x2000));

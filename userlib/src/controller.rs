@@ -20,6 +20,7 @@ pub(crate) struct Shared {
     pub(crate) dev: HomiDevice,
     status: Mapping,
     pub(crate) doorbell_stride: usize,
+    pub(crate) max_transfer: usize,
     _nvme: File,
 }
 
@@ -48,8 +49,7 @@ impl Shared {
             return HOMI_QUEUE_NONE;
         }
         // SAFETY: as for `generation`, at the 4-aligned slot of `qid`, inside the page.
-        unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * qid).cast()) }
-            .load(Ordering::Acquire)
+        unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * qid).cast()) }.load(Ordering::Acquire)
     }
 
     /// Fails if the controller was reset since `generation` or left its driver.
@@ -59,10 +59,7 @@ impl Shared {
         }
         let now = self.generation();
         if now != generation {
-            return Err(Error::Reset {
-                old: generation,
-                new: now,
-            });
+            return Err(Error::Reset { old: generation, new: now });
         }
         Ok(())
     }
@@ -90,39 +87,17 @@ impl Controller {
             .read(true)
             .write(true)
             .open(nvme)
-            .map_err(|source| Error::Open {
-                path: nvme.to_owned(),
-                source,
-            })?;
-        let req = HomiAttach {
-            nvme_fd: nvme_file.as_raw_fd(),
-            flags: 0,
-        };
+            .map_err(|source| Error::Open { path: nvme.to_owned(), source })?;
+        let req = HomiAttach { nvme_fd: nvme_file.as_raw_fd(), flags: 0 };
         // SAFETY: the fd is open and `req` is a valid `HomiAttach`.
-        unsafe { sys::homi_attach(dev.file().as_raw_fd(), &req) }.map_err(|source| {
-            Error::Ioctl {
-                op: "HOMI_IOCTL_ATTACH",
-                source,
-            }
-        })?;
-        let status = Mapping::new(
-            dev.file().as_fd(),
-            HOMI_STATUS_OFFSET,
-            4096,
-            false,
-            "status page",
-        )?;
+        unsafe { sys::homi_attach(dev.file().as_raw_fd(), &req) }
+            .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_ATTACH", source })?;
+        let status = Mapping::new(dev.file().as_fd(), HOMI_STATUS_OFFSET, 4096, false, "status page")?;
         let info = info(&dev)?;
         tracing::debug!(nvme = %nvme.display(), spare = info.spare_free, "attached");
         let doorbell_stride = info.doorbell_stride as usize;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                dev,
-                status,
-                doorbell_stride,
-                _nvme: nvme_file,
-            }),
-        })
+        let max_transfer = info.max_transfer as usize;
+        Ok(Self { shared: Arc::new(Shared { dev, status, doorbell_stride, max_transfer, _nvme: nvme_file }) })
     }
 
     /// Asks the module about the controller (admin commands: Get Features, Identify).
@@ -148,22 +123,14 @@ impl Controller {
 
     /// Reserves a spare qid and creates a queue pair of `depth` entries on it.
     pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
-        let mut q = HomiQpair {
-            depth,
-            ..Default::default()
-        };
+        let mut q = HomiQpair { depth, ..Default::default() };
         // SAFETY: the fd is open and `q` is a valid, writable `HomiQpair`.
-        unsafe { sys::homi_create_qpair(self.shared.fd().as_raw_fd(), &mut q) }.map_err(
-            |e| match e {
-                nix::Error::EOPNOTSUPP => Error::ShadowDoorbells,
-                nix::Error::ENOSPC => Error::NoSpareQueues,
-                nix::Error::EAGAIN => Error::NotLive,
-                source => Error::Ioctl {
-                    op: "HOMI_IOCTL_CREATE_QPAIR",
-                    source,
-                },
-            },
-        )?;
+        unsafe { sys::homi_create_qpair(self.shared.fd().as_raw_fd(), &mut q) }.map_err(|e| match e {
+            nix::Error::EOPNOTSUPP => Error::ShadowDoorbells,
+            nix::Error::ENOSPC => Error::NoSpareQueues,
+            nix::Error::EAGAIN => Error::NotLive,
+            source => Error::Ioctl { op: "HOMI_IOCTL_CREATE_QPAIR", source },
+        })?;
         QueuePair::map(self.shared.clone(), q)
     }
 
@@ -182,11 +149,7 @@ impl Controller {
 fn info(dev: &HomiDevice) -> Result<HomiInfo> {
     let mut info = HomiInfo::default();
     // SAFETY: the fd is open and `info` is writable and of the ioctl's type.
-    unsafe { sys::homi_info(dev.file().as_raw_fd(), &mut info) }.map_err(|source| {
-        Error::Ioctl {
-            op: "HOMI_IOCTL_INFO",
-            source,
-        }
-    })?;
+    unsafe { sys::homi_info(dev.file().as_raw_fd(), &mut info) }
+        .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_INFO", source })?;
     Ok(info)
 }

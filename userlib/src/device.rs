@@ -31,10 +31,7 @@ impl HomiDevice {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|source| Error::Open {
-                path: path.to_owned(),
-                source,
-            })?;
+            .map_err(|source| Error::Open { path: path.to_owned(), source })?;
         let dev = Self { fd };
         let v = dev.version()?;
         if v.abi_major != ABI_MAJOR {
@@ -44,12 +41,7 @@ impl HomiDevice {
                 lib_major: ABI_MAJOR,
             });
         }
-        tracing::debug!(
-            abi_major = v.abi_major,
-            abi_minor = v.abi_minor,
-            "opened {}",
-            path.display()
-        );
+        tracing::debug!(abi_major = v.abi_major, abi_minor = v.abi_minor, "opened {}", path.display());
         Ok(dev)
     }
 
@@ -63,12 +55,8 @@ impl HomiDevice {
         let mut v = HomiVersion::default();
         // SAFETY: the fd is open for the life of `self`, and `v` is a valid, writable
         // `HomiVersion`, which is what this ioctl writes.
-        unsafe { sys::homi_version(self.fd.as_raw_fd(), &mut v) }.map_err(|source| {
-            Error::Ioctl {
-                op: "HOMI_IOCTL_VERSION",
-                source,
-            }
-        })?;
+        unsafe { sys::homi_version(self.fd.as_raw_fd(), &mut v) }
+            .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_VERSION", source })?;
         Ok(v)
     }
 }

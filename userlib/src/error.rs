@@ -46,9 +46,7 @@ pub enum Error {
     #[error("shadow doorbells (NVMe Doorbell Buffer Config) are active on this controller; a stock kernel cannot give homi queues on it (boot QEMU with dbcs=off, or use the user-queue patch)")]
     ShadowDoorbells,
     /// Every qid the controller granted is used by the driver or already reserved.
-    #[error(
-        "no spare queues: the nvme driver and homi hold every I/O queue the controller granted"
-    )]
+    #[error("no spare queues: the nvme driver and homi hold every I/O queue the controller granted")]
     NoSpareQueues,
     /// The controller is resetting or otherwise not live; try again.
     #[error("the controller is not live (resetting?)")]

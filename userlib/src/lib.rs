@@ -29,7 +29,9 @@ mod controller;
 mod device;
 mod error;
 mod mapping;
+mod prp;
 mod queue;
+pub mod soft;
 pub(crate) mod sys;
 
 pub use buffer::DmaBuffer;
@@ -38,4 +40,6 @@ pub use controller::Controller;
 pub use device::HomiDevice;
 pub use error::{Error, Result};
 pub use homi_uapi as uapi;
+pub use prp::PAGE;
 pub use queue::{Completion, QueuePair};
+pub use soft::{Fault, SoftConfig, SoftController};

@@ -23,38 +23,20 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes at `offset` of `fd`.
-    pub(crate) fn new(
-        fd: impl AsFd,
-        offset: u64,
-        len: usize,
-        writable: bool,
-        what: &'static str,
-    ) -> Result<Self> {
+    pub(crate) fn new(fd: impl AsFd, offset: u64, len: usize, writable: bool, what: &'static str) -> Result<Self> {
         let length = NonZeroUsize::new(len).ok_or(Error::Invalid("empty mapping"))?;
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
+        let prot = if writable { ProtFlags::PROT_READ | ProtFlags::PROT_WRITE } else { ProtFlags::PROT_READ };
         let offset = i64::try_from(offset).map_err(|_| Error::Invalid("mmap offset"))?;
         // SAFETY: a new shared mapping at an address the kernel picks; nothing aliases
         // it yet.
         let ptr = unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd, offset) }
             .map_err(|source| Error::Mmap { what, source })?;
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
+        Ok(Self { ptr: ptr.cast(), len })
     }
 
     /// The first byte.
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
     }
 }
 

@@ -10,18 +10,22 @@
 //! are in flight, so neither ring can overflow.
 //!
 //! Thread model: a `QueuePair` is `Send` but not `Sync`; drive each from one thread.
+//! The hot path (`push`, `ring`, `poll`) allocates nothing.
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{compiler_fence, AtomicU16, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use homi_uapi::{HomiId, HomiQpair, HOMI_QUEUE_DEAD};
 
+use crate::buffer::DmaBuffer;
 use crate::command::{Command, Sqe, Status};
 use crate::controller::Shared;
 use crate::mapping::Mapping;
+use crate::prp::{self, Prps, PAGE};
+use crate::soft;
 use crate::{sys, Error, Result};
 
 /// One completion, as returned by [`QueuePair::poll`].
@@ -76,15 +80,31 @@ fn dma_rmb() {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// Where the rings live.
+pub(crate) enum Backing {
+    /// Mapped from `/dev/homi`: a real controller.
+    Kernel { _sq: Mapping, _cq: Mapping, db: Mapping, shared: Arc<Shared> },
+    /// Host memory served by the software controller (a test instrument).
+    Soft(Arc<soft::Queue>),
+}
+
+impl Backing {
+    fn check(&self, generation: u64) -> Result<()> {
+        match self {
+            Backing::Kernel { shared, .. } => shared.check(generation),
+            Backing::Soft(q) => q.check(generation),
+        }
+    }
+}
+
 /// A reserved NVMe I/O queue pair.
 pub struct QueuePair {
     qid: u16,
     depth: u32,
-    sq: Mapping,
-    cq: Mapping,
-    db: Mapping,
-    sq_db_offset: usize,
-    cq_db_offset: usize,
+    sq: *mut Sqe,
+    cq: *mut u8,
+    sq_db: *mut u32,
+    cq_db: *mut u32,
     sq_tail: u32,
     cq_head: u32,
     phase: bool,
@@ -97,10 +117,21 @@ pub struct QueuePair {
     tokens: Vec<u64>,
     /// Whether each command identifier is in flight.
     busy: Vec<bool>,
-    shared: Arc<Shared>,
+    /// Buffers kept alive until their command completes (`push_io`).
+    held: Vec<Option<Arc<DmaBuffer>>>,
+    /// PRP list pages, one per command that needs one; allocated on first use.
+    prp_pool: Option<DmaBuffer>,
+    prp_free: Vec<u16>,
+    prp_of_cid: Vec<u16>,
+    max_transfer: usize,
+    backing: Backing,
     /// Not `Sync`: the engine's local state has one owner.
     _not_sync: PhantomData<std::cell::Cell<()>>,
 }
+
+// SAFETY: the raw ring pointers point into memory owned by `backing`, which moves with
+// the queue pair; nothing else in this process uses them.
+unsafe impl Send for QueuePair {}
 
 impl std::fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,14 +143,55 @@ impl std::fmt::Debug for QueuePair {
     }
 }
 
+/// Commands that may hold a PRP list page at once.
+const PRP_POOL_PAGES: u32 = 256;
+const NO_PRP: u16 = u16::MAX;
+
 impl QueuePair {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        qid: u16,
+        depth: u32,
+        generation: u64,
+        sq: *mut u8,
+        cq: *mut u8,
+        sq_db: *mut u8,
+        cq_db: *mut u8,
+        max_transfer: usize,
+        backing: Backing,
+    ) -> Self {
+        Self {
+            qid,
+            depth,
+            sq: sq.cast(),
+            cq,
+            sq_db: sq_db.cast(),
+            cq_db: cq_db.cast(),
+            sq_tail: 0,
+            cq_head: 0,
+            phase: true,
+            generation,
+            unrung: false,
+            free_cids: (0..depth as u16).rev().collect(),
+            tokens: vec![0; depth as usize],
+            busy: vec![false; depth as usize],
+            held: (0..depth).map(|_| None).collect(),
+            prp_pool: None,
+            prp_free: Vec::new(),
+            prp_of_cid: vec![NO_PRP; depth as usize],
+            max_transfer,
+            backing,
+            _not_sync: PhantomData,
+        }
+    }
+
     pub(crate) fn map(shared: Arc<Shared>, q: HomiQpair) -> Result<Self> {
         let qid = q.qid as u16;
         let maps = (|| {
             let fd = shared.fd().as_fd();
             let sq = Mapping::new(fd, q.sq_offset, q.sq_size as usize, true, "SQ ring")?;
             let cq = Mapping::new(fd, q.cq_offset, q.cq_size as usize, true, "CQ ring")?;
-            let db = Mapping::new(fd, q.doorbell_offset, 4096, true, "doorbells")?;
+            let db = Mapping::new(fd, q.doorbell_offset, PAGE, true, "doorbells")?;
             Ok::<_, Error>((sq, cq, db))
         })();
         let (sq, cq, db) = match maps {
@@ -129,26 +201,14 @@ impl QueuePair {
                 return Err(e);
             }
         };
-        let stride = shared.doorbell_stride;
-        Ok(Self {
-            qid,
-            depth: q.depth,
-            sq,
-            cq,
-            db,
-            sq_db_offset: q.sq_doorbell as usize,
-            cq_db_offset: q.sq_doorbell as usize + stride,
-            sq_tail: 0,
-            cq_head: 0,
-            phase: true,
-            generation: q.generation,
-            unrung: false,
-            free_cids: (0..q.depth as u16).rev().collect(),
-            tokens: vec![0; q.depth as usize],
-            busy: vec![false; q.depth as usize],
-            shared,
-            _not_sync: PhantomData,
-        })
+        let sq_off = q.sq_doorbell as usize;
+        let cq_off = sq_off + shared.doorbell_stride;
+        // SAFETY: both doorbells lie inside the mapped doorbell page (module reply).
+        let (sq_db, cq_db) = unsafe { (db.ptr().add(sq_off), db.ptr().add(cq_off)) };
+        let (sqp, cqp) = (sq.ptr(), cq.ptr());
+        let max_transfer = shared.max_transfer;
+        let backing = Backing::Kernel { _sq: sq, _cq: cq, db, shared };
+        Ok(Self::new(qid, q.depth, q.generation, sqp, cqp, sq_db, cq_db, max_transfer, backing))
     }
 
     /// The queue ID.
@@ -180,27 +240,102 @@ impl QueuePair {
     /// touched, until the command's completion is returned by [`poll`](Self::poll).
     #[inline]
     pub unsafe fn push(&mut self, cmd: &Command, token: u64) -> Result<u16> {
+        let cid = self.take_cid(token)?;
+        self.write_sqe(cmd.to_sqe(cid));
+        Ok(cid)
+    }
+
+    #[inline]
+    fn take_cid(&mut self, token: u64) -> Result<u16> {
         if self.free_slots() == 0 {
             return Err(Error::QueueFull);
         }
-        let cid = self
-            .free_cids
-            .pop()
-            .expect("free_slots > 0 implies a free cid");
+        let cid = self.free_cids.pop().ok_or(Error::QueueFull)?;
         self.tokens[usize::from(cid)] = token;
         self.busy[usize::from(cid)] = true;
-        let sqe = cmd.to_sqe(cid);
-        // SAFETY: `sq_tail < depth` (invariant), so the slot is inside the SQ mapping;
-        // it is ours to fill (module docs). Volatile: the device reads it.
-        unsafe {
-            std::ptr::write_volatile(self.sq.ptr().cast::<Sqe>().add(self.sq_tail as usize), sqe)
-        };
+        Ok(cid)
+    }
+
+    #[inline]
+    fn write_sqe(&mut self, sqe: Sqe) {
+        // SAFETY: `sq_tail < depth` (invariant), so the slot is inside the SQ ring; it
+        // is ours to fill (module docs). Volatile: the device reads it.
+        unsafe { std::ptr::write_volatile(self.sq.add(self.sq_tail as usize), sqe) };
         self.sq_tail += 1;
         if self.sq_tail == self.depth {
             self.sq_tail = 0;
         }
         self.unrung = true;
+    }
+
+    /// Pushes a data command that moves `len` bytes at `offset` of `buf`, building its
+    /// PRP entries (with a PRP list when it spans more than two pages). The queue keeps
+    /// `buf` alive until the command completes.
+    pub fn push_io(
+        &mut self,
+        cmd: Command,
+        buf: &Arc<DmaBuffer>,
+        offset: usize,
+        len: usize,
+        token: u64,
+    ) -> Result<u16> {
+        if len > self.max_transfer {
+            return Err(Error::Invalid("transfer larger than the controller's maximum"));
+        }
+        let span = prp::span(buf.dma_addr(), buf.len(), offset, len)?;
+        let cid = self.take_cid(token)?;
+        let prps = match span {
+            Prps::Direct(p1, p2) => (p1, p2),
+            Prps::List { first, pages } => match self.fill_prp_list(cid, pages) {
+                Ok(list) => (first, list),
+                Err(e) => {
+                    self.release_cid(cid);
+                    return Err(e);
+                }
+            },
+        };
+        self.held[usize::from(cid)] = Some(buf.clone());
+        self.write_sqe(cmd.with_prps(prps.0, prps.1).to_sqe(cid));
         Ok(cid)
+    }
+
+    /// Writes the page addresses of `pages` into a free PRP list page and returns its
+    /// address.
+    fn fill_prp_list(&mut self, cid: u16, pages: prp::Pages) -> Result<u64> {
+        if self.prp_pool.is_none() {
+            let n = PRP_POOL_PAGES.min(self.depth);
+            self.prp_pool = Some(self.alloc_prp_pool(n as usize * PAGE)?);
+            self.prp_free = (0..n as u16).rev().collect();
+        }
+        let pool = self.prp_pool.as_ref().expect("allocated above");
+        let slot = self.prp_free.pop().ok_or(Error::QueueFull)?;
+        let list = pool.as_ptr().wrapping_add(usize::from(slot) * PAGE).cast::<u64>();
+        for (i, addr) in pages.enumerate() {
+            // SAFETY: `span` bounds a list to one page of entries; the slot's page is
+            // inside the pool and no in-flight command uses it.
+            unsafe { list.add(i).write_volatile(addr) };
+        }
+        self.prp_of_cid[usize::from(cid)] = slot;
+        Ok(pool.dma_addr() + (usize::from(slot) * PAGE) as u64)
+    }
+
+    fn alloc_prp_pool(&self, size: usize) -> Result<DmaBuffer> {
+        match &self.backing {
+            Backing::Kernel { shared, .. } => DmaBuffer::alloc(shared.clone(), size),
+            Backing::Soft(_) => Ok(DmaBuffer::host(size)),
+        }
+    }
+
+    #[inline]
+    fn release_cid(&mut self, cid: u16) {
+        let i = usize::from(cid);
+        self.busy[i] = false;
+        self.held[i] = None;
+        let slot = std::mem::replace(&mut self.prp_of_cid[i], NO_PRP);
+        if slot != NO_PRP {
+            self.prp_free.push(slot);
+        }
+        self.free_cids.push(cid);
     }
 
     /// Publishes every pushed command to the controller with one doorbell write.
@@ -210,14 +345,8 @@ impl QueuePair {
             return;
         }
         io_wmb();
-        // SAFETY: the SQ tail doorbell lies inside the mapped doorbell page (module
-        // reply); MMIO needs a volatile 32-bit store.
-        unsafe {
-            std::ptr::write_volatile(
-                self.db.ptr().add(self.sq_db_offset).cast::<u32>(),
-                self.sq_tail,
-            )
-        };
+        // SAFETY: the SQ tail doorbell is a live, 4-aligned u32 of the doorbell page.
+        unsafe { AtomicU32::from_ptr(self.sq_db) }.store(self.sq_tail, Ordering::Release);
         self.unrung = false;
     }
 
@@ -231,10 +360,10 @@ impl QueuePair {
         let mut n = 0;
         loop {
             // SAFETY: `cq_head < depth` (invariant), so the 16-byte entry is inside the
-            // CQ mapping. The status halfword is read atomically: the device writes it.
-            let cqe = unsafe { self.cq.ptr().add(16 * self.cq_head as usize) };
-            // SAFETY: as above; bytes 14..16 of the entry, 2-aligned.
-            let st = unsafe { AtomicU16::from_ptr(cqe.add(14).cast()) }.load(Ordering::Relaxed);
+            // CQ ring.
+            let cqe = unsafe { self.cq.add(16 * self.cq_head as usize) };
+            // SAFETY: bytes 14..16 of the entry, 2-aligned; the device writes them.
+            let st = unsafe { AtomicU16::from_ptr(cqe.add(14).cast()) }.load(Ordering::Acquire);
             if (st & 1 == 1) != self.phase {
                 break;
             }
@@ -242,46 +371,36 @@ impl QueuePair {
             if n == 0 {
                 // A revoked ring reads as the dummy page: trust no entry until the
                 // status page says this queue still lives (see `HomiStatus`).
-                self.shared.check(self.generation)?;
+                self.backing.check(self.generation)?;
             }
             // SAFETY: inside the entry, as above; the device finished writing it.
             let (dw0, cid) = unsafe {
-                (
-                    std::ptr::read_volatile(cqe.cast::<u32>()),
-                    std::ptr::read_volatile(cqe.add(12).cast::<u16>()),
-                )
+                (std::ptr::read_volatile(cqe.cast::<u32>()), std::ptr::read_volatile(cqe.add(12).cast::<u16>()))
             };
             let i = usize::from(cid);
             if !self.busy.get(i).copied().unwrap_or(false) {
-                return Err(Error::Invalid(
-                    "completion for a command identifier not in flight",
-                ));
+                return Err(Error::Invalid("completion for a command identifier not in flight"));
             }
-            self.busy[i] = false;
             let token = self.tokens[i];
-            self.free_cids.push(cid);
+            self.release_cid(cid);
             self.cq_head += 1;
             if self.cq_head == self.depth {
                 self.cq_head = 0;
                 self.phase = !self.phase;
             }
             n += 1;
-            f(Completion {
-                token,
-                status: Status(st >> 1),
-                result: dw0,
-            });
+            f(Completion { token, status: Status(st >> 1), result: dw0 });
         }
         if n > 0 {
-            // SAFETY: the CQ head doorbell lies inside the mapped doorbell page.
-            unsafe {
-                std::ptr::write_volatile(
-                    self.db.ptr().add(self.cq_db_offset).cast::<u32>(),
-                    self.cq_head,
-                )
-            };
+            // SAFETY: the CQ head doorbell is a live, 4-aligned u32 of the doorbell page.
+            unsafe { AtomicU32::from_ptr(self.cq_db) }.store(self.cq_head, Ordering::Release);
         }
         Ok(n)
+    }
+
+    /// Fails if the queue no longer exists (controller reset or gone).
+    pub fn check(&self) -> Result<()> {
+        self.backing.check(self.generation)
     }
 
     /// Submits one command and polls until it completes or `timeout` passes.
@@ -293,6 +412,24 @@ impl QueuePair {
     pub unsafe fn execute(&mut self, cmd: &Command, timeout: Duration) -> Result<Completion> {
         // SAFETY: the caller upholds `push`'s contract.
         let cid = unsafe { self.push(cmd, u64::MAX)? };
+        self.wait_for(cid, timeout)
+    }
+
+    /// Like [`execute`](Self::execute) for a data command on `buf`, safely: the queue
+    /// keeps `buf` alive until the command completes.
+    pub fn execute_io(
+        &mut self,
+        cmd: Command,
+        buf: &Arc<DmaBuffer>,
+        offset: usize,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Completion> {
+        let cid = self.push_io(cmd, buf, offset, len, u64::MAX)?;
+        self.wait_for(cid, timeout)
+    }
+
+    fn wait_for(&mut self, cid: u16, timeout: Duration) -> Result<Completion> {
         self.ring();
         let start = Instant::now();
         let mut done = None;
@@ -307,62 +444,58 @@ impl QueuePair {
                 return Ok(c);
             }
             if start.elapsed() > timeout {
-                self.shared.check(self.generation)?;
+                self.check()?;
                 tracing::warn!(qid = self.qid, cid, "command timed out");
                 return Err(Error::Timeout(timeout));
             }
             std::hint::spin_loop();
         }
     }
-}
 
-impl QueuePair {
     /// Recreates the queue on the controller after a reset destroyed it: same qid, same
-    /// rings (zeroed by the module), a fresh doorbell mapping, and every command that
-    /// was in flight forgotten.
+    /// rings (zeroed), a fresh doorbell mapping, and every command that was in flight
+    /// forgotten.
     pub fn rearm(&mut self) -> Result<()> {
-        if self.shared.queue_state(self.qid) != HOMI_QUEUE_DEAD {
-            return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
+        match &mut self.backing {
+            Backing::Kernel { db, shared, .. } => {
+                if shared.queue_state(self.qid) != HOMI_QUEUE_DEAD {
+                    return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
+                }
+                let mut q = HomiQpair { qid: u32::from(self.qid), ..Default::default() };
+                // SAFETY: the fd is open and `q` is a valid, writable `HomiQpair`.
+                unsafe { sys::homi_rearm_qpair(shared.fd().as_raw_fd(), &mut q) }.map_err(|e| match e {
+                    nix::Error::EAGAIN => Error::NotLive,
+                    nix::Error::ENODEV => Error::Gone,
+                    source => Error::Ioctl { op: "HOMI_IOCTL_REARM_QPAIR", source },
+                })?;
+                let new_db = Mapping::new(shared.fd().as_fd(), q.doorbell_offset, PAGE, true, "doorbells")?;
+                let sq_off = q.sq_doorbell as usize;
+                // SAFETY: both doorbells lie inside the new doorbell page.
+                unsafe {
+                    self.sq_db = new_db.ptr().add(sq_off).cast();
+                    self.cq_db = new_db.ptr().add(sq_off + shared.doorbell_stride).cast();
+                }
+                *db = new_db;
+                self.generation = q.generation;
+            }
+            Backing::Soft(q) => self.generation = q.rearm()?,
         }
-        let mut q = HomiQpair {
-            qid: u32::from(self.qid),
-            ..Default::default()
-        };
-        // SAFETY: the fd is open and `q` is a valid, writable `HomiQpair`.
-        unsafe { sys::homi_rearm_qpair(self.shared.fd().as_raw_fd(), &mut q) }.map_err(
-            |e| match e {
-                nix::Error::EAGAIN => Error::NotLive,
-                nix::Error::ENODEV => Error::Gone,
-                source => Error::Ioctl {
-                    op: "HOMI_IOCTL_REARM_QPAIR",
-                    source,
-                },
-            },
-        )?;
-        self.db = Mapping::new(
-            self.shared.fd().as_fd(),
-            q.doorbell_offset,
-            4096,
-            true,
-            "doorbells",
-        )?;
         self.sq_tail = 0;
         self.cq_head = 0;
         self.phase = true;
         self.unrung = false;
-        self.generation = q.generation;
-        self.free_cids = (0..self.depth as u16).rev().collect();
-        self.busy.fill(false);
-        tracing::debug!(qid = self.qid, generation = q.generation, "rearmed");
+        for cid in 0..self.depth as u16 {
+            if self.busy[usize::from(cid)] {
+                self.release_cid(cid);
+            }
+        }
+        tracing::debug!(qid = self.qid, generation = self.generation, "rearmed");
         Ok(())
     }
 }
 
 fn destroy(shared: &Shared, qid: u16) {
-    let req = HomiId {
-        id: u32::from(qid),
-        flags: 0,
-    };
+    let req = HomiId { id: u32::from(qid), flags: 0 };
     // SAFETY: the fd is open and `req` is a valid `HomiId`.
     if let Err(e) = unsafe { sys::homi_destroy_qpair(shared.fd().as_raw_fd(), &req) } {
         tracing::warn!(qid, error = %e, "HOMI_IOCTL_DESTROY_QPAIR failed");
@@ -371,6 +504,8 @@ fn destroy(shared: &Shared, qid: u16) {
 
 impl Drop for QueuePair {
     fn drop(&mut self) {
-        destroy(&self.shared, self.qid);
+        if let Backing::Kernel { shared, .. } = &self.backing {
+            destroy(shared, self.qid);
+        }
     }
 }

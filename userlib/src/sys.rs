@@ -27,39 +27,15 @@ mod tests {
     #[test]
     fn ioctl_numbers_match_nix_encoding() {
         let t = IOCTL_TYPE;
-        assert_eq!(
-            r!(t, 0x00, size_of::<HomiVersion>()),
-            HOMI_IOCTL_VERSION as Num
-        );
-        assert_eq!(
-            w!(t, 0x01, size_of::<HomiAttach>()),
-            HOMI_IOCTL_ATTACH as Num
-        );
+        assert_eq!(r!(t, 0x00, size_of::<HomiVersion>()), HOMI_IOCTL_VERSION as Num);
+        assert_eq!(w!(t, 0x01, size_of::<HomiAttach>()), HOMI_IOCTL_ATTACH as Num);
         assert_eq!(r!(t, 0x02, size_of::<HomiInfo>()), HOMI_IOCTL_INFO as Num);
-        assert_eq!(
-            rw!(t, 0x03, size_of::<HomiQpair>()),
-            HOMI_IOCTL_CREATE_QPAIR as Num
-        );
-        assert_eq!(
-            w!(t, 0x04, size_of::<HomiId>()),
-            HOMI_IOCTL_DESTROY_QPAIR as Num
-        );
-        assert_eq!(
-            rw!(t, 0x05, size_of::<HomiQpair>()),
-            HOMI_IOCTL_REARM_QPAIR as Num
-        );
-        assert_eq!(
-            rw!(t, 0x06, size_of::<HomiAlloc>()),
-            HOMI_IOCTL_ALLOC as Num
-        );
+        assert_eq!(rw!(t, 0x03, size_of::<HomiQpair>()), HOMI_IOCTL_CREATE_QPAIR as Num);
+        assert_eq!(w!(t, 0x04, size_of::<HomiId>()), HOMI_IOCTL_DESTROY_QPAIR as Num);
+        assert_eq!(rw!(t, 0x05, size_of::<HomiQpair>()), HOMI_IOCTL_REARM_QPAIR as Num);
+        assert_eq!(rw!(t, 0x06, size_of::<HomiAlloc>()), HOMI_IOCTL_ALLOC as Num);
         assert_eq!(w!(t, 0x07, size_of::<HomiId>()), HOMI_IOCTL_FREE as Num);
-        assert_eq!(
-            rw!(t, 0x08, size_of::<HomiRegister>()),
-            HOMI_IOCTL_REGISTER as Num
-        );
-        assert_eq!(
-            w!(t, 0x09, size_of::<HomiId>()),
-            HOMI_IOCTL_UNREGISTER as Num
-        );
+        assert_eq!(rw!(t, 0x08, size_of::<HomiRegister>()), HOMI_IOCTL_REGISTER as Num);
+        assert_eq!(w!(t, 0x09, size_of::<HomiId>()), HOMI_IOCTL_UNREGISTER as Num);
     }
 }

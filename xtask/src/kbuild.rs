@@ -33,28 +33,16 @@ impl Kernel {
 /// `HOMI_KDIR` names a kernel build directory to use instead.
 pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
     if let Some(dir) = std::env::var_os("HOMI_KDIR") {
-        let k = Kernel {
-            dir: PathBuf::from(dir),
-        };
+        let k = Kernel { dir: PathBuf::from(dir) };
         if !k.bzimage().exists() {
-            bail!(
-                "HOMI_KDIR={}: no arch/x86/boot/bzImage there",
-                k.dir.display()
-            );
+            bail!("HOMI_KDIR={}: no arch/x86/boot/bzImage there", k.dir.display());
         }
         eprintln!("kernel: using HOMI_KDIR={}", k.dir.display());
         return Ok(k);
     }
     let out = Command::new("bash")
         .arg(repo_root().join("qemu/kernel.sh"))
-        .env(
-            "VARIANT",
-            if args.debug_kernel {
-                "debug"
-            } else {
-                "release"
-            },
-        )
+        .env("VARIANT", if args.debug_kernel { "debug" } else { "release" })
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("run qemu/kernel.sh")?;
@@ -64,10 +52,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
     let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     let k = Kernel { dir };
     if !k.bzimage().exists() {
-        bail!(
-            "{} is missing after the kernel build",
-            k.bzimage().display()
-        );
+        bail!("{} is missing after the kernel build", k.bzimage().display());
     }
     Ok(k)
 }
@@ -113,10 +98,7 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
         .output()
         .context("run make clean for kmod")?;
     if !clean.status.success() {
-        bail!(
-            "make clean in kmod failed:\n{}",
-            String::from_utf8_lossy(&clean.stderr)
-        );
+        bail!("make clean in kmod failed:\n{}", String::from_utf8_lossy(&clean.stderr));
     }
     let out = Command::new("make")
         .arg("-C")
@@ -127,11 +109,7 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
         .env("LIBCLANG_PATH", "/usr/lib/llvm-19/lib")
         .output()
         .context("run make for kmod")?;
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         bail!("homi.ko build failed:\n{log}");
     }
@@ -146,15 +124,9 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
         .output()
         .context("run rustfmt")?;
     if !fmt.status.success() {
-        bail!(
-            "kmod is not rustfmt-clean:\n{}",
-            String::from_utf8_lossy(&fmt.stdout)
-        );
+        bail!("kmod is not rustfmt-clean:\n{}", String::from_utf8_lossy(&fmt.stdout));
     }
     let ko = kmod_dir.join("homi.ko");
-    eprintln!(
-        "kmod: built {} (W=1 CLIPPY=1, no warnings, rustfmt-clean)",
-        ko.display()
-    );
+    eprintln!("kmod: built {} (W=1 CLIPPY=1, no warnings, rustfmt-clean)", ko.display());
     Ok(ko)
 }

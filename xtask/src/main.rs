@@ -66,10 +66,7 @@ fn main() -> ExitCode {
 
 /// The repository root (the parent of xtask/).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent")
-        .to_owned()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
 }
 
 /// Runs `cmd`, failing with its description if it does not exit 0.

@@ -14,10 +14,7 @@ impl Tally {
             self.passed += 1;
             println!("ok - {name}");
         } else {
-            println!(
-                "not ok - {name}{}{detail}",
-                if detail.is_empty() { "" } else { ": " }
-            );
+            println!("not ok - {name}{}{detail}", if detail.is_empty() { "" } else { ": " });
             self.failed.push(name.to_owned());
         }
     }

@@ -54,17 +54,7 @@ fn host(t: &mut Tally) {
     });
     t.result("host: cargo fmt --check", &fmt);
 
-    let clippy = cargo()
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--quiet",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .status();
+    let clippy = cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]).status();
     let clippy = match clippy {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(anyhow::anyhow!("clippy: {s}")),
@@ -74,11 +64,7 @@ fn host(t: &mut Tally) {
 
     match cargo().args(["test", "--workspace"]).output() {
         Ok(o) => {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
+            let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
             let (p, f) = cargo_test_counts(&text);
             if f > 0 || !o.status.success() {
                 print!("{text}");
@@ -118,10 +104,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     }
     let k = k.expect("checked");
     let ko = kbuild::kmod(&k);
-    if !t.result(
-        "kmod: homi.ko builds with W=1 CLIPPY=1, no warnings, rustfmt-clean",
-        &ko,
-    ) {
+    if !t.result("kmod: homi.ko builds with W=1 CLIPPY=1, no warnings, rustfmt-clean", &ko) {
         return;
     }
     let ko = ko.expect("checked");
@@ -131,36 +114,15 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     }
     let bin = bin.expect("checked");
 
-    let base = VmOptions {
-        quiet: true,
-        ..args.opts.clone()
-    };
+    let base = VmOptions { quiet: true, ..args.opts.clone() };
     // One boot per controller shape; each runs its suites in order.
     let boots = [
         ("stock", base.clone(), "basic queues unbind"),
-        (
-            "dbcs-on",
-            VmOptions {
-                dbcs: true,
-                ..base.clone()
-            },
-            "dbcs",
-        ),
-        (
-            "no-spare",
-            VmOptions {
-                max_ioqpairs: base.smp,
-                ..base.clone()
-            },
-            "nospare",
-        ),
+        ("dbcs-on", VmOptions { dbcs: true, ..base.clone() }, "dbcs"),
+        ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
     ];
     for (name, opts, suites) in boots {
-        let script = format!(
-            "{}/homi-vmtest --kmod {} {suites}\n",
-            bin.display(),
-            ko.display()
-        );
+        let script = format!("{}/homi-vmtest --kmod {} {suites}\n", bin.display(), ko.display());
         vm_suites(t, &k, &opts, name, &script);
     }
 }
@@ -172,30 +134,16 @@ fn vm_suites(t: &mut Tally, k: &kbuild::Kernel, opts: &VmOptions, name: &str, sc
         return;
     }
     let run = run.expect("checked");
-    println!(
-        "vm[{name}]: booted to the test command in {:.2}s ({})",
-        run.boot_secs, run.accel
-    );
+    println!("vm[{name}]: booted to the test command in {:.2}s ({})", run.boot_secs, run.accel);
     let results = run.out_file("results.txt").unwrap_or_default();
     let n = t.add_tap(&results);
     t.record(
         &format!("vm[{name}]: suites reported their checks and exited 0"),
         n > 0 && run.exit_status == 0,
-        &format!(
-            "{n} checks, exit status {}; see {}",
-            run.exit_status,
-            run.dir.join("serial.log").display()
-        ),
+        &format!("{n} checks, exit status {}; see {}", run.exit_status, run.dir.join("serial.log").display()),
     );
-    let bad = vm::splats(&run.dmesg())
-        .into_iter()
-        .map(str::to_owned)
-        .collect::<Vec<_>>();
-    t.record(
-        &format!("vm[{name}]: guest kernel log clean"),
-        bad.is_empty(),
-        &bad.join("\n"),
-    );
+    let bad = vm::splats(&run.dmesg()).into_iter().map(str::to_owned).collect::<Vec<_>>();
+    t.record(&format!("vm[{name}]: guest kernel log clean"), bad.is_empty(), &bad.join("\n"));
 }
 
 #[cfg(test)]

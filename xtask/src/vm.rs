@@ -131,9 +131,7 @@ pub const SPLATS: &[&str] = &[
 
 /// The lines of `log` that match [`SPLATS`].
 pub fn splats(log: &str) -> Vec<&str> {
-    log.lines()
-        .filter(|l| SPLATS.iter().any(|s| l.contains(s)))
-        .collect()
+    log.lines().filter(|l| SPLATS.iter().any(|s| l.contains(s))).collect()
 }
 
 fn shell_quote(s: &str) -> String {
@@ -184,66 +182,33 @@ pub fn boot_named(k: &Kernel, opts: &VmOptions, script: &str, name: &str) -> any
     boot_with(k, opts, script, name, accel)
 }
 
-fn boot_with(
-    k: &Kernel,
-    opts: &VmOptions,
-    script: &str,
-    name: &str,
-    accel: Accel,
-) -> anyhow::Result<VmRun> {
+fn boot_with(k: &Kernel, opts: &VmOptions, script: &str, name: &str, accel: Accel) -> anyhow::Result<VmRun> {
     let dir = repo_root().join("target/vm").join(name);
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     let out = dir.join("out");
     fs::create_dir_all(&out)?;
-    fs::write(
-        out.join("cmd.sh"),
-        format!(
-            "cd {}\n{script}",
-            shell_quote(&repo_root().display().to_string())
-        ),
-    )?;
+    fs::write(out.join("cmd.sh"), format!("cd {}\n{script}", shell_quote(&repo_root().display().to_string())))?;
 
     let mut qemu = Command::new("qemu-system-x86_64");
-    qemu.args([
-        "-machine",
-        "q35",
-        "-accel",
-        &accel.to_string(),
-        "-cpu",
-        "max",
-    ])
-    .args(["-smp", &opts.smp.to_string(), "-m", &opts.mem])
-    .args([
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-kernel")
-    .arg(k.bzimage())
-    .args(["-append", &kernel_cmdline(opts)]);
+    qemu.args(["-machine", "q35", "-accel", &accel.to_string(), "-cpu", "max"])
+        .args(["-smp", &opts.smp.to_string(), "-m", &opts.mem])
+        .args(["-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(k.bzimage())
+        .args(["-append", &kernel_cmdline(opts)]);
     if opts.iommu {
         // The IOMMU must be created before the devices it translates for.
         qemu.args(["-device", "intel-iommu,intremap=off"]);
     }
-    for (tag, path, ro) in [
-        ("homiroot", Path::new("/"), true),
-        ("homiout", out.as_path(), false),
-    ] {
+    for (tag, path, ro) in [("homiroot", Path::new("/"), true), ("homiout", out.as_path(), false)] {
         qemu.arg("-fsdev").arg(format!(
             "local,id={tag},path={},security_model=none,multidevs=remap{}",
             path.display(),
             if ro { ",readonly=on" } else { "" }
         ));
-        qemu.args([
-            "-device",
-            &format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}"),
-        ]);
+        qemu.args(["-device", &format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}")]);
     }
     let controllers = if opts.second_controller { 2 } else { 1 };
     for c in 0..controllers {
@@ -259,24 +224,14 @@ fn boot_with(
         for n in 1..=opts.namespaces {
             let img = dir.join(format!("nvme{c}n{n}.img"));
             fs::File::create(&img)?.set_len(opts.ns_size_mb << 20)?;
-            qemu.arg("-drive").arg(format!(
-                "file={},if=none,id=c{c}n{n},format=raw,cache=unsafe",
-                img.display()
-            ));
-            qemu.args([
-                "-device",
-                &format!("nvme-ns,drive=c{c}n{n},bus=nvme{c},nsid={n}"),
-            ]);
+            qemu.arg("-drive").arg(format!("file={},if=none,id=c{c}n{n},format=raw,cache=unsafe", img.display()));
+            qemu.args(["-device", &format!("nvme-ns,drive=c{c}n{n},bus=nvme{c},nsid={n}")]);
         }
     }
-    qemu.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
 
     let start = Instant::now();
-    let mut child = qemu
-        .spawn()
-        .context("start qemu-system-x86_64 (run `cargo xtask setup`)")?;
+    let mut child = qemu.spawn().context("start qemu-system-x86_64 (run `cargo xtask setup`)")?;
     let stdout = child.stdout.take().expect("piped");
     let log_path = dir.join("serial.log");
     let quiet = opts.quiet;
@@ -313,26 +268,14 @@ fn boot_with(
     let booted = reader.join().expect("serial reader panicked")?;
     let serial = dir.join("serial.log");
     let Some(status) = status else {
-        bail!(
-            "the VM ran past {}s and was killed; see {}",
-            opts.timeout,
-            serial.display()
-        );
+        bail!("the VM ran past {}s and was killed; see {}", opts.timeout, serial.display());
     };
     let exit_status = match fs::read_to_string(out.join("exit-status")) {
         Ok(s) => s.trim().parse().context("parse exit-status")?,
-        Err(_) => bail!(
-            "the guest did not finish its command (qemu {status}); see {}",
-            serial.display()
-        ),
+        Err(_) => bail!("the guest did not finish its command (qemu {status}); see {}", serial.display()),
     };
     let boot_secs = booted.context("the guest never reported it was up")?;
-    Ok(VmRun {
-        exit_status,
-        boot_secs,
-        accel,
-        dir,
-    })
+    Ok(VmRun { exit_status, boot_secs, accel, dir })
 }
 
 fn kernel_cmdline(opts: &VmOptions) -> String {
@@ -360,30 +303,12 @@ fn resolve_accel(k: &Kernel, opts: &VmOptions) -> anyhow::Result<Accel> {
     }
     let cache = PathBuf::from(kbuild::cache_var("HOMI_CACHE")?).join("kvm-probe");
     if let Ok(s) = fs::read_to_string(&cache) {
-        return Ok(if s.trim() == "ok" {
-            Accel::Kvm
-        } else {
-            Accel::Tcg
-        });
+        return Ok(if s.trim() == "ok" { Accel::Kvm } else { Accel::Tcg });
     }
-    eprintln!(
-        "vm: probing whether KVM guests boot here (once; cached in {})",
-        cache.display()
-    );
-    let probe = VmOptions {
-        timeout: 60,
-        quiet: true,
-        ..opts.clone()
-    };
+    eprintln!("vm: probing whether KVM guests boot here (once; cached in {})", cache.display());
+    let probe = VmOptions { timeout: 60, quiet: true, ..opts.clone() };
     let ok = matches!(boot_with(k, &probe, "true\n", "kvm-probe", Accel::Kvm), Ok(r) if r.exit_status == 0);
     fs::write(&cache, if ok { "ok\n" } else { "fail\n" })?;
-    eprintln!(
-        "vm: KVM boot probe {}",
-        if ok {
-            "succeeded: using KVM"
-        } else {
-            "failed: using TCG"
-        }
-    );
+    eprintln!("vm: KVM boot probe {}", if ok { "succeeded: using KVM" } else { "failed: using TCG" });
     Ok(if ok { Accel::Kvm } else { Accel::Tcg })
 }

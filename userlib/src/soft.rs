@@ -1,0 +1,505 @@
+//! A software NVMe controller: **a test instrument, not a device**.
+//!
+//! It serves the same SQ/CQ/doorbell layout that homi maps from a real controller,
+//! from a host thread, over a namespace kept in memory, so the queue-pair engine can be
+//! tested and benchmarked on machines with no NVMe device and no homi module (host
+//! unit tests, GPU machines). It implements the NVM command set subset the engine
+//! uses: Read, Write, Compare, Write Zeroes, Flush and Dataset Management.
+//!
+//! "DMA addresses" are host virtual addresses: buffers come from
+//! [`SoftController::alloc`]. Faults can be injected ([`Fault`]): media errors,
+//! lost completions (timeouts) and controller resets. In null mode commands complete
+//! at once without touching data, which isolates the engine's own cost.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+
+use crate::buffer::{DmaBuffer, HostPages};
+use crate::command::{Opcode, Sqe, Status};
+use crate::prp::{LIST_ENTRIES, PAGE};
+use crate::queue::{Backing, QueuePair};
+use crate::{Error, Result};
+
+/// Shape of a software controller.
+#[derive(Clone, Copy, Debug)]
+pub struct SoftConfig {
+    /// Namespace 1's size in 512-byte blocks.
+    pub blocks: u64,
+    /// Complete every command at once without moving data.
+    pub null: bool,
+    /// Largest queue depth (MQES + 1).
+    pub max_queue_entries: u32,
+    /// Largest transfer in bytes.
+    pub max_transfer: usize,
+}
+
+impl Default for SoftConfig {
+    fn default() -> Self {
+        Self { blocks: 16384, null: false, max_queue_entries: 4096, max_transfer: (LIST_ENTRIES + 1) * PAGE }
+    }
+}
+
+/// A fault to inject into the next commands the controller executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Complete the next `count` commands with `status` (e.g. a media error).
+    Status {
+        /// The status to complete with.
+        status: Status,
+        /// How many commands.
+        count: u32,
+    },
+    /// Swallow the next `count` commands: no completion ever comes.
+    Drop {
+        /// How many commands.
+        count: u32,
+    },
+}
+
+const BLOCK: usize = 512;
+
+/// One queue served by the software controller.
+pub(crate) struct Queue {
+    qid: u16,
+    depth: u32,
+    sq: HostPages,
+    cq: HostPages,
+    /// Doorbells: SQ tail at offset 0, CQ head at offset 4.
+    db: HostPages,
+    live: AtomicBool,
+    generation: AtomicU64,
+    ctrl: Arc<Inner>,
+}
+
+impl Queue {
+    pub(crate) fn check(&self, generation: u64) -> Result<()> {
+        let now = self.ctrl.generation.load(Ordering::Acquire);
+        if now != generation {
+            return Err(Error::Reset { old: generation, new: now });
+        }
+        Ok(())
+    }
+
+    /// Recreates the queue after an injected reset; returns the new generation.
+    pub(crate) fn rearm(&self) -> Result<u64> {
+        if self.live.load(Ordering::Acquire) {
+            return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
+        }
+        let _serving = self.ctrl.serving.lock().unwrap_or_else(|e| e.into_inner());
+        self.sq.zero();
+        self.cq.zero();
+        self.db.zero();
+        let g = self.ctrl.generation.load(Ordering::Acquire);
+        self.generation.store(g, Ordering::Release);
+        self.live.store(true, Ordering::Release);
+        Ok(g)
+    }
+
+    fn doorbell(&self, which: usize) -> &AtomicU32 {
+        // SAFETY: offsets 0 and 4 of the doorbell page, 4-aligned, alive with `self`.
+        unsafe { AtomicU32::from_ptr(self.db.ptr().add(4 * which).cast()) }
+    }
+}
+
+/// State shared by the controller handle, its worker thread and its queues.
+pub(crate) struct Inner {
+    cfg: SoftConfig,
+    generation: AtomicU64,
+    stop: AtomicBool,
+    /// Every queue created; the worker serves those still alive.
+    queues: Mutex<Vec<Weak<Queue>>>,
+    queues_changed: AtomicBool,
+    /// Held by the worker while it serves a round; rearm takes it to reset a queue.
+    serving: Mutex<()>,
+    faults: Mutex<VecDeque<Fault>>,
+    has_faults: AtomicBool,
+    commands: AtomicU64,
+}
+
+/// A software NVMe controller with one namespace (nsid 1) of 512-byte blocks.
+/// A test instrument: see the module documentation.
+pub struct SoftController {
+    inner: Arc<Inner>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for SoftController {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftController").field("cfg", &self.inner.cfg).finish()
+    }
+}
+
+impl SoftController {
+    /// Starts a controller and its worker thread.
+    pub fn new(cfg: SoftConfig) -> Self {
+        let inner = Arc::new(Inner {
+            cfg,
+            generation: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            queues: Mutex::new(Vec::new()),
+            queues_changed: AtomicBool::new(false),
+            serving: Mutex::new(()),
+            faults: Mutex::new(VecDeque::new()),
+            has_faults: AtomicBool::new(false),
+            commands: AtomicU64::new(0),
+        });
+        let media = if cfg.null { Vec::new() } else { vec![0u8; cfg.blocks as usize * BLOCK] };
+        let w = inner.clone();
+        let worker = std::thread::Builder::new()
+            .name("homi-softctrl".into())
+            .spawn(move || Worker { inner: w, media }.run())
+            .expect("spawn the software controller thread");
+        Self { inner, worker: Some(worker) }
+    }
+
+    /// Creates a queue pair of `depth` entries.
+    pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
+        if depth < 2 || depth > self.inner.cfg.max_queue_entries {
+            return Err(Error::Invalid("queue depth outside 2..=max_queue_entries"));
+        }
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues.retain(|w| w.strong_count() > 0);
+        let qid =
+            (1..).find(|id| !queues.iter().any(|w| w.upgrade().is_some_and(|q| q.qid == *id))).expect("a free qid");
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let q = Arc::new(Queue {
+            qid,
+            depth,
+            sq: HostPages::new(depth as usize * 64),
+            cq: HostPages::new(depth as usize * 16),
+            db: HostPages::new(PAGE),
+            live: AtomicBool::new(true),
+            generation: AtomicU64::new(generation),
+            ctrl: self.inner.clone(),
+        });
+        queues.push(Arc::downgrade(&q));
+        self.inner.queues_changed.store(true, Ordering::Release);
+        let (sq, cq, db) = (q.sq.ptr(), q.cq.ptr(), q.db.ptr());
+        // SAFETY: offset 4 is inside the doorbell page.
+        let cq_db = unsafe { db.add(4) };
+        Ok(QueuePair::new(qid, depth, generation, sq, cq, db, cq_db, self.inner.cfg.max_transfer, Backing::Soft(q)))
+    }
+
+    /// Allocates `size` bytes the controller can reach.
+    pub fn alloc(&self, size: usize) -> DmaBuffer {
+        DmaBuffer::host(size)
+    }
+
+    /// Queues a fault for the next commands.
+    pub fn inject(&self, fault: Fault) {
+        self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()).push_back(fault);
+        self.inner.has_faults.store(true, Ordering::Release);
+    }
+
+    /// Resets the controller: every queue is destroyed (in-flight commands are lost)
+    /// and the generation moves on, as after `reset_controller` on a real one.
+    pub fn reset(&self) {
+        let _serving = self.inner.serving.lock().unwrap_or_else(|e| e.into_inner());
+        for q in self.inner.queues.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
+            q.live.store(false, Ordering::Release);
+        }
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The controller generation.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Commands executed so far.
+    pub fn commands(&self) -> u64 {
+        self.inner.commands.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SoftController {
+    fn drop(&mut self) {
+        self.inner.stop.store(true, Ordering::Release);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Controller-side state of one queue, owned by the worker.
+struct Served {
+    q: Arc<Queue>,
+    sq_head: u32,
+    cq_tail: u32,
+    phase: bool,
+    generation: u64,
+}
+
+struct Worker {
+    inner: Arc<Inner>,
+    media: Vec<u8>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        let inner = self.inner.clone();
+        let mut served: Vec<Served> = Vec::new();
+        let mut idle = 0u32;
+        while !self.inner.stop.load(Ordering::Acquire) {
+            let mut did = 0;
+            {
+                let _serving = inner.serving.lock().unwrap_or_else(|e| e.into_inner());
+                self.refresh(&mut served);
+                for s in served.iter_mut() {
+                    did += self.serve(s);
+                }
+            }
+            if did == 0 {
+                idle += 1;
+                if idle > 4096 {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                } else {
+                    std::hint::spin_loop();
+                }
+            } else {
+                idle = 0;
+            }
+        }
+    }
+
+    /// Picks up new queues, drops those whose queue pair is gone, and restarts
+    /// rearmed ones.
+    fn refresh(&mut self, served: &mut Vec<Served>) {
+        // The worker's reference is the last one once the QueuePair is dropped.
+        served.retain(|s| Arc::strong_count(&s.q) > 1);
+        if self.inner.queues_changed.swap(false, Ordering::AcqRel) {
+            let queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+            for q in queues.iter().filter_map(Weak::upgrade) {
+                if !served.iter().any(|s| Arc::ptr_eq(&s.q, &q)) {
+                    let generation = q.generation.load(Ordering::Acquire);
+                    served.push(Served { q, sq_head: 0, cq_tail: 0, phase: true, generation });
+                }
+            }
+        }
+        for s in served.iter_mut() {
+            let g = s.q.generation.load(Ordering::Acquire);
+            if g != s.generation {
+                // Rearmed: start over on zeroed rings.
+                *s = Served { q: s.q.clone(), sq_head: 0, cq_tail: 0, phase: true, generation: g };
+            }
+        }
+    }
+
+    /// Executes what one queue's SQ holds, as far as its CQ has room; returns how many.
+    fn serve(&mut self, s: &mut Served) -> usize {
+        let q = s.q.clone();
+        if !q.live.load(Ordering::Acquire) {
+            return 0;
+        }
+        let tail = q.doorbell(0).load(Ordering::Acquire);
+        let mut n = 0;
+        while s.sq_head != tail && tail < q.depth {
+            let head = q.doorbell(1).load(Ordering::Acquire);
+            if (s.cq_tail + 1) % q.depth == head {
+                break; // CQ full: the host must reap first.
+            }
+            // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
+            let sqe = unsafe { std::ptr::read_volatile(q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
+            s.sq_head = (s.sq_head + 1) % q.depth;
+            n += 1;
+            self.inner.commands.fetch_add(1, Ordering::Relaxed);
+            let cid = (sqe.0[0] >> 16) as u16;
+            let status = match self.take_fault() {
+                Some(Fault::Drop { .. }) => continue,
+                Some(Fault::Status { status, .. }) => status,
+                None => self.execute(&sqe),
+            };
+            self.complete(s, cid, status);
+        }
+        n
+    }
+
+    fn take_fault(&self) -> Option<Fault> {
+        if !self.inner.has_faults.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut faults = self.inner.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let f = faults.front_mut()?;
+        let taken = *f;
+        let left = match f {
+            Fault::Status { count, .. } | Fault::Drop { count } => {
+                *count -= 1;
+                *count
+            }
+        };
+        if left == 0 {
+            faults.pop_front();
+        }
+        if faults.is_empty() {
+            self.inner.has_faults.store(false, Ordering::Release);
+        }
+        Some(taken)
+    }
+
+    fn complete(&self, s: &mut Served, cid: u16, status: Status) {
+        let q = &s.q;
+        // SAFETY: `cq_tail < depth`, so the 16-byte entry is inside the CQ pages; the
+        // host does not read it until the phase tag (written last) flips.
+        unsafe {
+            let e = q.cq.ptr().add(16 * s.cq_tail as usize);
+            std::ptr::write_volatile(e.cast::<u32>(), 0);
+            std::ptr::write_volatile(e.add(8).cast::<u32>(), s.sq_head | u32::from(q.qid) << 16);
+            std::ptr::write_volatile(e.add(12).cast::<u16>(), cid);
+            AtomicU16::from_ptr(e.add(14).cast()).store((status.0 << 1) | u16::from(s.phase), Ordering::Release);
+        }
+        s.cq_tail += 1;
+        if s.cq_tail == q.depth {
+            s.cq_tail = 0;
+            s.phase = !s.phase;
+        }
+    }
+
+    fn execute(&mut self, sqe: &Sqe) -> Status {
+        let d = &sqe.0;
+        let Some(op) = opcode(d[0] as u8) else {
+            return Status::INVALID_OPCODE;
+        };
+        if d[1] != 1 {
+            return Status::INVALID_NAMESPACE;
+        }
+        let cfg = self.inner.cfg;
+        let (prp1, prp2) = (u64::from(d[6]) | u64::from(d[7]) << 32, u64::from(d[8]) | u64::from(d[9]) << 32);
+        match op {
+            Opcode::Flush => Status::SUCCESS,
+            Opcode::DatasetManagement => {
+                let ranges = (d[10] & 0xff) as usize + 1;
+                if cfg.null {
+                    return Status::SUCCESS;
+                }
+                let mut buf = vec![0u8; ranges * 16];
+                if let Err(s) = self.dma(prp1, prp2, &mut buf, false) {
+                    return s;
+                }
+                for r in buf.chunks(16) {
+                    let len = u32::from_le_bytes(r[4..8].try_into().expect("4 bytes")) as u64;
+                    let slba = u64::from_le_bytes(r[8..16].try_into().expect("8 bytes"));
+                    match self.range(slba, len) {
+                        Some(m) => m.fill(0),
+                        None => return Status::LBA_OUT_OF_RANGE,
+                    }
+                }
+                Status::SUCCESS
+            }
+            Opcode::Read | Opcode::Write | Opcode::Compare | Opcode::WriteZeroes => {
+                let slba = u64::from(d[10]) | u64::from(d[11]) << 32;
+                let blocks = u64::from(d[12] & 0xffff) + 1;
+                if slba.checked_add(blocks).is_none_or(|end| end > cfg.blocks) {
+                    return Status::LBA_OUT_OF_RANGE;
+                }
+                if op != Opcode::WriteZeroes && blocks as usize * BLOCK > cfg.max_transfer {
+                    return Status::INVALID_FIELD;
+                }
+                if cfg.null {
+                    return Status::SUCCESS;
+                }
+                let at = slba as usize * BLOCK;
+                let len = blocks as usize * BLOCK;
+                match op {
+                    Opcode::WriteZeroes => {
+                        self.media[at..at + len].fill(0);
+                        Status::SUCCESS
+                    }
+                    Opcode::Read => {
+                        let mut data = std::mem::take(&mut self.media);
+                        let r = self.dma(prp1, prp2, &mut data[at..at + len], true);
+                        self.media = data;
+                        r.err().unwrap_or(Status::SUCCESS)
+                    }
+                    Opcode::Write => {
+                        let mut data = std::mem::take(&mut self.media);
+                        let r = self.dma(prp1, prp2, &mut data[at..at + len], false);
+                        self.media = data;
+                        r.err().unwrap_or(Status::SUCCESS)
+                    }
+                    _ => {
+                        let mut host = vec![0u8; len];
+                        if let Err(s) = self.dma(prp1, prp2, &mut host, false) {
+                            return s;
+                        }
+                        if host == self.media[at..at + len] {
+                            Status::SUCCESS
+                        } else {
+                            Status::COMPARE_FAILURE
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn range(&mut self, slba: u64, blocks: u64) -> Option<&mut [u8]> {
+        let end = slba.checked_add(blocks)?;
+        if end > self.inner.cfg.blocks {
+            return None;
+        }
+        Some(&mut self.media[slba as usize * BLOCK..end as usize * BLOCK])
+    }
+
+    /// Moves `data.len()` bytes between `data` and the host memory the PRPs name:
+    /// to the host when `to_host`, from it otherwise.
+    fn dma(&self, prp1: u64, prp2: u64, data: &mut [u8], to_host: bool) -> std::result::Result<(), Status> {
+        let len = data.len();
+        let first_left = PAGE - (prp1 as usize % PAGE);
+        let mut segs: Vec<(u64, usize)> = vec![(prp1, len.min(first_left))];
+        let mut rest = len.saturating_sub(first_left);
+        if rest > 0 {
+            if rest <= PAGE {
+                segs.push((prp2, rest));
+            } else {
+                if prp2 % 8 != 0 || prp2 == 0 {
+                    return Err(Status::INVALID_FIELD);
+                }
+                let list = prp2 as *const u64;
+                let mut i = 0;
+                while rest > 0 {
+                    if i == LIST_ENTRIES {
+                        return Err(Status::INVALID_FIELD);
+                    }
+                    // SAFETY: the host built a list page at `prp2` (a virtual address on
+                    // this controller) with an entry for every page.
+                    let a = unsafe { std::ptr::read_volatile(list.add(i)) };
+                    segs.push((a, rest.min(PAGE)));
+                    rest -= rest.min(PAGE);
+                    i += 1;
+                }
+            }
+        }
+        let mut off = 0;
+        for (addr, n) in segs {
+            if addr == 0 {
+                return Err(Status::DATA_TRANSFER_ERROR);
+            }
+            let host = addr as *mut u8;
+            // SAFETY: on this controller DMA addresses are host virtual addresses of
+            // buffers the engine keeps alive while the command is in flight.
+            unsafe {
+                if to_host {
+                    std::ptr::copy_nonoverlapping(data.as_ptr().add(off), host, n);
+                } else {
+                    std::ptr::copy_nonoverlapping(host, data.as_mut_ptr().add(off), n);
+                }
+            }
+            off += n;
+        }
+        Ok(())
+    }
+}
+
+fn opcode(op: u8) -> Option<Opcode> {
+    Some(match op {
+        0x00 => Opcode::Flush,
+        0x01 => Opcode::Write,
+        0x02 => Opcode::Read,
+        0x05 => Opcode::Compare,
+        0x08 => Opcode::WriteZeroes,
+        0x09 => Opcode::DatasetManagement,
+        _ => return None,
+    })
+}
