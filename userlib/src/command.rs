@@ -30,29 +30,28 @@ pub struct Sqe(pub [u32; 16]);
 
 /// One NVMe I/O command, built with required fields first and optional ones with
 /// defaults.
+///
+/// It holds its submission queue entry ready-made, so submitting copies 64 bytes and
+/// sets the command identifier.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Command {
-    opcode: Opcode,
-    nsid: u32,
-    slba: u64,
-    /// Number of logical blocks, zero-based as on the wire.
-    nlb: u16,
-    prp1: u64,
-    prp2: u64,
-    cdw10_override: Option<u32>,
-    cdw11: u32,
-    fua: bool,
+    sqe: Sqe,
 }
 
 impl Command {
     fn new(opcode: Opcode, nsid: u32) -> Self {
-        Self { opcode, nsid, slba: 0, nlb: 0, prp1: 0, prp2: 0, cdw10_override: None, cdw11: 0, fua: false }
+        let mut d = [0u32; 16];
+        d[0] = opcode as u32;
+        d[1] = nsid;
+        Self { sqe: Sqe(d) }
     }
 
     fn blocks(mut self, slba: u64, blocks: u32) -> Self {
         assert!((1..=65536).contains(&blocks), "an I/O command moves 1..=65536 blocks");
-        self.slba = slba;
-        self.nlb = (blocks - 1) as u16;
+        self.sqe.0[10] = slba as u32;
+        self.sqe.0[11] = (slba >> 32) as u32;
+        // Number of Logical Blocks, zero-based.
+        self.sqe.0[12] = blocks - 1;
         self
     }
 
@@ -85,61 +84,56 @@ impl Command {
     pub fn deallocate(nsid: u32, ranges: u32) -> Self {
         assert!((1..=256).contains(&ranges), "Dataset Management takes 1..=256 ranges");
         let mut c = Self::new(Opcode::DatasetManagement, nsid);
-        c.cdw10_override = Some(ranges - 1);
-        // Attribute: Deallocate.
-        c.cdw11 = 1 << 2;
+        // Number of Ranges, zero-based; attribute: Deallocate.
+        c.sqe.0[10] = ranges - 1;
+        c.sqe.0[11] = 1 << 2;
         c
     }
 
     /// Sets the data pointer (PRP entry 1 and 2).
     pub fn with_prps(mut self, prp1: u64, prp2: u64) -> Self {
-        self.prp1 = prp1;
-        self.prp2 = prp2;
+        self.sqe.0[6] = prp1 as u32;
+        self.sqe.0[7] = (prp1 >> 32) as u32;
+        self.sqe.0[8] = prp2 as u32;
+        self.sqe.0[9] = (prp2 >> 32) as u32;
         self
     }
 
-    /// Forces the write (or read) to media (Force Unit Access).
+    /// Forces the write (or read) to media (Force Unit Access); only for commands that
+    /// move logical blocks.
     pub fn with_fua(mut self, fua: bool) -> Self {
-        self.fua = fua;
+        if self.block_count() > 0 {
+            self.sqe.0[12] = (self.sqe.0[12] & !(1 << 30)) | (u32::from(fua) << 30);
+        }
         self
     }
 
     /// The opcode.
     pub fn opcode(&self) -> Opcode {
-        self.opcode
+        match self.sqe.0[0] as u8 {
+            0x00 => Opcode::Flush,
+            0x01 => Opcode::Write,
+            0x02 => Opcode::Read,
+            0x05 => Opcode::Compare,
+            0x08 => Opcode::WriteZeroes,
+            _ => Opcode::DatasetManagement,
+        }
     }
 
     /// Logical blocks moved (0 for commands without an LBA range).
     pub fn block_count(&self) -> u32 {
-        match self.opcode {
+        match self.opcode() {
             Opcode::Flush | Opcode::DatasetManagement => 0,
-            _ => u32::from(self.nlb) + 1,
+            _ => (self.sqe.0[12] & 0xffff) + 1,
         }
     }
 
     /// The wire format, with command identifier `cid`.
-    #[inline]
+    #[inline(always)]
     pub fn to_sqe(&self, cid: u16) -> Sqe {
-        let mut d = [0u32; 16];
-        d[0] = self.opcode as u32 | (u32::from(cid) << 16);
-        d[1] = self.nsid;
-        d[6] = self.prp1 as u32;
-        d[7] = (self.prp1 >> 32) as u32;
-        d[8] = self.prp2 as u32;
-        d[9] = (self.prp2 >> 32) as u32;
-        match self.opcode {
-            Opcode::Flush => {}
-            Opcode::DatasetManagement => {
-                d[10] = self.cdw10_override.unwrap_or(0);
-                d[11] = self.cdw11;
-            }
-            _ => {
-                d[10] = self.slba as u32;
-                d[11] = (self.slba >> 32) as u32;
-                d[12] = u32::from(self.nlb) | (u32::from(self.fua) << 30);
-            }
-        }
-        Sqe(d)
+        let mut s = self.sqe;
+        s.0[0] |= u32::from(cid) << 16;
+        s
     }
 }
 

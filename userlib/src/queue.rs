@@ -113,16 +113,11 @@ pub struct QueuePair {
     unrung: bool,
     /// Free command identifiers (a stack).
     free_cids: Vec<u16>,
-    /// The caller's token for each command identifier.
-    tokens: Vec<u64>,
-    /// Whether each command identifier is in flight.
-    busy: Vec<bool>,
-    /// Buffers kept alive until their command completes (`push_io`).
-    held: Vec<Option<Arc<DmaBuffer>>>,
+    /// Per command identifier: what the engine remembers while it is in flight.
+    slots: Box<[Slot]>,
     /// PRP list pages, one per command that needs one; allocated on first use.
     prp_pool: Option<DmaBuffer>,
     prp_free: Vec<u16>,
-    prp_of_cid: Vec<u16>,
     max_transfer: usize,
     backing: Backing,
     /// Not `Sync`: the engine's local state has one owner.
@@ -141,6 +136,17 @@ impl std::fmt::Debug for QueuePair {
             .field("in_flight", &self.in_flight())
             .finish()
     }
+}
+
+/// What the engine keeps for one command identifier.
+struct Slot {
+    /// The caller's token.
+    token: u64,
+    /// The PRP list page the command uses, or `NO_PRP`.
+    prp: u16,
+    busy: bool,
+    /// The buffer kept alive until the command completes (`push_io`).
+    held: Option<Arc<DmaBuffer>>,
 }
 
 /// Commands that may hold a PRP list page at once.
@@ -173,12 +179,9 @@ impl QueuePair {
             generation,
             unrung: false,
             free_cids: (0..depth as u16).rev().collect(),
-            tokens: vec![0; depth as usize],
-            busy: vec![false; depth as usize],
-            held: (0..depth).map(|_| None).collect(),
+            slots: (0..depth).map(|_| Slot { token: 0, prp: NO_PRP, busy: false, held: None }).collect(),
             prp_pool: None,
             prp_free: Vec::new(),
-            prp_of_cid: vec![NO_PRP; depth as usize],
             max_transfer,
             backing,
             _not_sync: PhantomData,
@@ -247,20 +250,23 @@ impl QueuePair {
 
     #[inline]
     fn take_cid(&mut self, token: u64) -> Result<u16> {
-        if self.free_slots() == 0 {
+        // One identifier always stays free: at most `depth - 1` commands in flight.
+        if self.free_cids.len() <= 1 {
             return Err(Error::QueueFull);
         }
         let cid = self.free_cids.pop().ok_or(Error::QueueFull)?;
-        self.tokens[usize::from(cid)] = token;
-        self.busy[usize::from(cid)] = true;
+        let slot = &mut self.slots[usize::from(cid)];
+        slot.token = token;
+        slot.busy = true;
         Ok(cid)
     }
 
-    #[inline]
+    #[inline(always)]
     fn write_sqe(&mut self, sqe: Sqe) {
         // SAFETY: `sq_tail < depth` (invariant), so the slot is inside the SQ ring; it
-        // is ours to fill (module docs). Volatile: the device reads it.
-        unsafe { std::ptr::write_volatile(self.sq.add(self.sq_tail as usize), sqe) };
+        // is ours to fill (module docs). A plain store suffices: the device reads the
+        // slot only after `ring`'s barrier and release-ordered doorbell store.
+        unsafe { self.sq.add(self.sq_tail as usize).write(sqe) };
         self.sq_tail += 1;
         if self.sq_tail == self.depth {
             self.sq_tail = 0;
@@ -294,7 +300,7 @@ impl QueuePair {
                 }
             },
         };
-        self.held[usize::from(cid)] = Some(buf.clone());
+        self.slots[usize::from(cid)].held = Some(buf.clone());
         self.write_sqe(cmd.with_prps(prps.0, prps.1).to_sqe(cid));
         Ok(cid)
     }
@@ -315,7 +321,7 @@ impl QueuePair {
             // inside the pool and no in-flight command uses it.
             unsafe { list.add(i).write_volatile(addr) };
         }
-        self.prp_of_cid[usize::from(cid)] = slot;
+        self.slots[usize::from(cid)].prp = slot;
         Ok(pool.dma_addr() + (usize::from(slot) * PAGE) as u64)
     }
 
@@ -327,15 +333,19 @@ impl QueuePair {
     }
 
     #[inline]
-    fn release_cid(&mut self, cid: u16) {
-        let i = usize::from(cid);
-        self.busy[i] = false;
-        self.held[i] = None;
-        let slot = std::mem::replace(&mut self.prp_of_cid[i], NO_PRP);
-        if slot != NO_PRP {
-            self.prp_free.push(slot);
+    fn release_cid(&mut self, cid: u16) -> u64 {
+        let s = &mut self.slots[usize::from(cid)];
+        s.busy = false;
+        if s.held.is_some() {
+            s.held = None;
         }
+        if s.prp != NO_PRP {
+            self.prp_free.push(s.prp);
+            s.prp = NO_PRP;
+        }
+        let token = s.token;
         self.free_cids.push(cid);
+        token
     }
 
     /// Publishes every pushed command to the controller with one doorbell write.
@@ -377,12 +387,10 @@ impl QueuePair {
             let (dw0, cid) = unsafe {
                 (std::ptr::read_volatile(cqe.cast::<u32>()), std::ptr::read_volatile(cqe.add(12).cast::<u16>()))
             };
-            let i = usize::from(cid);
-            if !self.busy.get(i).copied().unwrap_or(false) {
+            if !self.slots.get(usize::from(cid)).is_some_and(|s| s.busy) {
                 return Err(Error::Invalid("completion for a command identifier not in flight"));
             }
-            let token = self.tokens[i];
-            self.release_cid(cid);
+            let token = self.release_cid(cid);
             self.cq_head += 1;
             if self.cq_head == self.depth {
                 self.cq_head = 0;
@@ -485,7 +493,7 @@ impl QueuePair {
         self.phase = true;
         self.unrung = false;
         for cid in 0..self.depth as u16 {
-            if self.busy[usize::from(cid)] {
+            if self.slots[usize::from(cid)].busy {
                 self.release_cid(cid);
             }
         }

@@ -122,7 +122,15 @@ pub(crate) struct Inner {
 /// A test instrument: see the module documentation.
 pub struct SoftController {
     inner: Arc<Inner>,
-    worker: Option<JoinHandle<()>>,
+    mode: Mode,
+}
+
+/// Who executes commands.
+enum Mode {
+    /// A worker thread polls every queue.
+    Thread(Option<JoinHandle<()>>),
+    /// The owner calls [`SoftController::serve`] (benchmarks: no second thread).
+    Inline(Mutex<Worker>),
 }
 
 impl std::fmt::Debug for SoftController {
@@ -134,6 +142,31 @@ impl std::fmt::Debug for SoftController {
 impl SoftController {
     /// Starts a controller and its worker thread.
     pub fn new(cfg: SoftConfig) -> Self {
+        let (inner, worker) = Self::parts(cfg);
+        let worker = std::thread::Builder::new()
+            .name("homi-softctrl".into())
+            .spawn(move || worker.run())
+            .expect("spawn the software controller thread");
+        Self { inner, mode: Mode::Thread(Some(worker)) }
+    }
+
+    /// A controller without a thread: commands run only when the owner calls
+    /// [`serve`](Self::serve). For measuring the engine on one thread.
+    pub fn new_inline(cfg: SoftConfig) -> Self {
+        let (inner, worker) = Self::parts(cfg);
+        Self { inner, mode: Mode::Inline(Mutex::new(worker)) }
+    }
+
+    /// Executes what the queues hold, on the caller's thread (inline controllers only;
+    /// returns 0 for threaded ones). Returns how many commands ran.
+    pub fn serve(&self) -> usize {
+        match &self.mode {
+            Mode::Inline(w) => w.lock().unwrap_or_else(|e| e.into_inner()).round(),
+            Mode::Thread(_) => 0,
+        }
+    }
+
+    fn parts(cfg: SoftConfig) -> (Arc<Inner>, Worker) {
         let inner = Arc::new(Inner {
             cfg,
             generation: AtomicU64::new(0),
@@ -146,12 +179,8 @@ impl SoftController {
             commands: AtomicU64::new(0),
         });
         let media = if cfg.null { Vec::new() } else { vec![0u8; cfg.blocks as usize * BLOCK] };
-        let w = inner.clone();
-        let worker = std::thread::Builder::new()
-            .name("homi-softctrl".into())
-            .spawn(move || Worker { inner: w, media }.run())
-            .expect("spawn the software controller thread");
-        Self { inner, worker: Some(worker) }
+        let worker = Worker { inner: inner.clone(), media, served: Vec::new() };
+        (inner, worker)
     }
 
     /// Creates a queue pair of `depth` entries.
@@ -217,8 +246,10 @@ impl SoftController {
 impl Drop for SoftController {
     fn drop(&mut self) {
         self.inner.stop.store(true, Ordering::Release);
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
+        if let Mode::Thread(w) = &mut self.mode {
+            if let Some(w) = w.take() {
+                let _ = w.join();
+            }
         }
     }
 }
@@ -235,33 +266,35 @@ struct Served {
 struct Worker {
     inner: Arc<Inner>,
     media: Vec<u8>,
+    served: Vec<Served>,
 }
 
 impl Worker {
     fn run(mut self) {
-        let inner = self.inner.clone();
-        let mut served: Vec<Served> = Vec::new();
         let mut idle = 0u32;
         while !self.inner.stop.load(Ordering::Acquire) {
-            let mut did = 0;
-            {
-                let _serving = inner.serving.lock().unwrap_or_else(|e| e.into_inner());
-                self.refresh(&mut served);
-                for s in served.iter_mut() {
-                    did += self.serve(s);
-                }
-            }
-            if did == 0 {
+            if self.round() > 0 {
+                idle = 0;
+            } else {
                 idle += 1;
                 if idle > 4096 {
                     std::thread::sleep(std::time::Duration::from_micros(50));
                 } else {
                     std::hint::spin_loop();
                 }
-            } else {
-                idle = 0;
             }
         }
+    }
+
+    /// Serves every queue once; returns how many commands ran.
+    fn round(&mut self) -> usize {
+        let inner = self.inner.clone();
+        let _serving = inner.serving.lock().unwrap_or_else(|e| e.into_inner());
+        let mut served = std::mem::take(&mut self.served);
+        self.refresh(&mut served);
+        let did = served.iter_mut().map(|s| self.serve(s)).sum();
+        self.served = served;
+        did
     }
 
     /// Picks up new queues, drops those whose queue pair is gone, and restarts

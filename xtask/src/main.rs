@@ -5,8 +5,10 @@
 //! - `kmod`: build homi.ko against it with `W=1 CLIPPY=1`, rustfmt-checked;
 //! - `vm -- CMD`: boot the test VM with emulated NVMe and run CMD inside;
 //! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
-//! - `demo`: the main job, end to end.
+//! - `demo`: the main job, end to end;
+//! - `bench`: the engine's hot path against the software controller.
 
+mod bench;
 mod kbuild;
 mod tally;
 mod test;
@@ -39,6 +41,8 @@ enum Cmd {
     Test(test::TestArgs),
     /// The main job: boot the VM, load homi.ko, talk to it, show what happened.
     Demo(vm::VmOptions),
+    /// Hot-path benchmark against the software controller: ns/IO and instructions/IO.
+    Bench,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Vm(a) => vm::run_cli(&a),
         Cmd::Test(a) => test::run(&a),
         Cmd::Demo(o) => demo(&o),
+        Cmd::Bench => bench::run(),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

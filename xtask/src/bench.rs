@@ -1,0 +1,87 @@
+//! `cargo xtask bench`: the engine's hot path against the software controller in null
+//! mode (a test instrument, inline on the benchmark thread): criterion for ns/IO,
+//! callgrind for instructions/IO. Ratios and counts, never timed assertions.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::repo_root;
+
+const IOS: u64 = 100_000;
+const BATCH: u64 = 32;
+
+/// Instructions per I/O: engine only (callgrind toggled to the engine's functions) and
+/// engine plus the inline software controller.
+fn callgrind() -> anyhow::Result<(f64, f64)> {
+    crate::run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "homi",
+        "--example",
+        "hotpath_count",
+    ]))?;
+    let bin = repo_root().join("target/release/examples/hotpath_count");
+    let count = |toggles: &[&str]| -> anyhow::Result<f64> {
+        let out = Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--callgrind-out-file=/dev/null")
+            .args(toggles.iter().map(|t| format!("--toggle-collect={t}")))
+            .arg(&bin)
+            .args([IOS.to_string(), BATCH.to_string()])
+            .output()
+            .context("run valgrind (apt-get install valgrind)")?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let line = text.lines().find(|l| l.contains("Collected :")).context("no callgrind summary")?;
+        let n: f64 = line.rsplit(':').next().unwrap_or("").trim().replace(',', "").parse()?;
+        Ok(n / IOS as f64)
+    };
+    Ok((count(&["*engine_submit*", "*engine_reap*"])?, count(&["*engine_submit*", "*engine_reap*", "*serve*"])?))
+}
+
+/// ns per I/O at each batch size, from criterion's estimates.
+fn criterion() -> anyhow::Result<Vec<(u64, f64)>> {
+    crate::run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "bench",
+        "--quiet",
+        "-p",
+        "homi",
+        "--bench",
+        "hot_path",
+        "--",
+        "--warm-up-time",
+        "1",
+        "--measurement-time",
+        "3",
+    ]))?;
+    let mut out = Vec::new();
+    for batch in [1u64, 32, 128] {
+        let path = repo_root().join(format!("target/criterion/hot_path/batch{batch}/new/estimates.json"));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        // {"mean":{"confidence_interval":{...},"point_estimate":123.4,...},...}
+        let mean = text.split("\"mean\"").nth(1).context("no mean")?;
+        let est = mean.split("\"point_estimate\":").nth(1).context("no point estimate")?;
+        let ns: f64 = est.split([',', '}']).next().unwrap_or("").trim().parse()?;
+        out.push((batch, ns / batch as f64));
+    }
+    Ok(out)
+}
+
+pub fn run() -> anyhow::Result<i32> {
+    let (engine, total) = callgrind()?;
+    let times = criterion()?;
+    if times.is_empty() {
+        bail!("criterion produced no estimates");
+    }
+    println!();
+    println!("hot path, software controller in null mode, inline (one thread):");
+    println!(
+        "  instructions/IO (callgrind, {IOS} I/Os, batch {BATCH}): engine {engine:.1}, engine + controller {total:.1}"
+    );
+    for (batch, ns) in times {
+        println!("  ns/IO, engine + controller (criterion, batch {batch}): {ns:.1}");
+    }
+    Ok(0)
+}
