@@ -14,9 +14,10 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "basic" => basic(kmod_path, h),
         "queues" => crate::queues::queues(kmod_path, h),
         "unbind" => crate::queues::unbind(h),
+        "stress" => crate::queues::stress(kmod_path, h),
         "dbcs" => crate::queues::dbcs(kmod_path, h),
         "nospare" => crate::queues::nospare(kmod_path, h),
-        other => bail!("unknown suite {other:?} (known: basic, queues, unbind, dbcs, nospare)"),
+        other => bail!("unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare)"),
     }
 }
 

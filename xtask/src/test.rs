@@ -117,7 +117,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     let base = VmOptions { quiet: true, ..args.opts.clone() };
     // One boot per controller shape; each runs its suites in order.
     let boots = [
-        ("stock", base.clone(), "basic queues unbind"),
+        ("stock", base.clone(), "basic queues stress unbind"),
         ("dbcs-on", VmOptions { dbcs: true, ..base.clone() }, "dbcs"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
     ];
