@@ -380,6 +380,27 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
 
+    h.check("queues: library-registered memory, 64 KiB through one PRP list, matches the kernel", || {
+        let mut qp = ctrl.create_qpair(8)?;
+        let buf = Arc::new(ctrl.register(65536)?);
+        ensure!(buf.page_addrs().is_some_and(|p| p.len() == 16), "expected 16 page addresses");
+        let data = pattern(99, 65536);
+        buf.write_at(0, &data)?;
+        qp.execute_io(Command::write(1, LBA + 768, 128), &buf, 0, 65536, TIMEOUT)?;
+        ensure!(kernel_read(LBA + 768, 65536)? == data, "kernel reads other data than homi wrote");
+        let other = pattern(100, 65536);
+        kernel_write(LBA + 768, &other)?;
+        qp.execute_io(Command::read(1, LBA + 768, 128), &buf, 0, 65536, TIMEOUT)?;
+        let mut got = vec![0u8; 65536];
+        buf.read_at(0, &mut got)?;
+        ensure!(got == other, "homi read other data than the kernel wrote");
+        let pinned = ctrl.info()?.pinned_pages;
+        drop(qp);
+        drop(buf);
+        ensure!(ctrl.info()?.pinned_pages == pinned - 16, "dropping the buffer did not unpin it");
+        Ok(())
+    });
+
     h.check("queues: double DESTROY answers ENOENT", || {
         let mut q = HomiQpair { depth: 8, ..Default::default() };
         raw(ctrl.homi_fd(), HOMI_IOCTL_CREATE_QPAIR, &mut q).context("CREATE")?;

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 
-use homi_uapi::{HomiAlloc, HomiId};
+use homi_uapi::{HomiAlloc, HomiId, HomiRegister};
 
 use crate::controller::Shared;
 use crate::mapping::Mapping;
@@ -13,19 +13,24 @@ use crate::{sys, Error, Result};
 /// [`dma_addr`](Self::dma_addr) `+ i`.
 ///
 /// On a real controller it is coherent DMA memory allocated by the module and mapped
-/// into this process; on the software controller, page-aligned host memory whose
-/// "DMA address" is its virtual address.
+/// into this process, or process memory pinned and mapped for the controller
+/// ([`Controller::register`](crate::Controller::register), whose pages need not be
+/// contiguous: see [`page_addrs`](Self::page_addrs)); on the software controller,
+/// page-aligned host memory whose "DMA address" is its virtual address.
 #[derive(Debug)]
 pub struct DmaBuffer {
     ptr: *mut u8,
     len: usize,
     dma: u64,
+    /// Per-page device addresses of registered memory; `None` when contiguous.
+    pages: Option<Box<[u64]>>,
     owner: Owner,
 }
 
 #[derive(Debug)]
 enum Owner {
     Module { _map: Mapping, id: u32, shared: Arc<Shared> },
+    Registered { id: u32, shared: Arc<Shared>, _mem: HostPages },
     Host { _mem: HostPages },
 }
 
@@ -88,17 +93,65 @@ impl DmaBuffer {
                 return Err(e);
             }
         };
-        Ok(Self { ptr: map.ptr(), len: size, dma: a.dma_addr, owner: Owner::Module { _map: map, id: a.id, shared } })
+        Ok(Self {
+            ptr: map.ptr(),
+            len: size,
+            dma: a.dma_addr,
+            pages: None,
+            owner: Owner::Module { _map: map, id: a.id, shared },
+        })
     }
 
     /// Host memory for the software controller, which takes virtual addresses as DMA
     /// addresses.
     pub(crate) fn host(size: usize) -> Self {
         let mem = HostPages::new(size);
-        Self { ptr: mem.ptr(), len: size, dma: mem.ptr() as u64, owner: Owner::Host { _mem: mem } }
+        Self { ptr: mem.ptr(), len: size, dma: mem.ptr() as u64, pages: None, owner: Owner::Host { _mem: mem } }
     }
 
-    /// The controller-visible address of the first byte.
+    /// Allocates `size` bytes of page-aligned process memory and registers it: the
+    /// module pins the pages and maps them for the controller through the DMA API.
+    pub(crate) fn register(shared: Arc<Shared>, size: usize) -> Result<Self> {
+        if size == 0 || size % crate::prp::PAGE != 0 {
+            return Err(Error::Invalid("registered memory must be a non-zero multiple of 4096 bytes"));
+        }
+        let mem = HostPages::new(size);
+        let mut pages = vec![0u64; size / crate::prp::PAGE].into_boxed_slice();
+        let mut r = HomiRegister {
+            addr: mem.ptr() as u64,
+            len: size as u64,
+            dma_addrs: pages.as_mut_ptr() as u64,
+            flags: 0,
+            id: 0,
+        };
+        // SAFETY: the fd is open; `r` names `size` bytes we own and room for one address
+        // per page.
+        unsafe { sys::homi_register(shared.fd().as_raw_fd(), &mut r) }
+            .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_REGISTER", source })?;
+        Ok(Self {
+            ptr: mem.ptr(),
+            len: size,
+            dma: pages[0],
+            pages: Some(pages),
+            owner: Owner::Registered { id: r.id, shared, _mem: mem },
+        })
+    }
+
+    /// The device address of each page, for registered memory (`None` when the
+    /// buffer is contiguous and [`dma_addr`](Self::dma_addr) names it all).
+    pub fn page_addrs(&self) -> Option<&[u64]> {
+        self.pages.as_deref()
+    }
+
+    pub(crate) fn layout(&self) -> crate::prp::Layout<'_> {
+        match &self.pages {
+            Some(p) => crate::prp::Layout::Pages(p),
+            None => crate::prp::Layout::Contiguous(self.dma),
+        }
+    }
+
+    /// The controller-visible address of the first byte (of the first page, for
+    /// registered memory).
     pub fn dma_addr(&self) -> u64 {
         self.dma
     }
@@ -148,7 +201,7 @@ impl DmaBuffer {
     /// PRP1 and PRP2 (at most two memory pages); longer transfers go through
     /// [`QueuePair::push_io`](crate::QueuePair::push_io), which builds PRP lists.
     pub fn prps(&self, offset: usize, len: usize) -> Result<(u64, u64)> {
-        match crate::prp::span(self.dma, self.len, offset, len)? {
+        match crate::prp::span(self.layout(), self.len, offset, len)? {
             crate::prp::Prps::Direct(a, b) => Ok((a, b)),
             crate::prp::Prps::List { .. } => Err(Error::Invalid("transfer needs a PRP list")),
         }
@@ -165,8 +218,17 @@ fn free(shared: &Shared, id: u32) {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
-        if let Owner::Module { id, shared, .. } = &self.owner {
-            free(shared, *id);
+        match &self.owner {
+            Owner::Module { id, shared, .. } => free(shared, *id),
+            Owner::Registered { id, shared, .. } => {
+                let req = HomiId { id: *id, flags: 0 };
+                // SAFETY: the fd is open and `req` is a valid `HomiId`. The pages are
+                // unpinned before `_mem` frees them (fields drop after this).
+                if let Err(e) = unsafe { sys::homi_unregister(shared.fd().as_raw_fd(), &req) } {
+                    tracing::warn!(id, error = %e, "HOMI_IOCTL_UNREGISTER failed");
+                }
+            }
+            Owner::Host { .. } => {}
         }
     }
 }

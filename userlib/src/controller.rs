@@ -140,6 +140,13 @@ impl Controller {
         DmaBuffer::alloc(self.shared.clone(), size)
     }
 
+    /// Allocates `size` bytes of process memory (a multiple of 4096) and registers it:
+    /// pinned, and mapped for the controller page by page through the DMA API. The
+    /// pages stay pinned until the buffer is dropped.
+    pub fn register(&self, size: usize) -> Result<DmaBuffer> {
+        DmaBuffer::register(self.shared.clone(), size)
+    }
+
     /// The raw `/dev/homi` file, for ioctls this crate does not wrap.
     pub fn homi_fd(&self) -> &File {
         self.shared.fd()

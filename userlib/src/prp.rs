@@ -14,41 +14,61 @@ pub(crate) const LIST_ENTRIES: usize = PAGE / 8;
 
 /// The PRP entries of one transfer.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Prps {
+pub(crate) enum Prps<'a> {
     /// PRP1 and PRP2 name the data directly (PRP2 is 0 for one page).
     Direct(u64, u64),
     /// PRP1 names the first page; PRP2 must point to a list of `pages`.
-    List { first: u64, pages: Pages },
+    List { first: u64, pages: Pages<'a> },
+}
+
+/// Where a buffer's pages are, as the device sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout<'a> {
+    /// Contiguous from this address (module allocations, host memory).
+    Contiguous(u64),
+    /// One address per page (registered user memory).
+    Pages(&'a [u64]),
+}
+
+impl Layout<'_> {
+    fn page(&self, i: usize) -> u64 {
+        match self {
+            Layout::Contiguous(base) => base + (i * PAGE) as u64,
+            Layout::Pages(p) => p[i],
+        }
+    }
 }
 
 /// The page addresses a PRP list holds, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Pages {
-    next: u64,
+pub(crate) struct Pages<'a> {
+    layout: Layout<'a>,
+    next: usize,
     left: usize,
 }
 
-impl Iterator for Pages {
+impl Iterator for Pages<'_> {
     type Item = u64;
 
     fn next(&mut self) -> Option<u64> {
         if self.left == 0 {
             return None;
         }
-        let a = self.next;
-        self.next += PAGE as u64;
+        let a = self.layout.page(self.next);
+        self.next += 1;
         self.left -= 1;
         Some(a)
     }
 }
 
-/// The PRP entries for `len` bytes at `offset` of a buffer of `buf_len` bytes that the
-/// device sees contiguously from `base`.
-pub(crate) fn span(base: u64, buf_len: usize, offset: usize, len: usize) -> Result<Prps> {
+/// The PRP entries for `len` bytes at `offset` of a buffer of `buf_len` bytes laid out
+/// as `layout` (page-aligned: byte `offset` is in page `offset / PAGE`).
+pub(crate) fn span(layout: Layout<'_>, buf_len: usize, offset: usize, len: usize) -> Result<Prps<'_>> {
     if len == 0 || offset.checked_add(len).is_none_or(|end| end > buf_len) {
         return Err(Error::Invalid("range beyond the buffer"));
     }
-    let first = base + offset as u64;
+    let first_page = offset / PAGE;
+    let first = layout.page(first_page) + (offset % PAGE) as u64;
     if first % 4 != 0 {
         return Err(Error::Invalid("data must start on a 4-byte boundary"));
     }
@@ -56,16 +76,15 @@ pub(crate) fn span(base: u64, buf_len: usize, offset: usize, len: usize) -> Resu
     if len <= first_left {
         return Ok(Prps::Direct(first, 0));
     }
-    let second = first + first_left as u64;
     let rest = len - first_left;
     if rest <= PAGE {
-        return Ok(Prps::Direct(first, second));
+        return Ok(Prps::Direct(first, layout.page(first_page + 1)));
     }
     let pages = rest.div_ceil(PAGE);
     if pages > LIST_ENTRIES {
         return Err(Error::Invalid("transfer needs more than one PRP list page"));
     }
-    Ok(Prps::List { first, pages: Pages { next: second, left: pages } })
+    Ok(Prps::List { first, pages: Pages { layout, next: first_page + 1, left: pages } })
 }
 
 #[cfg(test)]
@@ -73,6 +92,21 @@ mod tests {
     use super::*;
 
     const B: u64 = 0x10_0000;
+
+    fn span(base: u64, buf_len: usize, offset: usize, len: usize) -> Result<Prps<'static>> {
+        super::span(Layout::Contiguous(base), buf_len, offset, len)
+    }
+
+    #[test]
+    fn scattered_pages_are_listed_one_by_one() {
+        let pages = [0x9000, 0x3000, 0x7000, 0x1000];
+        let l = Layout::Pages(&pages);
+        assert_eq!(super::span(l, 4 * PAGE, 4096 + 8, 100).unwrap(), Prps::Direct(0x3008, 0));
+        assert_eq!(super::span(l, 4 * PAGE, 4096, 8192).unwrap(), Prps::Direct(0x3000, 0x7000));
+        let Prps::List { first, pages } = super::span(l, 4 * PAGE, 512, 4 * PAGE - 512).unwrap() else { panic!() };
+        assert_eq!(first, 0x9200);
+        assert_eq!(pages.collect::<Vec<_>>(), vec![0x3000, 0x7000, 0x1000]);
+    }
 
     #[test]
     fn one_and_two_pages_are_direct() {

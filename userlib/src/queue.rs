@@ -288,7 +288,7 @@ impl QueuePair {
         if len > self.max_transfer {
             return Err(Error::Invalid("transfer larger than the controller's maximum"));
         }
-        let span = prp::span(buf.dma_addr(), buf.len(), offset, len)?;
+        let span = prp::span(buf.layout(), buf.len(), offset, len)?;
         let cid = self.take_cid(token)?;
         let prps = match span {
             Prps::Direct(p1, p2) => (p1, p2),
