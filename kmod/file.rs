@@ -556,6 +556,9 @@ impl FileState {
             if c.shadow_doorbells() {
                 info.flags |= HOMI_INFO_SHADOW_DOORBELLS;
             }
+            if c.cmb_size() > 0 {
+                info.flags |= HOMI_INFO_CMB;
+            }
             let (nss, more) = admin::namespaces(c, HOMI_MAX_NAMESPACES)?;
             if more {
                 info.flags |= HOMI_INFO_MORE_NAMESPACES;

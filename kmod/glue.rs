@@ -37,6 +37,7 @@ extern "C" {
     fn homi_ctrl_generation(ctrl: *mut NvmeCtrl) -> u64;
     fn homi_ctrl_bar_start(ctrl: *mut NvmeCtrl) -> u64;
     fn homi_ctrl_bar_len(ctrl: *mut NvmeCtrl) -> u64;
+    fn homi_ctrl_cmb_size(ctrl: *mut NvmeCtrl) -> u64;
     fn homi_ctrl_admin(
         ctrl: *mut NvmeCtrl,
         sqe: *const c_void,
@@ -154,6 +155,12 @@ impl Ctrl {
                 homi_ctrl_bar_len(self.raw()),
             )
         }
+    }
+
+    /// The Controller Memory Buffer's size in bytes; 0 if it has none.
+    pub(crate) fn cmb_size(&self) -> u64 {
+        // SAFETY: by the type invariant the controller is alive; BAR0 is fixed at probe.
+        unsafe { homi_ctrl_cmb_size(self.raw()) }
     }
 
     /// Runs one admin command on the driver's admin queue, with an optional data

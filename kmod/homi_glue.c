@@ -90,6 +90,28 @@ u64 homi_ctrl_bar_len(struct nvme_ctrl *ctrl)
 }
 
 /*
+ * The Controller Memory Buffer's size in bytes (0 if none), from CMBSZ. nvme-pci
+ * keeps its BAR mapping private, so map the register page briefly; reading
+ * CMBSZ has no side effects.
+ */
+u64 homi_ctrl_cmb_size(struct nvme_ctrl *ctrl)
+{
+	void __iomem *regs;
+	u32 cmbsz;
+
+	if (homi_ctrl_bar_len(ctrl) < NVME_REG_CMBSZ + 4)
+		return 0;
+	regs = ioremap(homi_ctrl_bar_start(ctrl), NVME_REG_CMBSZ + 4);
+	if (!regs)
+		return 0;
+	cmbsz = readl(regs + NVME_REG_CMBSZ);
+	iounmap(regs);
+	/* SZ counts units of 4 KiB << (4 * SZU). */
+	return (u64)((cmbsz >> NVME_CMBSZ_SZ_SHIFT) & NVME_CMBSZ_SZ_MASK)
+	       << (12 + 4 * ((cmbsz >> NVME_CMBSZ_SZU_SHIFT) & NVME_CMBSZ_SZU_MASK));
+}
+
+/*
  * Submits one admin command through the driver's own admin queue and waits.
  * Returns 0, a positive NVMe status, or a negative errno.
  */

@@ -29,6 +29,7 @@ bool homi_ctrl_live(struct nvme_ctrl *ctrl);
 u64 homi_ctrl_generation(struct nvme_ctrl *ctrl);
 u64 homi_ctrl_bar_start(struct nvme_ctrl *ctrl);
 u64 homi_ctrl_bar_len(struct nvme_ctrl *ctrl);
+u64 homi_ctrl_cmb_size(struct nvme_ctrl *ctrl);
 int homi_ctrl_admin(struct nvme_ctrl *ctrl, const void *sqe, void *buf,
 		    unsigned int len, u32 *result);
 

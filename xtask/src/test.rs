@@ -120,6 +120,11 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         ("stock", base.clone(), "basic queues stress unbind"),
         ("dbcs-on", VmOptions { dbcs: true, ..base.clone() }, "dbcs"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
+        (
+            "iommu-2ctrl",
+            VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
+            "shapes",
+        ),
     ];
     for (name, opts, suites) in boots {
         let script = format!("{}/homi-vmtest --kmod {} {suites}\n", bin.display(), ko.display());
