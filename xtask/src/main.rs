@@ -100,6 +100,15 @@ pub fn build_guest_binaries() -> anyhow::Result<PathBuf> {
         "-p",
         "homi-cli",
     ]))?;
+    run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "homi",
+        "--example",
+        "readwrite",
+    ]))?;
     Ok(repo_root().join("target/release"))
 }
 
@@ -126,6 +135,8 @@ head -c 1048576 /dev/urandom > b
 dd if=b of=/dev/nvme0n1 bs=1M seek=2 oflag=direct conv=fsync status=none
 $B/homi read --lba 4096 --blocks 2048 --file b.homi
 cmp b b.homi && echo "   identical"
+echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
+$B/examples/readwrite /dev/nvme0
 echo "== after the tools exit, homi holds nothing"
 $B/homi info | grep 'homi holds'
 rmmod homi
