@@ -14,7 +14,7 @@ const BATCH: u64 = 32;
 /// Instructions per I/O: engine only (callgrind toggled to the engine's functions) and
 /// engine plus the inline software controller.
 fn callgrind() -> anyhow::Result<(f64, f64)> {
-    crate::run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+    crate::run_checked(crate::cargo().args([
         "build",
         "--release",
         "--quiet",
@@ -43,7 +43,7 @@ fn callgrind() -> anyhow::Result<(f64, f64)> {
 
 /// ns per I/O at each batch size, from criterion's estimates.
 fn criterion() -> anyhow::Result<Vec<(u64, f64)>> {
-    crate::run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
+    crate::run_checked(crate::cargo().args([
         "bench",
         "--quiet",
         "-p",

@@ -74,6 +74,13 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_owned()
 }
 
+/// `cargo`, the one that runs this xtask, in the repository root.
+pub fn cargo() -> Command {
+    let mut c = Command::new(env!("CARGO"));
+    c.current_dir(repo_root());
+    c
+}
+
 /// Runs `cmd`, failing with its description if it does not exit 0.
 pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
     let what = format!("{cmd:?}");
@@ -91,24 +98,8 @@ fn setup() -> anyhow::Result<i32> {
 
 /// Builds the workspace binaries the guest runs, in release mode.
 pub fn build_guest_binaries() -> anyhow::Result<PathBuf> {
-    run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "homi-vmtests",
-        "-p",
-        "homi-cli",
-    ]))?;
-    run_checked(Command::new(env!("CARGO")).current_dir(repo_root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "homi",
-        "--example",
-        "readwrite",
-    ]))?;
+    run_checked(cargo().args(["build", "--release", "--quiet", "-p", "homi-vmtests", "-p", "homi-cli"]))?;
+    run_checked(cargo().args(["build", "--release", "--quiet", "-p", "homi", "--example", "readwrite"]))?;
     Ok(repo_root().join("target/release"))
 }
 

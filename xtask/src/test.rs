@@ -8,7 +8,7 @@ use clap::Args;
 use crate::kbuild;
 use crate::tally::Tally;
 use crate::vm::{self, VmOptions};
-use crate::{build_guest_binaries, repo_root};
+use crate::{build_guest_binaries, cargo, repo_root};
 
 /// `cargo xtask test`.
 #[derive(Args, Debug)]
@@ -34,12 +34,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<i32> {
         in_vm(args, &mut t);
     }
     Ok(t.finish())
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(env!("CARGO"));
-    c.current_dir(repo_root());
-    c
 }
 
 /// Host unit tests, formatting and lints of the cargo workspace.
