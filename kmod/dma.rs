@@ -20,14 +20,61 @@ pub(crate) static PINNED_PAGES: AtomicU64 = AtomicU64::new(0);
 
 const PAGE_SIZE: usize = bindings::PAGE_SIZE;
 
+/// A reference on a device (`get_device`), dropped with `put_device`.
+///
+/// # Invariants
+///
+/// `ptr` is a device on which this object holds one reference.
+pub(crate) struct DevRef {
+    ptr: NonNull<bindings::device>,
+}
+
+// SAFETY: device references may be taken and dropped from any thread.
+unsafe impl Send for DevRef {}
+// SAFETY: `&DevRef` only yields the pointer.
+unsafe impl Sync for DevRef {}
+
+impl DevRef {
+    /// Takes a reference on `dev`.
+    ///
+    /// # Safety
+    ///
+    /// `dev` must be a live device for the duration of the call.
+    pub(crate) unsafe fn new(dev: *mut bindings::device) -> Result<Self> {
+        let ptr = NonNull::new(dev).ok_or(ENODEV)?;
+        // SAFETY: the caller guarantees `dev` is live.
+        unsafe { bindings::get_device(ptr.as_ptr()) };
+        // INVARIANT: we took the reference just now.
+        Ok(Self { ptr })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::device {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Clone for DevRef {
+    fn clone(&self) -> Self {
+        // SAFETY: `self` holds a reference, so the device is live.
+        unsafe { Self::new(self.as_ptr()) }.expect("a held device is not null")
+    }
+}
+
+impl Drop for DevRef {
+    fn drop(&mut self) {
+        // SAFETY: we hold this reference (type invariant) and drop it once.
+        unsafe { bindings::put_device(self.ptr.as_ptr()) };
+    }
+}
+
 /// Coherent DMA memory of the controller's device.
 ///
 /// # Invariants
 ///
 /// `cpu` and `dma` came from `dma_alloc_attrs(dev, size, ..)`, which is freed exactly
-/// once, on drop; `dev` is referenced (`get_device`) for the life of `self`.
+/// once, on drop, while `dev` still holds its device reference.
 pub(crate) struct DmaRegion {
-    dev: NonNull<bindings::device>,
+    dev: DevRef,
     cpu: NonNull<c_void>,
     dma: u64,
     size: usize,
@@ -41,12 +88,12 @@ unsafe impl Sync for DmaRegion {}
 impl DmaRegion {
     /// Allocates `size` bytes (rounded up to pages), zeroed, contiguous as the device
     /// sees it.
-    pub(crate) fn alloc(dev: *mut bindings::device, size: usize) -> Result<Self> {
+    pub(crate) fn alloc(dev: &DevRef, size: usize) -> Result<Self> {
         let size = size.checked_next_multiple_of(PAGE_SIZE).ok_or(EINVAL)?;
-        let dev = NonNull::new(dev).ok_or(ENODEV)?;
+        let dev = dev.clone();
         let mut dma: bindings::dma_addr_t = 0;
-        // SAFETY: `dev` is a live device (the caller holds the controller); the flags
-        // ask for zeroed memory.
+        // SAFETY: `dev` is a live device (we hold a reference); the flags ask for
+        // zeroed memory.
         let cpu = unsafe {
             bindings::dma_alloc_attrs(
                 dev.as_ptr(),
@@ -57,8 +104,6 @@ impl DmaRegion {
             )
         };
         let cpu = NonNull::new(cpu).ok_or(ENOMEM)?;
-        // SAFETY: `dev` is live; the reference is dropped in `drop`.
-        unsafe { bindings::get_device(dev.as_ptr()) };
         DMA_BYTES.fetch_add(size as u64, Ordering::Relaxed);
         // INVARIANT: allocated above with this device and size; we took a reference.
         Ok(Self {
@@ -125,9 +170,8 @@ impl Drop for DmaRegion {
         // SAFETY: allocated by `dma_alloc_attrs` with these arguments, freed only here
         // (type invariant); user mappings were zapped by the owner before dropping.
         unsafe {
-            bindings::dma_free_attrs(self.dev.as_ptr(), self.size, self.cpu.as_ptr(), self.dma, 0);
-            bindings::put_device(self.dev.as_ptr());
-        }
+            bindings::dma_free_attrs(self.dev.as_ptr(), self.size, self.cpu.as_ptr(), self.dma, 0)
+        };
         DMA_BYTES.fetch_sub(self.size as u64, Ordering::Relaxed);
     }
 }
@@ -137,10 +181,10 @@ impl Drop for DmaRegion {
 /// # Invariants
 ///
 /// `pages` holds `pages.len()` pages pinned with `pin_user_pages_fast`; `sgt` was
-/// built over them and mapped with `dma_map_sgtable(dev, .., DMA_BIDIRECTIONAL)`;
-/// `dev` is referenced. Drop undoes all three, in reverse order, exactly once.
+/// built over them and mapped with `dma_map_sgtable(dev, .., DMA_BIDIRECTIONAL)`.
+/// Drop undoes both, in reverse order, exactly once, before `dev` is released.
 pub(crate) struct Pinned {
-    dev: NonNull<bindings::device>,
+    dev: DevRef,
     pages: KVec<*mut bindings::page>,
     sgt: KBox<bindings::sg_table>,
 }
@@ -153,8 +197,8 @@ unsafe impl Sync for Pinned {}
 impl Pinned {
     /// Pins `len` bytes at user address `addr` (both page-aligned) for writing and
     /// maps them for `dev`.
-    pub(crate) fn new(dev: *mut bindings::device, addr: u64, len: u64) -> Result<Self> {
-        let dev = NonNull::new(dev).ok_or(ENODEV)?;
+    pub(crate) fn new(dev: &DevRef, addr: u64, len: u64) -> Result<Self> {
+        let dev = dev.clone();
         let n = usize::try_from(len / PAGE_SIZE as u64)?;
         let n_c = i32::try_from(n).map_err(|_| EINVAL)?;
         let mut pages = KVec::from_elem(core::ptr::null_mut(), n, GFP_KERNEL)?;
@@ -224,8 +268,6 @@ impl Pinned {
             unpin(&mut pages);
             return Err(Error::from_errno(ret));
         }
-        // SAFETY: `dev` is live; the reference is dropped in `drop`.
-        unsafe { bindings::get_device(dev.as_ptr()) };
         PINNED_PAGES.fetch_add(n as u64, Ordering::Relaxed);
         // INVARIANT: pinned, tabled, mapped and referenced above.
         Ok(Self { dev, pages, sgt })
@@ -271,7 +313,6 @@ impl Drop for Pinned {
             );
             bindings::sg_free_table(&mut *self.sgt);
             bindings::unpin_user_pages(self.pages.as_mut_ptr(), n);
-            bindings::put_device(self.dev.as_ptr());
         }
         PINNED_PAGES.fetch_sub(n as u64, Ordering::Relaxed);
     }

@@ -649,8 +649,8 @@ impl FileState {
                 }
             };
             let made = (|| {
-                let sq = DmaRegion::alloc(c.dma_dev(), req.depth as usize * 64)?;
-                let cq = DmaRegion::alloc(c.dma_dev(), req.depth as usize * 16)?;
+                let sq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 64)?;
+                let cq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 16)?;
                 let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
                 let q = QueuePair {
                     qid,
@@ -766,12 +766,16 @@ impl FileState {
             }
             let size = req.size as usize;
             a.charge_dma(size)?;
-            let mem = match DmaRegion::alloc(a.ctrl.dma_dev(), size).and_then(|m| {
-                a.buffers
-                    .reserve(1, GFP_KERNEL)
-                    .map(|()| m)
-                    .map_err(Error::from)
-            }) {
+            let mem = match a
+                .ctrl
+                .dev_ref()
+                .and_then(|d| DmaRegion::alloc(&d, size))
+                .and_then(|m| {
+                    a.buffers
+                        .reserve(1, GFP_KERNEL)
+                        .map(|()| m)
+                        .map_err(Error::from)
+                }) {
                 Ok(m) => m,
                 Err(e) => {
                     a.dma_bytes -= size;
@@ -823,7 +827,10 @@ impl FileState {
             return Err(EINVAL);
         }
         let pages = usize::try_from(req.len / page).map_err(|_| EINVAL)?;
-        self.with_attached(|a| {
+        // Pinning and copying the addresses out can take the mmap lock, which mmap()
+        // holds while it takes `inner`: so check the limits under `inner`, pin and copy
+        // without it, and take it again to record the registration.
+        let check = |a: &Attached| {
             if a.buffers.len() + a.regs.len() >= MAX_OBJECTS_PER_FILE {
                 return Err(EMFILE);
             }
@@ -834,11 +841,22 @@ impl FileState {
                 );
                 return Err(ENOMEM);
             }
+            Ok(())
+        };
+        let (dev, ctrl) = self.with_attached(|a| {
+            check(a)?;
+            Ok((a.ctrl.dev_ref()?, a.ctrl.key()))
+        })?;
+        let pinned = Pinned::new(&dev, req.addr, req.len)?;
+        let mut w = UserSlice::new(UserPtr::from_addr(req.dma_addrs as usize), pages * 8).writer();
+        pinned.for_each_page_dma(|addr| w.write(&addr))?;
+        self.with_attached(|a| {
+            // Another thread may have registered meanwhile, or the controller changed.
+            if a.ctrl.key() != ctrl {
+                return Err(ENODEV);
+            }
+            check(a)?;
             a.regs.reserve(1, GFP_KERNEL)?;
-            let pinned = Pinned::new(a.ctrl.dma_dev(), req.addr, req.len)?;
-            let mut w =
-                UserSlice::new(UserPtr::from_addr(req.dma_addrs as usize), pages * 8).writer();
-            pinned.for_each_page_dma(|addr| w.write(&addr))?;
             a.pinned_pages += pinned.nr_pages();
             let id = a.next_id();
             a.regs.push(Registration { id, pinned }, GFP_KERNEL)?;

@@ -10,6 +10,8 @@ use core::ptr::NonNull;
 
 use kernel::{bindings, fs::File, prelude::*};
 
+use crate::dma::DevRef;
+
 /// `struct nvme_ctrl`, private to `drivers/nvme/host`: only ever behind a pointer.
 #[repr(C)]
 pub(crate) struct NvmeCtrl {
@@ -102,6 +104,13 @@ impl Ctrl {
     pub(crate) fn dma_dev(&self) -> *mut bindings::device {
         // SAFETY: by the type invariant the controller is alive.
         unsafe { homi_ctrl_dma_dev(self.raw()).cast() }
+    }
+
+    /// A reference on [`dma_dev`](Self::dma_dev), which outlives the controller.
+    pub(crate) fn dev_ref(&self) -> Result<DevRef> {
+        // SAFETY: nvme-pci holds its PCI device for as long as the controller lives,
+        // and by the type invariant it does.
+        unsafe { DevRef::new(self.dma_dev()) }
     }
 
     /// The `X` of `/dev/nvmeX`.
