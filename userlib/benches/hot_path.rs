@@ -1,7 +1,9 @@
 //! The engine's hot path (push, ring, poll) against the software controller in null
 //! mode, inline: the benchmark thread also runs the controller, so there is no
-//! cross-thread wait in the number. Reported per I/O: divide the time per iteration
-//! by the batch. `cargo xtask bench` prints ns/IO and callgrind instructions/IO.
+//! cross-thread wait in the number. `hot_path` times engine and controller together;
+//! `engine_only` times only the engine's calls. Reported per I/O: divide the time per
+//! iteration by the batch. `cargo xtask bench` prints ns/IO and callgrind
+//! instructions/IO.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -31,6 +33,36 @@ fn hot_path(c: &mut Criterion) {
                 while n < batch as usize {
                     n += qp.poll(|c| _ = black_box(c)).expect("poll");
                 }
+            })
+        });
+    }
+    g.finish();
+
+    // The engine alone: the clock runs only around push/ring and poll, never around
+    // the controller's `serve`. Two clock reads per batch are included.
+    let mut g = c.benchmark_group("engine_only");
+    for batch in [32u64, 128] {
+        g.throughput(Throughput::Elements(batch));
+        g.bench_function(format!("batch{batch}"), |b| {
+            b.iter_custom(|iters| {
+                let mut engine = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let t0 = std::time::Instant::now();
+                    for i in 0..batch {
+                        // SAFETY: as above.
+                        unsafe { qp.push(black_box(&cmd), i) }.expect("push");
+                    }
+                    qp.ring();
+                    engine += t0.elapsed();
+                    ctrl.serve();
+                    let t1 = std::time::Instant::now();
+                    let mut n = 0;
+                    while n < batch as usize {
+                        n += qp.poll(|c| _ = black_box(c)).expect("poll");
+                    }
+                    engine += t1.elapsed();
+                }
+                engine
             })
         });
     }

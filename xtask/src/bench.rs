@@ -41,8 +41,8 @@ fn callgrind() -> anyhow::Result<(f64, f64)> {
     Ok((count(&["*engine_submit*", "*engine_reap*"])?, count(&["*engine_submit*", "*engine_reap*", "*serve*"])?))
 }
 
-/// ns per I/O at each batch size, from criterion's estimates.
-fn criterion() -> anyhow::Result<Vec<(u64, f64)>> {
+/// ns per I/O for each (group, batch), from criterion's estimates.
+fn criterion() -> anyhow::Result<Vec<(&'static str, u64, f64)>> {
     crate::run_checked(crate::cargo().args([
         "bench",
         "--quiet",
@@ -57,14 +57,16 @@ fn criterion() -> anyhow::Result<Vec<(u64, f64)>> {
         "3",
     ]))?;
     let mut out = Vec::new();
-    for batch in [1u64, 32, 128] {
-        let path = repo_root().join(format!("target/criterion/hot_path/batch{batch}/new/estimates.json"));
+    for (group, batch) in
+        [("hot_path", 1u64), ("hot_path", 32), ("hot_path", 128), ("engine_only", 32), ("engine_only", 128)]
+    {
+        let path = repo_root().join(format!("target/criterion/{group}/batch{batch}/new/estimates.json"));
         let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         // {"mean":{"confidence_interval":{...},"point_estimate":123.4,...},...}
         let mean = text.split("\"mean\"").nth(1).context("no mean")?;
         let est = mean.split("\"point_estimate\":").nth(1).context("no point estimate")?;
         let ns: f64 = est.split([',', '}']).next().unwrap_or("").trim().parse()?;
-        out.push((batch, ns / batch as f64));
+        out.push((group, batch, ns / batch as f64));
     }
     Ok(out)
 }
@@ -80,8 +82,9 @@ pub fn run() -> anyhow::Result<i32> {
     println!(
         "  instructions/IO (callgrind, {IOS} I/Os, batch {BATCH}): engine {engine:.1}, engine + controller {total:.1}"
     );
-    for (batch, ns) in times {
-        println!("  ns/IO, engine + controller (criterion, batch {batch}): {ns:.1}");
+    for (group, batch, ns) in times {
+        let what = if group == "engine_only" { "engine alone" } else { "engine + controller" };
+        println!("  ns/IO, {what} (criterion {group}, batch {batch}): {ns:.1}");
     }
     Ok(0)
 }
