@@ -1,6 +1,8 @@
 //! `homi`: the command-line tool for homi queues.
 
+mod bench;
 mod io;
+mod perf;
 
 use std::path::PathBuf;
 
@@ -40,6 +42,11 @@ enum Cmd {
     Read(io::IoArgs),
     /// Write a file to an LBA range through a homi queue.
     Write(io::IoArgs),
+    /// Run one I/O workload through one path (pread, io_uring, io_uring-poll,
+    /// passthru, homi) and report IOPS, bandwidth, latency and CPU time per I/O.
+    Perf(perf::PerfArgs),
+    /// Run a matrix of perf runs over every path; write JSON, CSV and an SVG chart.
+    Bench(bench::BenchArgs),
 }
 
 /// `homi info --json`: one object, fields named as below.
@@ -153,5 +160,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Info { target, json } => info(&target, json),
         Cmd::Read(a) => io::run(&a, false),
         Cmd::Write(a) => io::run(&a, true),
+        Cmd::Perf(a) => perf::main(&a),
+        Cmd::Bench(a) => bench::main(&a),
     }
 }

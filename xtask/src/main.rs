@@ -6,10 +6,12 @@
 //! - `vm -- CMD`: boot the test VM with emulated NVMe and run CMD inside;
 //! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
 //! - `demo`: the main job, end to end;
-//! - `bench`: the engine's hot path against the software controller.
+//! - `bench`: the engine's hot path against the software controller;
+//! - `perf`: every I/O path side by side in one VM (`homi bench`).
 
 mod bench;
 mod kbuild;
+mod perf;
 mod tally;
 mod test;
 mod vm;
@@ -43,6 +45,14 @@ enum Cmd {
     Demo(vm::VmOptions),
     /// Hot-path benchmark against the software controller: ns/IO and instructions/IO.
     Bench,
+    /// Every I/O path side by side on one emulated controller, in one VM.
+    Perf {
+        #[command(flatten)]
+        opts: vm::VmOptions,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        runtime: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Test(a) => test::run(&a),
         Cmd::Demo(o) => demo(&o),
         Cmd::Bench => bench::run(),
+        Cmd::Perf { opts, runtime } => perf::run(&opts, runtime),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

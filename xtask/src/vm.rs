@@ -71,6 +71,9 @@ pub struct VmOptions {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = Accel::Tcg)]
     pub accel: Accel,
+    /// Extra guest kernel command-line parameters (e.g. `nvme.poll_queues=1`).
+    #[arg(long, default_value = "")]
+    pub append: String,
     /// Kill the VM after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
@@ -323,6 +326,10 @@ fn kernel_cmdline(opts: &VmOptions) -> String {
     );
     if opts.iommu {
         c += " intel_iommu=on iommu.strict=1";
+    }
+    if !opts.append.is_empty() {
+        c += " ";
+        c += &opts.append;
     }
     c
 }
