@@ -212,6 +212,8 @@ struct Attached {
     dma_bytes: usize,
     pinned_pages: usize,
     next_id: u32,
+    /// The process that attached, for LIST_QPAIRS.
+    pid: i32,
     ctrl: Ctrl,
     _nvme_file: ARef<File>,
 }
@@ -504,6 +506,7 @@ impl FileState {
             dma_bytes: 0,
             pinned_pages: 0,
             next_id: 0,
+            pid: kernel::current!().tgid_nr_ns(None),
             ctrl,
             _nvme_file: nvme_file,
         };
@@ -958,6 +961,47 @@ impl FileState {
             self.teardown(Inner::Gone);
         }
     }
+}
+
+/// LIST_QPAIRS: copies up to `req.capacity` entries to user space and returns how many
+/// queue pairs exist.
+pub(crate) fn list_qpairs(req: &HomiList) -> Result<u32> {
+    if !(req.capacity == 0 || req.entries != 0) {
+        return Err(EFAULT);
+    }
+    // SAFETY: `capable` only reads the current task's credentials.
+    if !unsafe { bindings::capable(bindings::CAP_SYS_RAWIO as i32) } {
+        return Err(EPERM);
+    }
+    let mut all = KVec::new();
+    for f in FILES.lock().iter() {
+        if let Inner::Attached(a) = &*f.inner.lock() {
+            for q in a.queues.iter() {
+                let state = if q.live {
+                    HOMI_QUEUE_LIVE
+                } else {
+                    HOMI_QUEUE_DEAD
+                };
+                let e = HomiQpairEntry {
+                    pid: a.pid as u32,
+                    instance: a.ctrl.instance(),
+                    qid: u32::from(q.qid),
+                    depth: q.depth,
+                    state,
+                    reserved: 0,
+                };
+                all.push(e, GFP_KERNEL)?;
+            }
+        }
+    }
+    // Copied with no lock held: the copy can fault and take the mmap lock.
+    let n = all.len().min(req.capacity as usize);
+    let bytes = n.checked_mul(size_of::<HomiQpairEntry>()).ok_or(EINVAL)?;
+    let mut w = UserSlice::new(UserPtr::from_addr(req.entries as usize), bytes).writer();
+    for e in all.iter().take(n) {
+        w.write(e)?;
+    }
+    u32::try_from(all.len()).map_err(|_| EOVERFLOW)
 }
 
 /// `homi_watch` callback, in process context.

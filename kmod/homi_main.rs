@@ -62,6 +62,8 @@ macro_rules! abi_bytes {
     )*};
 }
 abi_bytes!(
+    HomiList,
+    HomiQpairEntry,
     HomiVersion,
     HomiAttach,
     HomiNamespace,
@@ -85,6 +87,7 @@ const _: () = {
     assert!(HOMI_IOCTL_FREE == _IOW::<HomiId>(IOCTL_TYPE, 0x07));
     assert!(HOMI_IOCTL_REGISTER == _IOWR::<HomiRegister>(IOCTL_TYPE, 0x08));
     assert!(HOMI_IOCTL_UNREGISTER == _IOW::<HomiId>(IOCTL_TYPE, 0x09));
+    assert!(HOMI_IOCTL_LIST_QPAIRS == _IOWR::<HomiList>(IOCTL_TYPE, 0x0a));
 };
 
 module! {
@@ -185,6 +188,11 @@ impl MiscDevice for HomiDev {
             HOMI_IOCTL_FREE => me.free(&read_arg(arg)?).map(|()| 0),
             HOMI_IOCTL_REGISTER => write_arg(arg, &me.register(&read_arg(arg)?)?),
             HOMI_IOCTL_UNREGISTER => me.unregister(&read_arg(arg)?).map(|()| 0),
+            HOMI_IOCTL_LIST_QPAIRS => {
+                let mut l: HomiList = read_arg(arg)?;
+                l.count = file::list_qpairs(&l)?;
+                write_arg(arg, &l)
+            }
             _ => Err(ENOTTY),
         }
     }

@@ -221,6 +221,7 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             HOMI_IOCTL_FREE,
             HOMI_IOCTL_REGISTER,
             HOMI_IOCTL_UNREGISTER,
+            HOMI_IOCTL_LIST_QPAIRS,
         ];
         for req in all {
             let f = if req == HOMI_IOCTL_ATTACH { &fresh } else { ctrl.homi_fd() };
@@ -459,6 +460,12 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(&line == b"ready\n", "holder said {:?}", String::from_utf8_lossy(&line));
         let held = info_counters(&ctrl)?;
         ensure!(held.0 > base.0 && held.1 > base.1 && held.2 > base.2, "holder holds nothing: {held:?}");
+        let listed = HomiDevice::open()?.list_qpairs()?;
+        let mine: Vec<_> = listed.iter().filter(|e| e.pid == child.id()).collect();
+        ensure!(
+            mine.len() == 2 && mine.iter().all(|e| e.state == HOMI_QUEUE_LIVE && e.instance == 0),
+            "LIST_QPAIRS does not show the holder's two queues: {listed:?}"
+        );
         child.kill()?;
         child.wait()?;
         // The file is released when the dead process's last reference goes.

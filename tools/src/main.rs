@@ -38,6 +38,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Which process holds which queue pair, module-wide.
+    Queues {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Read an LBA range through a homi queue into a file.
     Read(io::IoArgs),
     /// Write a file to an LBA range through a homi queue.
@@ -141,6 +147,46 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One row of `homi queues --json`.
+#[derive(Serialize)]
+struct QueueJson {
+    pid: u32,
+    command: String,
+    controller: String,
+    qid: u32,
+    depth: u32,
+    state: &'static str,
+}
+
+fn queues(json: bool) -> anyhow::Result<()> {
+    let dev = HomiDevice::open().context("open /dev/homi (is homi.ko loaded?)")?;
+    let rows: Vec<QueueJson> = dev
+        .list_qpairs()?
+        .into_iter()
+        .map(|e| QueueJson {
+            pid: e.pid,
+            command: std::fs::read_to_string(format!("/proc/{}/comm", e.pid))
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            controller: format!("nvme{}", e.instance),
+            qid: e.qid,
+            depth: e.depth,
+            state: if e.state == HOMI_QUEUE_LIVE { "live" } else { "dead" },
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no homi queue pairs");
+    }
+    for r in rows {
+        println!("{:>7} {:<16} {} qid {:>4} depth {:>5} {}", r.pid, r.command, r.controller, r.qid, r.depth, r.state);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Version => {
@@ -158,6 +204,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Info { target, json } => info(&target, json),
+        Cmd::Queues { json } => queues(json),
         Cmd::Read(a) => io::run(&a, false),
         Cmd::Write(a) => io::run(&a, true),
         Cmd::Perf(a) => perf::main(&a),

@@ -17,7 +17,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 2;
+pub const ABI_MINOR: u32 = 3;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -101,6 +101,11 @@ pub const HOMI_IOCTL_REGISTER: u32 = ioc(
 );
 /// `_IOW(0xB9, 0x09, struct homi_id)`: unmaps and unpins a registration.
 pub const HOMI_IOCTL_UNREGISTER: u32 = ioc(IOC_WRITE, 0x09, core::mem::size_of::<HomiId>());
+
+/// `_IOWR(0xB9, 0x0a, struct homi_list)`: every queue pair held through homi, module-wide,
+/// with the process that attached it. Needs `CAP_SYS_RAWIO`; no attach needed.
+pub const HOMI_IOCTL_LIST_QPAIRS: u32 =
+    ioc(IOC_READ | IOC_WRITE, 0x0a, core::mem::size_of::<HomiList>());
 
 /// Input of [`HOMI_IOCTL_ATTACH`].
 #[repr(C)]
@@ -258,6 +263,37 @@ pub struct HomiRegister {
     pub id: u32,
 }
 
+/// Input and reply of [`HOMI_IOCTL_LIST_QPAIRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiList {
+    /// In: user pointer to an array of `capacity` [`HomiQpairEntry`].
+    pub entries: u64,
+    /// In: entries the array holds.
+    pub capacity: u32,
+    /// Out: queue pairs that exist; only the first `capacity` are written.
+    pub count: u32,
+}
+
+/// One queue pair in [`HOMI_IOCTL_LIST_QPAIRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiQpairEntry {
+    /// Process ID (thread-group ID) of the process that attached the file holding the
+    /// queue, as that process saw it when it attached.
+    pub pid: u32,
+    /// The `X` of `/dev/nvmeX`.
+    pub instance: u32,
+    /// Queue ID.
+    pub qid: u32,
+    /// Entries per ring.
+    pub depth: u32,
+    /// `HOMI_QUEUE_LIVE` or `HOMI_QUEUE_DEAD`.
+    pub state: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
 /// The mmap offset of the file's status page ([`HomiStatus`], read-only, one page).
 /// It can be mapped before attaching and stays valid until the file is closed.
 pub const HOMI_STATUS_OFFSET: u64 = 0;
@@ -307,3 +343,5 @@ const _: () = assert!(core::mem::size_of::<HomiId>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiAlloc>() == 32);
 const _: () = assert!(core::mem::size_of::<HomiRegister>() == 32);
 const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS_QUEUES);
+const _: () = assert!(core::mem::size_of::<HomiList>() == 16);
+const _: () = assert!(core::mem::size_of::<HomiQpairEntry>() == 24);

@@ -55,6 +55,12 @@ fn expectations() -> Vec<(&'static str, u64)> {
         size!("homi_status", HomiStatus),
         off!("homi_status", HomiStatus, ctrl_state),
         off!("homi_status", HomiStatus, queue_state),
+        size!("homi_list", HomiList),
+        off!("homi_list", HomiList, capacity),
+        off!("homi_list", HomiList, count),
+        size!("homi_qpair_entry", HomiQpairEntry),
+        off!("homi_qpair_entry", HomiQpairEntry, qid),
+        off!("homi_qpair_entry", HomiQpairEntry, state),
         ("HOMI_MAX_NAMESPACES", HOMI_MAX_NAMESPACES as u64),
         ("HOMI_ALLOC_MAX", HOMI_ALLOC_MAX),
         ("HOMI_STATUS_OFFSET", HOMI_STATUS_OFFSET),
@@ -91,6 +97,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("HOMI_IOCTL_FREE", u64::from(HOMI_IOCTL_FREE)),
         ("HOMI_IOCTL_REGISTER", u64::from(HOMI_IOCTL_REGISTER)),
         ("HOMI_IOCTL_UNREGISTER", u64::from(HOMI_IOCTL_UNREGISTER)),
+        ("HOMI_IOCTL_LIST_QPAIRS", u64::from(HOMI_IOCTL_LIST_QPAIRS)),
     ]
 }
 

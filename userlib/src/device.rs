@@ -50,6 +50,25 @@ impl HomiDevice {
         &self.fd
     }
 
+    /// Every queue pair held through homi, module-wide, with the process that holds it.
+    /// Needs `CAP_SYS_RAWIO`.
+    pub fn list_qpairs(&self) -> Result<Vec<homi_uapi::HomiQpairEntry>> {
+        let mut entries = Vec::new();
+        loop {
+            let mut l =
+                homi_uapi::HomiList { entries: entries.as_mut_ptr() as u64, capacity: entries.len() as u32, count: 0 };
+            // SAFETY: the fd is open; `l` names `capacity` writable entries.
+            unsafe { crate::sys::homi_list_qpairs(self.fd.as_raw_fd(), &mut l) }
+                .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_LIST_QPAIRS", source })?;
+            if (l.count as usize) <= entries.len() {
+                entries.truncate(l.count as usize);
+                return Ok(entries);
+            }
+            // More appeared than there was room for: grow and ask again.
+            entries.resize(l.count as usize + 8, homi_uapi::HomiQpairEntry::default());
+        }
+    }
+
     /// Asks the module for its ABI version and feature bits.
     pub fn version(&self) -> Result<HomiVersion> {
         let mut v = HomiVersion::default();

@@ -15,6 +15,7 @@ nix::ioctl_readwrite!(homi_alloc, IOCTL_TYPE, 0x06, HomiAlloc);
 nix::ioctl_write_ptr!(homi_free, IOCTL_TYPE, 0x07, HomiId);
 nix::ioctl_readwrite!(homi_register, IOCTL_TYPE, 0x08, HomiRegister);
 nix::ioctl_write_ptr!(homi_unregister, IOCTL_TYPE, 0x09, HomiId);
+nix::ioctl_readwrite!(homi_list_qpairs, IOCTL_TYPE, 0x0a, HomiList);
 
 #[cfg(test)]
 mod tests {
@@ -37,5 +38,6 @@ mod tests {
         assert_eq!(w!(t, 0x07, size_of::<HomiId>()), HOMI_IOCTL_FREE as Num);
         assert_eq!(rw!(t, 0x08, size_of::<HomiRegister>()), HOMI_IOCTL_REGISTER as Num);
         assert_eq!(w!(t, 0x09, size_of::<HomiId>()), HOMI_IOCTL_UNREGISTER as Num);
+        assert_eq!(rw!(t, 0x0a, size_of::<HomiList>()), HOMI_IOCTL_LIST_QPAIRS as Num);
     }
 }

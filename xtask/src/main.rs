@@ -139,6 +139,11 @@ $B/homi read --lba 4096 --blocks 2048 --file b.homi
 cmp b b.homi && echo "   identical"
 echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
 $B/examples/readwrite /dev/nvme0
+echo "== while a process holds queues, homi queues names it"
+$B/homi perf --path homi --qd 4 --threads 2 --ios 20000 --json > perf.json &
+sleep 1
+$B/homi queues
+wait
 echo "== after the tools exit, homi holds nothing"
 $B/homi info | grep 'homi holds'
 rmmod homi

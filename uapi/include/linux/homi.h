@@ -12,7 +12,7 @@
 
 #define HOMI_IOCTL_TYPE 0xB9
 #define HOMI_ABI_MAJOR 0
-#define HOMI_ABI_MINOR 2
+#define HOMI_ABI_MINOR 3
 
 struct homi_version {
 	__u32 abi_major;
@@ -96,6 +96,21 @@ struct homi_register {
 	__u32 id;
 };
 
+struct homi_list {
+	__u64 entries;		/* struct homi_qpair_entry[capacity] */
+	__u32 capacity;
+	__u32 count;		/* out: queue pairs that exist */
+};
+
+struct homi_qpair_entry {
+	__u32 pid;
+	__u32 instance;
+	__u32 qid;
+	__u32 depth;
+	__u32 state;
+	__u32 reserved;
+};
+
 #define HOMI_STATUS_OFFSET 0
 #define HOMI_STATUS_QUEUES 1000
 #define HOMI_QUEUE_NONE 0
@@ -122,5 +137,6 @@ struct homi_status {
 #define HOMI_IOCTL_FREE		_IOW(HOMI_IOCTL_TYPE, 0x07, struct homi_id)
 #define HOMI_IOCTL_REGISTER	_IOWR(HOMI_IOCTL_TYPE, 0x08, struct homi_register)
 #define HOMI_IOCTL_UNREGISTER	_IOW(HOMI_IOCTL_TYPE, 0x09, struct homi_id)
+#define HOMI_IOCTL_LIST_QPAIRS	_IOWR(HOMI_IOCTL_TYPE, 0x0a, struct homi_list)
 
 #endif /* _UAPI_LINUX_HOMI_H */
