@@ -904,3 +904,38 @@ pub fn shapes(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// `homi perf` through every path, briefly, on a guest whose nvme driver has a poll
+/// queue (for io_uring-poll): each run completes its I/Os and its JSON report parses.
+pub fn paths(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    if !kmod::loaded("homi") {
+        kmod::load(kmod_path, "").context("load homi.ko")?;
+    }
+    let homi = std::env::current_exe()?.with_file_name("homi");
+    for (path, qd) in [("pread", 1), ("io_uring", 8), ("io_uring-poll", 8), ("passthru", 8), ("homi", 8)] {
+        for rw in ["randread", "randwrite"] {
+            h.check(&format!("paths: homi perf --path {path} --rw {rw} completes and reports JSON"), || {
+                let out = Proc::new(&homi)
+                    .args(["perf", "--path", path, "--rw", rw, "--qd", &qd.to_string(), "--ios", "300", "--json"])
+                    .output()?;
+                ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                ensure!(v["path"] == path && v["rw"] == rw, "report names {} {}", v["path"], v["rw"]);
+                ensure!(v["ios"] == 300, "ios {}", v["ios"]);
+                ensure!(v["iops"].as_f64().is_some_and(|x| x > 0.0), "iops {}", v["iops"]);
+                Ok(())
+            });
+        }
+    }
+    h.check("paths: bad perf arguments are refused with the argument's name", || {
+        for (args, name) in
+            [(vec!["--qd", "0"], "--qd"), (vec!["--bs", "1000"], "--bs"), (vec!["--threads", "0"], "--threads")]
+        {
+            let out = Proc::new(&homi).args(["perf", "--path", "homi", "--ios", "10"]).args(&args).output()?;
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(!out.status.success() && err.contains(name), "{args:?}: {err}");
+        }
+        Ok(())
+    });
+    Ok(())
+}

@@ -18,7 +18,8 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "dbcs" => crate::queues::dbcs(kmod_path, h),
         "nospare" => crate::queues::nospare(kmod_path, h),
         "shapes" => crate::queues::shapes(kmod_path, h),
-        other => bail!("unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes)"),
+        "paths" => crate::queues::paths(kmod_path, h),
+        other => bail!("unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths)"),
     }
 }
 

@@ -119,6 +119,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
             VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
             "shapes",
         ),
+        ("poll-queues", VmOptions { append: "nvme.poll_queues=1".into(), ..base.clone() }, "paths"),
     ];
     for (name, opts, suites) in boots {
         let script = format!("{}/homi-vmtest --kmod {} {suites}\n", bin.display(), ko.display());
