@@ -2,7 +2,7 @@
 
 //! The homi ioctl ABI for user space.
 //!
-//! The definitions live in [`abi`], a plain `core`-only file that the kernel module
+//! The definitions live in `src/abi.rs`, a plain `core`-only file that the kernel module
 //! compiles too (`#[path]` include from `kmod/`), so the ABI is written exactly once.
 
 #![no_std]

@@ -48,13 +48,14 @@ fn host(t: &mut Tally) {
     });
     t.result("host: cargo fmt --check", &fmt);
 
-    let clippy = cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]).status();
-    let clippy = match clippy {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(anyhow::anyhow!("clippy: {s}")),
-        Err(e) => Err(e.into()),
-    };
+    let clippy =
+        crate::run_checked(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]));
     t.result("host: cargo clippy -D warnings", &clippy);
+
+    let mut doc = cargo();
+    doc.args(["doc", "--quiet", "--no-deps", "-p", "homi", "-p", "homi-uapi", "-p", "homi-cli"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    t.result("host: cargo doc, warnings denied", &crate::run_checked(&mut doc));
 
     match cargo().args(["test", "--workspace"]).output() {
         Ok(o) => {
