@@ -26,24 +26,14 @@ pub fn loaded(name: &str) -> bool {
     Path::new("/sys/module").join(name).exists()
 }
 
-/// Messages in the kernel log that mean something went wrong in the kernel.
-const SPLATS: &[&str] = &[
-    "WARNING:",
-    "BUG:",
-    "Oops",
-    "Call Trace",
-    "general protection fault",
-    "Kernel panic",
-    "UBSAN:",
-    "KASAN:",
-    "kmemleak:",
-    "possible circular locking",
-    "INFO: task",
-];
+/// Kernel log patterns that mean the kernel warned or crashed: `tests/splats.txt`.
+fn splat_patterns() -> impl Iterator<Item = &'static str> {
+    include_str!("../splats.txt").lines().filter(|l| !l.is_empty() && !l.starts_with('#'))
+}
 
 /// Returns the kernel log lines that look like a warning or a crash.
 pub fn splats() -> anyhow::Result<Vec<String>> {
-    Ok(kernel_log()?.lines().filter(|l| SPLATS.iter().any(|s| l.contains(s))).map(str::to_owned).collect())
+    Ok(kernel_log()?.lines().filter(|l| splat_patterns().any(|s| l.contains(s))).map(str::to_owned).collect())
 }
 
 /// Reads the whole kernel ring buffer through `/dev/kmsg`, without blocking.

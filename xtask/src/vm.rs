@@ -119,22 +119,12 @@ impl VmRun {
     }
 }
 
-/// Kernel log patterns that mean the kernel warned or crashed.
-pub const SPLATS: &[&str] = &[
-    "WARNING:",
-    "BUG:",
-    "Oops",
-    "Call Trace",
-    "general protection fault",
-    "Kernel panic",
-    "UBSAN:",
-    "KASAN:",
-    "possible circular locking",
-];
-
-/// The lines of `log` that match [`SPLATS`].
+/// The lines of `log` that match a pattern of `tests/splats.txt`: the kernel warned or
+/// crashed.
 pub fn splats(log: &str) -> Vec<&str> {
-    log.lines().filter(|l| SPLATS.iter().any(|s| l.contains(s))).collect()
+    let patterns: Vec<&str> =
+        include_str!("../../tests/splats.txt").lines().filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    log.lines().filter(|l| patterns.iter().any(|s| l.contains(s))).collect()
 }
 
 fn shell_quote(s: &str) -> String {
@@ -353,4 +343,18 @@ fn resolve_accel(k: &Kernel, opts: &VmOptions) -> anyhow::Result<Accel> {
     fs::write(&cache, if ok { "ok\n" } else { "fail\n" })?;
     eprintln!("vm: KVM boot probe {}", if ok { "succeeded: using KVM" } else { "failed: using TCG" });
     Ok(if ok { Accel::Kvm } else { Accel::Tcg })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splats;
+
+    #[test]
+    fn splats_finds_warnings_and_ignores_the_rest() {
+        let log = "[ 1.0] nvme nvme0: 2/0/0 default/read/poll queues\n\
+                   [ 2.0] WARNING: CPU: 0 PID: 1 at mm/x.c:1\n\
+                   [ 3.0] BUG: KASAN: use-after-free in f\n";
+        assert_eq!(splats(log).len(), 2);
+        assert!(splats("[ 1.0] homi: ABI 0.3 loaded\n").is_empty());
+    }
 }
