@@ -74,6 +74,19 @@ fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             Ok(())
         });
     }
+    if Path::new("/sys/kernel/debug").exists() {
+        h.check("basic: kmemleak finds no leak (debug kernel)", || {
+            let _ = std::process::Command::new("mount").args(["-t", "debugfs", "none", "/sys/kernel/debug"]).status();
+            let k = Path::new("/sys/kernel/debug/kmemleak");
+            if !k.exists() {
+                return Ok(()); // not a kmemleak kernel
+            }
+            std::fs::write(k, "scan").context("kmemleak scan")?;
+            let report = std::fs::read_to_string(k)?;
+            ensure!(!report.contains("homi"), "kmemleak reports homi allocations:\n{report}");
+            Ok(())
+        });
+    }
     h.check("basic: kernel log has no warning or splat", || {
         let bad = kmod::splats()?;
         ensure!(bad.is_empty(), "kernel log:\n{}", bad.join("\n"));
