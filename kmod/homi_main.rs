@@ -118,11 +118,22 @@ impl Drop for Glue {
     }
 }
 
+/// Frees the module-wide state's storage when the module goes (after every file did).
+struct Globals;
+
+impl Drop for Globals {
+    fn drop(&mut self) {
+        file::free_globals();
+    }
+}
+
 #[pin_data]
 struct HomiModule {
     _glue: Glue,
     #[pin]
     _miscdev: MiscDeviceRegistration<HomiDev>,
+    // Last: dropped after the misc device is gone, so no file can use the globals.
+    _globals: Globals,
 }
 
 impl kernel::InPlaceModule for HomiModule {
@@ -133,6 +144,7 @@ impl kernel::InPlaceModule for HomiModule {
         try_pin_init!(Self {
             _glue: Glue::init()?,
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"homi" }),
+            _globals: Globals,
         })
     }
 }

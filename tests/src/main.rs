@@ -46,5 +46,6 @@ fn main() -> ExitCode {
             h.record(&format!("{suite}: suite"), Err(e));
         }
     }
+    suites::kmemleak(&mut h);
     h.finish()
 }
