@@ -250,17 +250,36 @@ impl Engine for Uring {
         Ok(())
     }
     fn reap(&mut self, done: &mut dyn FnMut(usize)) -> anyhow::Result<()> {
-        // Polled rings find completions only when asked to look.
-        self.ring.submit_and_wait(0)?;
-        for c in self.ring.completion() {
-            if c.result() == -nix::libc::EOPNOTSUPP && self.polled {
+        let polled = self.polled;
+        reap_ring(&mut self.ring, done, |result| {
+            if result == -nix::libc::EOPNOTSUPP && polled {
                 bail!("io_uring-poll needs polled queues in the nvme driver: load it with poll_queues=N (nvme.poll_queues=N on the kernel command line)");
             }
-            ensure!(c.result() >= 0, "io_uring I/O failed: {}", std::io::Error::from_raw_os_error(-c.result()));
-            done(c.user_data() as usize);
-        }
-        Ok(())
+            ensure!(result >= 0, "io_uring I/O failed: {}", std::io::Error::from_raw_os_error(-result));
+            Ok(())
+        })
     }
+}
+
+/// Reaps every completion of `ring`: `check` judges each result, `done` gets each slot.
+/// Entering the kernel first matters for polled rings, which find completions only
+/// when asked to look.
+fn reap_ring<S, C>(
+    ring: &mut io_uring::IoUring<S, C>,
+    done: &mut dyn FnMut(usize),
+    mut check: impl FnMut(i32) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    S: io_uring::squeue::EntryMarker,
+    C: io_uring::cqueue::EntryMarker + Into<io_uring::cqueue::Entry>,
+{
+    ring.submit_and_wait(0)?;
+    for c in ring.completion() {
+        let c: io_uring::cqueue::Entry = c.into();
+        check(c.result())?;
+        done(c.user_data() as usize);
+    }
+    Ok(())
 }
 
 /// `struct nvme_uring_cmd` of `include/uapi/linux/nvme_ioctl.h`.
@@ -328,12 +347,10 @@ impl Engine for Passthru {
         Ok(())
     }
     fn reap(&mut self, done: &mut dyn FnMut(usize)) -> anyhow::Result<()> {
-        self.ring.submit_and_wait(0)?;
-        for c in self.ring.completion() {
-            ensure!(c.result() == 0, "passthrough command failed: result {}", c.result());
-            done(c.user_data() as usize);
-        }
-        Ok(())
+        reap_ring(&mut self.ring, done, |result| {
+            ensure!(result == 0, "passthrough command failed: result {result}");
+            Ok(())
+        })
     }
 }
 
