@@ -44,6 +44,7 @@ use crate::dma::{
 use crate::glue::{
     self,
     Ctrl,
+    ShadowSlots,
     Watch, //
 };
 use crate::uapi::*;
@@ -162,6 +163,66 @@ fn reserved_count(ctrl: &Ctrl) -> usize {
         .map_or(0, |r| r.qids.len())
 }
 
+/// The qids homi may take on a controller right now.
+struct QidRange {
+    first: u32,
+    last: u32,
+    /// The range is nvme-pci's user queue reservation.
+    user: bool,
+    /// The controller reads doorbells from nvme-pci's shadow buffer.
+    shadow: bool,
+}
+
+impl QidRange {
+    fn of(c: &Ctrl) -> Result<Self> {
+        let cap = c.cap();
+        let stride = 4u64 << ((cap >> 32) & 0xf);
+        let (_, bar_len) = c.bar();
+        // The highest qid whose CQ head doorbell is still inside BAR0.
+        let bar_last = (bar_len.saturating_sub(DOORBELL_BASE + 4) / (2 * stride)) as u32;
+        if let Some(uq) = c.user_queues().filter(|uq| uq.nr > 0) {
+            return Ok(Self {
+                first: uq.first,
+                last: (uq.first + uq.nr - 1).min(bar_last),
+                user: true,
+                shadow: uq.shadow,
+            });
+        }
+        Ok(Self {
+            first: c.io_queues() + 1,
+            last: admin::granted_io_queues(c)?.min(bar_last),
+            user: false,
+            shadow: c.shadow_doorbells(),
+        })
+    }
+
+    fn contains(&self, qid: u16) -> bool {
+        (self.first..=self.last).contains(&u32::from(qid))
+    }
+
+    fn len(&self) -> u32 {
+        (self.last + 1).saturating_sub(self.first)
+    }
+}
+
+/// A queue's shadow doorbell pages (see [`HOMI_QPAIR_SHADOW`]).
+struct Shadow {
+    slots: ShadowSlots,
+    pgoff: u64,
+    eventidx_pgoff: u64,
+}
+
+impl Shadow {
+    /// Zeroes `qid`'s slots for a queue about to be created, with fresh mmap offsets.
+    fn new(c: &Ctrl, qid: u16) -> Result<Self> {
+        Ok(Self {
+            slots: c.reset_shadow(qid)?,
+            pgoff: take_pgoffs(PAGE_SIZE),
+            eventidx_pgoff: take_pgoffs(PAGE_SIZE),
+        })
+    }
+}
+
 /// One reserved queue pair.
 struct QueuePair {
     qid: u16,
@@ -179,13 +240,25 @@ struct QueuePair {
     generation: u64,
     /// Whether the queue exists on the controller.
     live: bool,
+    /// With shadow doorbells: where the queue's shadow slots are mapped.
+    shadow: Option<Shadow>,
 }
 
 impl QueuePair {
     fn reply(&self) -> HomiQpair {
+        let (flags, shadow_offset, eventidx_offset, shadow_sq, shadow_cq) = match &self.shadow {
+            Some(s) => (
+                HOMI_QPAIR_SHADOW,
+                s.pgoff << PAGE_SHIFT,
+                s.eventidx_pgoff << PAGE_SHIFT,
+                s.slots.sq,
+                s.slots.cq,
+            ),
+            None => (0, 0, 0, 0, 0),
+        };
         HomiQpair {
             depth: self.depth,
-            flags: 0,
+            flags,
             qid: u32::from(self.qid),
             sq_doorbell: self.db_offset,
             sq_size: self.sq.size() as u64,
@@ -194,6 +267,10 @@ impl QueuePair {
             cq_offset: self.cq_pgoff << PAGE_SHIFT,
             doorbell_offset: self.db_pgoff << PAGE_SHIFT,
             generation: self.generation,
+            shadow_offset,
+            eventidx_offset,
+            shadow_sq,
+            shadow_cq,
         }
     }
 }
@@ -403,7 +480,16 @@ impl FileState {
     fn zap_queue(&self, q: &QueuePair) {
         zap(self.mapping, q.sq_pgoff, q.sq.size());
         zap(self.mapping, q.cq_pgoff, q.cq.size());
+        self.zap_doorbells(q);
+    }
+
+    /// Revokes the queue's doorbell mappings, MMIO and shadow.
+    fn zap_doorbells(&self, q: &QueuePair) {
         zap(self.mapping, q.db_pgoff, PAGE_SIZE);
+        if let Some(s) = &q.shadow {
+            zap(self.mapping, s.pgoff, PAGE_SIZE);
+            zap(self.mapping, s.eventidx_pgoff, PAGE_SIZE);
+        }
     }
 
     /// Takes a queue off the controller and releases its qid; the rings are freed when
@@ -541,16 +627,13 @@ impl FileState {
         self.with_attached(|a| {
             let c = &a.ctrl;
             let cap = c.cap();
-            let driver = c.io_queues();
-            let granted = admin::granted_io_queues(c)?;
+            let range = QidRange::of(c)?;
             let mut info = HomiInfo {
                 instance: c.instance(),
-                driver_io_queues: driver,
-                granted_io_queues: granted,
-                first_spare_qid: driver + 1,
-                spare_free: granted
-                    .saturating_sub(driver)
-                    .saturating_sub(reserved_count(c) as u32),
+                driver_io_queues: c.io_queues(),
+                granted_io_queues: admin::granted_io_queues(c)?,
+                first_spare_qid: range.first,
+                spare_free: range.len().saturating_sub(reserved_count(c) as u32),
                 max_queue_entries: (cap & 0xffff) as u32 + 1,
                 doorbell_stride: 4 << ((cap >> 32) & 0xf),
                 min_page_size: 4096 << ((cap >> 48) & 0xf),
@@ -565,8 +648,11 @@ impl FileState {
             if c.live() {
                 info.flags |= HOMI_INFO_LIVE;
             }
-            if c.shadow_doorbells() {
+            if range.shadow {
                 info.flags |= HOMI_INFO_SHADOW_DOORBELLS;
+            }
+            if range.user {
+                info.flags |= HOMI_INFO_USER_QUEUES;
             }
             if c.cmb_size() > 0 {
                 info.flags |= HOMI_INFO_CMB;
@@ -589,14 +675,23 @@ impl FileState {
         })
     }
 
-    /// Checks that the controller can take a homi queue right now.
-    fn check_queue_ok(c: &Ctrl) -> Result {
-        if c.shadow_doorbells() {
-            pr_info!(
-                "nvme{}: shadow doorbells (Doorbell Buffer Config) are active; a stock \
-                 nvme-pci keeps them private, so homi queues cannot work here\n",
-                c.instance()
-            );
+    /// Checks that the controller can take a homi queue in `range` right now.
+    fn check_queue_ok(c: &Ctrl, range: &QidRange) -> Result {
+        if range.shadow && !range.user {
+            if glue::have_user_queues() {
+                pr_info!(
+                    "nvme{}: shadow doorbells (Doorbell Buffer Config) are active and \
+                     nvme-pci reserved no user queues; boot with nvme.user_queues=N\n",
+                    c.instance()
+                );
+            } else {
+                pr_info!(
+                    "nvme{}: shadow doorbells (Doorbell Buffer Config) are active; a stock \
+                     nvme-pci keeps them private, so homi queues cannot work here (a kernel \
+                     with qemu/patches and nvme.user_queues=N can)\n",
+                    c.instance()
+                );
+            }
             return Err(errno(bindings::EOPNOTSUPP));
         }
         if !c.live() {
@@ -636,31 +731,42 @@ impl FileState {
                 );
                 return Err(EINVAL);
             }
-            Self::check_queue_ok(c)?;
+            let range = QidRange::of(c)?;
+            Self::check_queue_ok(c, &range)?;
             if a.queues.len() >= MAX_QPAIRS_PER_FILE {
                 return Err(EMFILE);
             }
-            let driver = c.io_queues();
-            let granted = admin::granted_io_queues(c)?;
             let stride = 4u64 << ((cap >> 32) & 0xf);
-            let (bar, bar_len) = c.bar();
-            // The highest qid whose CQ head doorbell is still inside BAR0.
-            let bar_last = bar_len.saturating_sub(DOORBELL_BASE + 4) / (2 * stride);
-            let last = u64::from(granted).min(bar_last) as u32;
-            let qid = match reserve_qid(c, driver + 1, last) {
+            let (bar, _) = c.bar();
+            let qid = match reserve_qid(c, range.first, range.last) {
                 Ok(q) => q,
                 Err(e) => {
-                    pr_info!(
-                        "nvme{}: no spare queues: the driver uses qids 1..={}, the controller \
-                         granted {}, and homi holds the rest\n",
-                        c.instance(),
-                        driver,
-                        granted
-                    );
+                    if range.user {
+                        pr_info!(
+                            "nvme{}: no spare queues: homi holds all of nvme-pci's user queues \
+                             (qids {}..={})\n",
+                            c.instance(),
+                            range.first,
+                            range.last
+                        );
+                    } else {
+                        pr_info!(
+                            "nvme{}: no spare queues: the driver uses qids 1..={}, the \
+                             controller granted up to qid {}, and homi holds the rest\n",
+                            c.instance(),
+                            range.first - 1,
+                            range.last
+                        );
+                    }
                     return Err(e);
                 }
             };
             let made = (|| {
+                let shadow = if range.shadow {
+                    Some(Shadow::new(c, qid)?)
+                } else {
+                    None
+                };
                 let sq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 64)?;
                 let cq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 16)?;
                 let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
@@ -674,6 +780,7 @@ impl FileState {
                     db_offset: (db & (PAGE_SIZE as u64 - 1)) as u32,
                     generation: c.generation(),
                     live: false,
+                    shadow,
                     sq,
                     cq,
                 };
@@ -740,15 +847,24 @@ impl FileState {
             if a.queues[i].live {
                 return Err(EBUSY);
             }
-            Self::check_queue_ok(&a.ctrl)?;
-            if u32::from(a.queues[i].qid) <= a.ctrl.io_queues() {
+            let range = QidRange::of(&a.ctrl)?;
+            Self::check_queue_ok(&a.ctrl, &range)?;
+            if !range.contains(a.queues[i].qid) {
                 pr_info!(
-                    "nvme{}: qid {} now belongs to the driver; destroy it\n",
+                    "nvme{}: qid {} is no longer one homi may use (qids {}..={}); destroy it\n",
                     a.ctrl.instance(),
-                    a.queues[i].qid
+                    a.queues[i].qid,
+                    range.first,
+                    range.last
                 );
                 return Err(EBUSY);
             }
+            // The reset may have turned shadow doorbells on or off.
+            let shadow = if range.shadow {
+                Some(Shadow::new(&a.ctrl, a.queues[i].qid)?)
+            } else {
+                None
+            };
             let q = &a.queues[i];
             q.sq.zero();
             q.cq.zero();
@@ -757,8 +873,9 @@ impl FileState {
             let q = &mut a.queues[i];
             q.live = true;
             q.generation = generation;
-            // The old doorbell mapping stays revoked; the queue gets a fresh offset.
+            // The old doorbell mappings stay revoked; the queue gets fresh offsets.
             q.db_pgoff = take_pgoffs(PAGE_SIZE);
+            q.shadow = shadow;
             self.status.set_queue_state(q.qid, HOMI_QUEUE_LIVE);
             Ok(q.reply())
         })
@@ -907,6 +1024,14 @@ impl FileState {
                 q.sq.mmap(vma)?;
             } else if let Some(q) = a.queues.iter().find(|q| q.cq_pgoff == pgoff) {
                 q.cq.mmap(vma)?;
+            } else if let Some((q, eventidx)) = a.queues.iter().filter(|q| q.live).find_map(|q| {
+                let s = q.shadow.as_ref()?;
+                (s.pgoff == pgoff || s.eventidx_pgoff == pgoff)
+                    .then_some((q, s.eventidx_pgoff == pgoff))
+            }) {
+                // SAFETY: `vma` is being set up under the mmap lock; nvme-pci checks
+                // that it is one page, and read-only for the event index.
+                unsafe { a.ctrl.mmap_shadow(vma.as_ptr().cast(), q.qid, eventidx) }?;
             } else if let Some(q) = a.queues.iter().find(|q| q.live && q.db_pgoff == pgoff) {
                 if vma.end() - vma.start() != PAGE_SIZE {
                     return Err(EINVAL);
@@ -940,7 +1065,7 @@ impl FileState {
                 // memory until it is destroyed; its doorbells are taken away so nothing
                 // rings a queue that no longer exists.
                 self.status.set_queue_state(q.qid, HOMI_QUEUE_DEAD);
-                zap(self.mapping, q.db_pgoff, PAGE_SIZE);
+                self.zap_doorbells(q);
                 q.live = false;
             }
         }

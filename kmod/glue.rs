@@ -47,6 +47,20 @@ extern "C" {
         len: u32,
         result: *mut u32,
     ) -> i32;
+    fn homi_have_user_queues() -> bool;
+    fn homi_ctrl_user_queues(
+        ctrl: *mut NvmeCtrl,
+        first: *mut u32,
+        nr: *mut u32,
+        shadow: *mut bool,
+    ) -> i32;
+    fn homi_user_queue_shadow(
+        ctrl: *mut NvmeCtrl,
+        qid: u16,
+        sq_slot: *mut u32,
+        cq_slot: *mut u32,
+    ) -> i32;
+    fn homi_mmap_shadow(vma: *mut c_void, ctrl: *mut NvmeCtrl, qid: u16, eventidx: bool) -> i32;
     pub(crate) fn homi_mmap_mmio(vma: *mut c_void, phys: u64) -> i32;
     pub(crate) fn homi_vma_revocable(vma: *mut c_void);
     pub(crate) fn homi_page_alloc() -> *mut c_void;
@@ -65,6 +79,31 @@ extern "C" {
 /// OACS bit 8: Doorbell Buffer Config. nvme-pci enables shadow doorbells whenever the
 /// controller offers them, so on a stock kernel this bit means they are active.
 const OACS_DBBUF: u16 = 1 << 8;
+
+/// Whether this module was built against an nvme-pci with user queues.
+pub(crate) fn have_user_queues() -> bool {
+    // SAFETY: returns a constant.
+    unsafe { homi_have_user_queues() }
+}
+
+/// The queues nvme-pci reserved for homi (`nvme.user_queues=N`).
+#[derive(Clone, Copy)]
+pub(crate) struct UserQueues {
+    /// The first reserved qid.
+    pub(crate) first: u32,
+    /// How many; 0 if none.
+    pub(crate) nr: u32,
+    /// Whether the controller reads doorbells from the shadow buffer.
+    pub(crate) shadow: bool,
+}
+
+/// A reserved queue's shadow slots: byte offsets in the shadow doorbell page and, the
+/// same, in the event index page.
+#[derive(Clone, Copy)]
+pub(crate) struct ShadowSlots {
+    pub(crate) sq: u32,
+    pub(crate) cq: u32,
+}
 
 /// A held nvme-pci controller.
 ///
@@ -131,8 +170,12 @@ impl Ctrl {
         unsafe { homi_ctrl_cap(self.raw()) }
     }
 
-    /// Whether nvme-pci has shadow doorbells on for this controller.
+    /// Whether nvme-pci has shadow doorbells on for this controller: as nvme-pci says
+    /// with user queues, else inferred from the controller offering them.
     pub(crate) fn shadow_doorbells(&self) -> bool {
+        if let Some(uq) = self.user_queues() {
+            return uq.shadow;
+        }
         // SAFETY: by the type invariant the controller is alive.
         unsafe { homi_ctrl_oacs(self.raw()) & OACS_DBBUF != 0 }
     }
@@ -164,6 +207,46 @@ impl Ctrl {
                 homi_ctrl_bar_len(self.raw()),
             )
         }
+    }
+
+    /// nvme-pci's user queue reservation; `None` on a kernel without user queues.
+    pub(crate) fn user_queues(&self) -> Option<UserQueues> {
+        let mut uq = UserQueues {
+            first: 0,
+            nr: 0,
+            shadow: false,
+        };
+        // SAFETY: by the type invariant the controller is alive; the out pointers are
+        // valid for writes.
+        let ret = unsafe {
+            homi_ctrl_user_queues(self.raw(), &mut uq.first, &mut uq.nr, &mut uq.shadow)
+        };
+        (ret == 0).then_some(uq)
+    }
+
+    /// Zeroes reserved queue `qid`'s shadow doorbell and event index slots, before the
+    /// queue is created, and says where they are.
+    pub(crate) fn reset_shadow(&self, qid: u16) -> Result<ShadowSlots> {
+        let mut slots = ShadowSlots { sq: 0, cq: 0 };
+        // SAFETY: by the type invariant the controller is alive; the out pointers are
+        // valid for writes.
+        kernel::error::to_result(unsafe {
+            homi_user_queue_shadow(self.raw(), qid, &mut slots.sq, &mut slots.cq)
+        })?;
+        Ok(slots)
+    }
+
+    /// Maps reserved queue `qid`'s shadow doorbell page, or its event index page
+    /// read-only, into `vma`.
+    ///
+    /// # Safety
+    ///
+    /// `vma` is a one-page VMA being set up under the mmap lock.
+    pub(crate) unsafe fn mmap_shadow(&self, vma: *mut c_void, qid: u16, eventidx: bool) -> Result {
+        // SAFETY: the caller passes a VMA being set up; the controller is alive by the
+        // type invariant, and nvme-pci frees the pages only on removal, before which
+        // homi's unbind handler revokes every mapping.
+        kernel::error::to_result(unsafe { homi_mmap_shadow(vma, self.raw(), qid, eventidx) })
     }
 
     /// The Controller Memory Buffer's size in bytes; 0 if it has none.

@@ -15,6 +15,9 @@
 #include "homi_glue.h"
 
 MODULE_IMPORT_NS("NVME_TARGET_PASSTHRU");
+#ifdef HOMI_USER_QUEUES
+MODULE_IMPORT_NS("NVME_PCI_USER_QUEUES");
+#endif
 
 /*
  * Returns the controller behind an open /dev/nvmeX with a reference on its
@@ -128,6 +131,76 @@ int homi_ctrl_admin(struct nvme_ctrl *ctrl, const void *sqe, void *buf,
 	if (result)
 		*result = le32_to_cpu(res.u32);
 	return ret;
+}
+
+/*
+ * nvme-pci's user queues (qemu/patches/): Kbuild defines HOMI_USER_QUEUES when
+ * the kernel's nvme.h declares them. Without them every call below fails with
+ * -EOPNOTSUPP, and homi keeps to spare qids and MMIO doorbells.
+ */
+bool homi_have_user_queues(void)
+{
+	return IS_ENABLED(HOMI_USER_QUEUES);
+}
+
+/* The reserved qid range and whether shadow doorbells are in use. */
+int homi_ctrl_user_queues(struct nvme_ctrl *ctrl, u32 *first, u32 *nr,
+			  bool *shadow)
+{
+#ifdef HOMI_USER_QUEUES
+	struct nvme_pci_user_queues uq;
+	int ret = nvme_pci_get_user_queues(ctrl, &uq);
+
+	if (ret)
+		return ret;
+	*first = uq.qid;
+	*nr = uq.nr_queues;
+	*shadow = uq.shadow;
+	return 0;
+#else
+	return -EOPNOTSUPP;
+#endif
+}
+
+/*
+ * Zeroes a reserved queue's shadow doorbell and event index slots, which still
+ * hold the values of the queue's previous life, and returns their byte offsets
+ * in their pages. -ENODEV if shadow doorbells are not in use.
+ */
+int homi_user_queue_shadow(struct nvme_ctrl *ctrl, u16 qid, u32 *sq_slot,
+			   u32 *cq_slot)
+{
+#ifdef HOMI_USER_QUEUES
+	struct nvme_pci_user_queue q;
+	int ret = nvme_pci_get_user_queue(ctrl, qid, &q);
+
+	if (ret)
+		return ret;
+	if (!q.sq_shadow)
+		return -ENODEV;
+	WRITE_ONCE(*q.sq_shadow, 0);
+	WRITE_ONCE(*q.cq_shadow, 0);
+	WRITE_ONCE(*q.sq_eventidx, 0);
+	WRITE_ONCE(*q.cq_eventidx, 0);
+	/* Ordered before the Create I/O SQ/CQ commands that follow. */
+	wmb();
+	*sq_slot = offset_in_page(q.sq_shadow);
+	*cq_slot = offset_in_page(q.cq_shadow);
+	return 0;
+#else
+	return -EOPNOTSUPP;
+#endif
+}
+
+/* Maps a reserved queue's shadow doorbell page, or its event index page. */
+int homi_mmap_shadow(struct vm_area_struct *vma, struct nvme_ctrl *ctrl,
+		     u16 qid, bool eventidx)
+{
+#ifdef HOMI_USER_QUEUES
+	return nvme_pci_mmap_user_shadow(ctrl, qid, eventidx, vma);
+#else
+	return -EOPNOTSUPP;
+#endif
 }
 
 /* Maps one page of MMIO (the doorbells) uncached into a user VMA. */

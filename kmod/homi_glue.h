@@ -33,6 +33,13 @@ u64 homi_ctrl_cmb_size(struct nvme_ctrl *ctrl);
 int homi_ctrl_admin(struct nvme_ctrl *ctrl, const void *sqe, void *buf,
 		    unsigned int len, u32 *result);
 
+bool homi_have_user_queues(void);
+int homi_ctrl_user_queues(struct nvme_ctrl *ctrl, u32 *first, u32 *nr,
+			  bool *shadow);
+int homi_user_queue_shadow(struct nvme_ctrl *ctrl, u16 qid, u32 *sq_slot,
+			   u32 *cq_slot);
+int homi_mmap_shadow(struct vm_area_struct *vma, struct nvme_ctrl *ctrl,
+		     u16 qid, bool eventidx);
 int homi_mmap_mmio(struct vm_area_struct *vma, u64 phys);
 void homi_vma_revocable(struct vm_area_struct *vma);
 void *homi_page_alloc(void);

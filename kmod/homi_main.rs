@@ -188,7 +188,11 @@ impl MiscDevice for HomiDev {
                 &HomiVersion {
                     abi_major: ABI_MAJOR,
                     abi_minor: ABI_MINOR,
-                    features: 0,
+                    features: if glue::have_user_queues() {
+                        HOMI_FEAT_USER_QUEUES
+                    } else {
+                        0
+                    },
                 },
             ),
             HOMI_IOCTL_ATTACH => me.attach(&read_arg(arg)?).map(|()| 0),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Builds the homi guest kernel: Debian's linux-source-7.2, plus qemu/patches/*.patch,
+# Builds the homi guest kernel: Debian's linux-source-7.2, plus qemu/patches/*.patch
+# (but the cover letter),
 # configured from allnoconfig + qemu/kernel.config (+ qemu/kernel-debug.config for
 # VARIANT=debug). The result is cached outside the repository under a key made of
 # the source version, config fragments, patches, toolchain versions and this
@@ -22,7 +23,11 @@ frags=("$here/kernel.config")
 [ "$variant" = debug ] && frags+=("$here/kernel-debug.config")
 [ "$variant" = release ] || [ "$variant" = debug ] || { log "unknown VARIANT=$variant (release|debug)"; exit 1; }
 shopt -s nullglob
-patches=("$here"/patches/*.patch)
+patches=()
+for p in "$here"/patches/*.patch; do
+	# git format-patch's cover letter carries no diff.
+	[ "$(basename "$p")" = 0000-cover-letter.patch ] || patches+=("$p")
+done
 shopt -u nullglob
 
 key=$( {

@@ -21,6 +21,13 @@ struct Args {
     /// Path of the homi.ko to load and unload.
     #[arg(long)]
     kmod: PathBuf,
+    /// A homi.ko built without nvme-pci's user queue API (`HOMI_STOCK=1`), for the
+    /// `dbcs` suite's stock-kernel refusal.
+    #[arg(long)]
+    stock_kmod: Option<PathBuf>,
+    /// The VM's controllers have shadow doorbells (QEMU `dbcs=on`).
+    #[arg(long)]
+    dbcs: bool,
     /// Suites to run, in order.
     #[arg(default_values_t = ["basic".to_string()])]
     suites: Vec<String>,
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let mut h = harness::Harness::new();
+    queues::set_shape(args.dbcs, args.stock_kmod);
     for suite in &args.suites {
         if let Err(e) = suites::run(suite, &args.kmod, &mut h) {
             h.record(&format!("{suite}: suite"), Err(e));

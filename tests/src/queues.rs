@@ -6,9 +6,10 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command as Proc, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -23,6 +24,42 @@ const NVME: &str = "/dev/nvme0";
 const NS: &str = "/dev/nvme0n1";
 const TIMEOUT: Duration = Duration::from_secs(10);
 const LBA: u64 = 512;
+
+/// What the VM was booted with, beyond what the guest can read for itself.
+struct Shape {
+    /// The controllers have shadow doorbells (`dbcs=on`).
+    dbcs: bool,
+    /// A homi.ko built as for a stock kernel.
+    stock_kmod: Option<PathBuf>,
+}
+
+static SHAPE: OnceLock<Shape> = OnceLock::new();
+
+/// Records the VM's shape, once, before any suite runs.
+pub fn set_shape(dbcs: bool, stock_kmod: Option<PathBuf>) {
+    let _ = SHAPE.set(Shape { dbcs, stock_kmod });
+}
+
+fn shape() -> &'static Shape {
+    SHAPE.get_or_init(|| Shape { dbcs: false, stock_kmod: None })
+}
+
+/// nvme-pci's `user_queues` parameter: 0 when unset or on a kernel without it.
+fn user_queues_param() -> u32 {
+    std::fs::read_to_string("/sys/module/nvme/parameters/user_queues")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The qids homi may take, as INFO should report them: nvme-pci's reservation with
+/// user queues, else everything above the driver's queues.
+fn expected_spare(i: &HomiInfo) -> u32 {
+    match user_queues_param() {
+        0 => i.granted_io_queues - i.driver_io_queues,
+        n => n.min(i.granted_io_queues - i.driver_io_queues),
+    }
+}
 
 /// Issues a raw homi ioctl, for input the library would never build.
 fn raw<T>(f: &File, req: u32, arg: &mut T) -> Result<(), Errno> {
@@ -252,15 +289,20 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         let driver = std::fs::read_dir("/sys/block/nvme0n1/mq")?.count() as u32;
         ensure!(i.driver_io_queues == driver, "driver_io_queues {} but blk-mq has {driver}", i.driver_io_queues);
         ensure!(i.granted_io_queues == 64, "granted {} (QEMU max_ioqpairs=64)", i.granted_io_queues);
+        // 64 queues is less than a doorbell page holds, so user queues follow the driver's.
         ensure!(i.first_spare_qid == driver + 1, "first spare {}", i.first_spare_qid);
-        ensure!(i.spare_free == 64 - driver, "spare_free {}", i.spare_free);
+        ensure!(i.spare_free == expected_spare(&i), "spare_free {}", i.spare_free);
+        let user = user_queues_param() > 0;
+        ensure!((i.flags & HOMI_INFO_USER_QUEUES != 0) == user, "user queues flag in {:#x}", i.flags);
+        let shadow = shape().dbcs;
+        ensure!((i.flags & HOMI_INFO_SHADOW_DOORBELLS != 0) == shadow, "shadow doorbells flag in {:#x}", i.flags);
         ensure!(i.max_queue_entries == 2048, "MQES+1 {}", i.max_queue_entries);
         ensure!(
             i.doorbell_stride == 4 && i.min_page_size == 4096,
             "stride/page {:?}",
             (i.doorbell_stride, i.min_page_size)
         );
-        ensure!(i.flags & HOMI_INFO_LIVE != 0 && i.flags & HOMI_INFO_SHADOW_DOORBELLS == 0, "flags {:#x}", i.flags);
+        ensure!(i.flags & HOMI_INFO_LIVE != 0, "flags {:#x}", i.flags);
         ensure!(i.nr_namespaces == 1, "{} namespaces", i.nr_namespaces);
         let ns = i.namespaces[0];
         let sectors: u64 = std::fs::read_to_string("/sys/block/nvme0n1/size")?.trim().parse()?;
@@ -549,7 +591,7 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             "left: {:?}",
             (i.pinned_pages, i.dma_bytes, i.qpairs)
         );
-        ensure!(i.spare_free == i.granted_io_queues - i.driver_io_queues, "qids still reserved");
+        ensure!(i.spare_free == expected_spare(&i), "qids still reserved");
         Ok(())
     });
     h.check("queues: after a crashed holder and all closes, the module unloads and reloads", || {
@@ -595,20 +637,44 @@ pub fn unbind(h: &mut Harness) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On a controller with shadow doorbells on, a stock kernel refuses queues by name.
+/// On a controller with shadow doorbells on and no user queues reserved, homi refuses
+/// queues by name: as built for a stock kernel, and as built with nvme-pci's user
+/// queue API on a kernel booted without `nvme.user_queues`.
 pub fn dbcs(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
-    kmod::load(kmod_path, "").context("load homi.ko")?;
-    h.check("dbcs: CREATE_QPAIR refused with an error naming shadow doorbells", || {
+    let refused = |hint: &str| -> anyhow::Result<()> {
         let ctrl = Controller::open(NVME)?;
-        ensure!(ctrl.info()?.flags & HOMI_INFO_SHADOW_DOORBELLS != 0, "INFO does not flag shadow doorbells");
+        let i = ctrl.info()?;
+        ensure!(i.flags & HOMI_INFO_SHADOW_DOORBELLS != 0, "INFO does not flag shadow doorbells");
+        ensure!(i.flags & HOMI_INFO_USER_QUEUES == 0, "INFO flags user queues");
         match ctrl.create_qpair(16) {
             Err(e @ Error::ShadowDoorbells) => {
                 ensure!(e.to_string().contains("shadow doorbells"), "message: {e}")
             }
             other => bail!("expected a shadow-doorbell refusal, got {other:?}"),
         }
-        ensure!(kmod::kernel_log()?.contains("shadow doorbells"), "no kernel log line names shadow doorbells");
+        let log = kmod::kernel_log()?;
+        let line = log.lines().rev().find(|l| l.contains("shadow doorbells")).unwrap_or_default();
+        ensure!(
+            line.contains(hint),
+            "the last kernel log line naming shadow doorbells does not say {hint:?}: {line:?}"
+        );
         Ok(())
+    };
+    if let Some(stock) = &shape().stock_kmod {
+        h.check("dbcs: built for a stock kernel, CREATE_QPAIR is refused naming shadow doorbells", || {
+            kmod::load(stock, "").context("load the stock-built homi.ko")?;
+            let features = HomiDevice::open()?.version()?.features;
+            ensure!(features & HOMI_FEAT_USER_QUEUES == 0, "features {features:#x}");
+            let r = refused("stock nvme-pci");
+            kmod::unload("homi").context("unload the stock-built homi.ko")?;
+            r
+        });
+    }
+    kmod::load(kmod_path, "").context("load homi.ko")?;
+    h.check("dbcs: with user queues built in but none reserved, the refusal names nvme.user_queues", || {
+        let features = HomiDevice::open()?.version()?.features;
+        ensure!(features & HOMI_FEAT_USER_QUEUES != 0, "features {features:#x}");
+        refused("nvme.user_queues=N")
     });
     Ok(())
 }
@@ -935,6 +1001,117 @@ pub fn paths(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
             let err = String::from_utf8_lossy(&out.stderr);
             ensure!(!out.status.success() && err.contains(name), "{args:?}: {err}");
         }
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Creates a queue pair through the raw ioctl on an attached file of its own.
+fn raw_qpair(depth: u32) -> anyhow::Result<(File, File, HomiQpair)> {
+    let homi = open_homi()?;
+    let nvme = OpenOptions::new().read(true).write(true).open(NVME)?;
+    attach_raw(&homi, &nvme).context("ATTACH")?;
+    let mut q = HomiQpair { depth, ..Default::default() };
+    raw(&homi, HOMI_IOCTL_CREATE_QPAIR, &mut q).context("CREATE_QPAIR")?;
+    Ok((homi, nvme, q))
+}
+
+/// With shadow doorbells on and nvme-pci's user queues reserved (`nvme.user_queues`),
+/// homi queues live on reserved qids and ring through their shadow slots.
+pub fn shadow(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    if !kmod::loaded("homi") {
+        kmod::load(kmod_path, "").context("load homi.ko")?;
+    }
+    let ctrl = Controller::open(NVME)?;
+    let reserved = user_queues_param();
+
+    h.check("shadow: queues take reserved qids and use shadow doorbells", || {
+        let i = ctrl.info()?;
+        let want = HOMI_INFO_USER_QUEUES | HOMI_INFO_SHADOW_DOORBELLS;
+        ensure!(i.flags & want == want, "flags {:#x}", i.flags);
+        ensure!(reserved > 0 && i.spare_free == reserved, "spare_free {} of {reserved} reserved", i.spare_free);
+        let range = i.first_spare_qid..i.first_spare_qid + reserved;
+        ensure!(range.start > i.driver_io_queues, "reserved range {range:?} overlaps the driver's queues");
+        let mut qp = ctrl.create_qpair(32)?;
+        ensure!(range.contains(&u32::from(qp.qid())), "qid {} outside {range:?}", qp.qid());
+        ensure!(qp.shadow_doorbells(), "qid {} rings MMIO only", qp.qid());
+        roundtrip(&ctrl, &mut qp, LBA + 4096, 40)?;
+        let st = qp.doorbell_stats();
+        ensure!(st.updates >= 4 && st.mmio <= st.updates, "doorbell stats {st:?}");
+        Ok(())
+    });
+
+    h.check("shadow: the event index page maps read-only, the shadow page read-write, one page each", || {
+        use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+        use std::num::NonZeroUsize;
+        let (homi, _nvme, q) = raw_qpair(16)?;
+        ensure!(q.flags & HOMI_QPAIR_SHADOW != 0, "flags {:#x}", q.flags);
+        ensure!(q.shadow_offset != 0 && q.eventidx_offset != 0, "offsets {q:?}");
+        ensure!(q.shadow_cq == q.shadow_sq + 4, "slots {} {}", q.shadow_sq, q.shadow_cq);
+        let page = NonZeroUsize::new(4096).unwrap();
+        let two = NonZeroUsize::new(8192).unwrap();
+        let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        let shared = MapFlags::MAP_SHARED;
+        // SAFETY: fresh mappings of homi's pages; each is unmapped before the file closes.
+        unsafe {
+            ensure!(
+                mmap(None, page, rw, shared, &homi, q.eventidx_offset as i64).err() == Some(Errno::EPERM),
+                "writable event index page"
+            );
+            ensure!(
+                mmap(None, two, rw, shared, &homi, q.shadow_offset as i64).err() == Some(Errno::EINVAL),
+                "two-page shadow mapping"
+            );
+            let ei = mmap(None, page, ProtFlags::PROT_READ, shared, &homi, q.eventidx_offset as i64)
+                .context("read-only event index page")?;
+            let sh = mmap(None, page, rw, shared, &homi, q.shadow_offset as i64).context("shadow page")?;
+            let tail = std::ptr::read_volatile(sh.as_ptr().cast::<u8>().add(q.shadow_sq as usize).cast::<u32>());
+            munmap(ei, 4096)?;
+            munmap(sh, 4096)?;
+            ensure!(tail == 0, "a new queue's shadow tail is {tail}");
+        }
+        Ok(())
+    });
+
+    h.check("shadow: a queue created again on the same qid starts from zeroed slots", || {
+        let mut qp = ctrl.create_qpair(16)?;
+        let qid = qp.qid();
+        for k in 0..5 {
+            roundtrip(&ctrl, &mut qp, LBA + 4096 + 16 * k, 50 + k)?;
+        }
+        drop(qp);
+        let mut again = ctrl.create_qpair(16)?;
+        ensure!(again.qid() == qid, "got qid {} instead of {qid}", again.qid());
+        // Stale tails would make the controller run old SQ slots, or wait for ever.
+        roundtrip(&ctrl, &mut again, LBA + 4096, 60)
+    });
+    Ok(())
+}
+
+/// With more queues than a doorbell page holds (`max_ioqpairs=600`), nvme-pci puts its
+/// user queues on a page of their own: qid 512 on, with 4-byte doorbells.
+pub fn placement(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    kmod::load(kmod_path, "").context("load homi.ko")?;
+    let ctrl = Controller::open(NVME)?;
+    h.check("placement: user queues start at qid 512, on a doorbell page of their own", || {
+        let i = ctrl.info()?;
+        ensure!(i.flags & HOMI_INFO_USER_QUEUES != 0, "flags {:#x}", i.flags);
+        ensure!(i.first_spare_qid == 512, "first reserved qid {}", i.first_spare_qid);
+        ensure!(i.spare_free == user_queues_param(), "spare_free {}", i.spare_free);
+        let log = kmod::kernel_log()?;
+        ensure!(log.contains("user queues from qid 512"), "nvme-pci did not log the reservation");
+        Ok(())
+    });
+    h.check("placement: I/O on the first qid of the page matches the kernel's view", || {
+        let mut qp = ctrl.create_qpair(64)?;
+        ensure!(qp.qid() >= 512, "qid {}", qp.qid());
+        ensure!(qp.shadow_doorbells() == shape().dbcs, "shadow doorbells {}", qp.shadow_doorbells());
+        roundtrip(&ctrl, &mut qp, LBA + 8192, 70)
+    });
+    h.check("placement: its doorbell sits at the start of its page", || {
+        let (_homi, _nvme, q) = raw_qpair(16)?;
+        ensure!(q.sq_doorbell == 8 * (q.qid % 512), "qid {} doorbell at {:#x}", q.qid, q.sq_doorbell);
+        ensure!(q.flags & HOMI_QPAIR_SHADOW == 0 || q.shadow_sq == q.sq_doorbell, "shadow slot {}", q.shadow_sq);
         Ok(())
     });
     Ok(())

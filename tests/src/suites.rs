@@ -19,7 +19,12 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "nospare" => crate::queues::nospare(kmod_path, h),
         "shapes" => crate::queues::shapes(kmod_path, h),
         "paths" => crate::queues::paths(kmod_path, h),
-        other => bail!("unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths)"),
+        "shadow" => crate::queues::shadow(kmod_path, h),
+        "placement" => crate::queues::placement(kmod_path, h),
+        other => bail!(
+            "unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths, shadow, \
+             placement)"
+        ),
     }
 }
 

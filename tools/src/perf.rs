@@ -130,7 +130,23 @@ pub struct Report {
     pub latency_us: Latency,
     /// Process CPU time (user + system) per I/O, from getrusage.
     pub cpu_ns_per_io: f64,
+    /// The homi path's doorbell writes; `null` for the kernel's paths.
+    pub doorbells: Option<Doorbells>,
 }
+
+/// Doorbell writes per I/O on the homi path, SQ tails and CQ heads together.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq)]
+pub struct Doorbells {
+    /// The queues rang through shadow doorbells with event index.
+    pub shadow: bool,
+    /// Doorbell values published per I/O.
+    pub updates_per_io: f64,
+    /// MMIO doorbell register writes per I/O (each one a VM exit under virtualization).
+    pub mmio_per_io: f64,
+}
+
+/// Whether a queue pair rings through shadow doorbells, and its doorbell counts.
+type Bells = (bool, homi::DoorbellStats);
 
 /// What one worker needs from a path: submit up to `qd` commands, reap completions.
 trait Engine {
@@ -140,6 +156,10 @@ trait Engine {
     fn flush(&mut self) -> anyhow::Result<()>;
     /// Reaps completions, calling `done(slot)` for each.
     fn reap(&mut self, done: &mut dyn FnMut(usize)) -> anyhow::Result<()>;
+    /// Doorbell writes so far, where the path rings doorbells itself.
+    fn doorbells(&self) -> Option<Bells> {
+        None
+    }
 }
 
 /// Page-aligned memory for `n` slots of `bs` bytes, for the kernel paths.
@@ -387,6 +407,9 @@ impl Engine for HomiEngine {
         }
         Ok(())
     }
+    fn doorbells(&self) -> Option<Bells> {
+        Some((self.qp.shadow_doorbells(), self.qp.doorbell_stats()))
+    }
 }
 
 fn lba_shift(args: &PerfArgs) -> anyhow::Result<u32> {
@@ -452,7 +475,7 @@ fn worker(
     args: PerfArgs,
     id: u32,
     done_ios: Arc<AtomicU64>,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<(Histogram<u64>, Option<Bells>)> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
     let blocks = args.span / args.bs as u64;
     let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15 ^ ((u64::from(id) + 1) * 0x2545_f491_4f6c_dd1d));
@@ -494,7 +517,7 @@ fn worker(
         completed += reaped;
         done_ios.fetch_add(reaped, Ordering::Relaxed);
     }
-    Ok(hist)
+    Ok((hist, e.doorbells()))
 }
 
 fn cpu_time() -> anyhow::Result<Duration> {
@@ -550,8 +573,15 @@ pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
         b.finish_and_clear();
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut bells: Option<Bells> = None;
     for h in handles {
-        hist.add(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??)?;
+        let (h, b) = h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+        hist.add(h)?;
+        if let Some((shadow, s)) = b {
+            let t = bells.get_or_insert((shadow, homi::DoorbellStats::default()));
+            t.1.updates += s.updates;
+            t.1.mmio += s.mmio;
+        }
     }
     let seconds = start.elapsed().as_secs_f64();
     let cpu = (cpu_time()? - cpu0).as_nanos() as f64;
@@ -576,6 +606,11 @@ pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
             max: us(hist.max()),
         },
         cpu_ns_per_io: cpu / ios as f64,
+        doorbells: bells.map(|(shadow, s)| Doorbells {
+            shadow,
+            updates_per_io: s.updates as f64 / ios as f64,
+            mmio_per_io: s.mmio as f64 / ios as f64,
+        }),
     })
 }
 
@@ -601,6 +636,14 @@ pub fn main(args: &PerfArgs) -> anyhow::Result<()> {
             r.latency_us.max,
             r.cpu_ns_per_io
         );
+        if let Some(d) = r.doorbells {
+            println!(
+                "doorbells ({}): {:.3} updates/IO, {:.3} MMIO writes/IO",
+                if d.shadow { "shadow, event index" } else { "MMIO" },
+                d.updates_per_io,
+                d.mmio_per_io
+            );
+        }
     }
     Ok(())
 }
@@ -624,6 +667,7 @@ mod tests {
             mib_per_s: 0.04,
             latency_us: Latency { mean: 1.0, p50: 1.0, p99: 2.0, p999: 3.0, max: 4.0 },
             cpu_ns_per_io: 100.0,
+            doorbells: Some(Doorbells { shadow: true, updates_per_io: 0.25, mmio_per_io: 0.05 }),
         };
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         let schema = include_str!("../perf-schema.txt");
@@ -637,6 +681,8 @@ mod tests {
                 "integer" => val.is_u64(),
                 "number" => val.is_number(),
                 "object" => val.is_object(),
+                "boolean" => val.is_boolean(),
+                "object|null" => val.is_object() || val.is_null(),
                 other => panic!("unknown type {other} in perf-schema.txt"),
             };
             assert!(ok, "{key}: expected {ty}, got {val}");

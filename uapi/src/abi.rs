@@ -17,7 +17,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 3;
+pub const ABI_MINOR: u32 = 4;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -41,6 +41,11 @@ const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
         | (nr << IOC_NRSHIFT)
         | ((size as u32) << IOC_SIZESHIFT)
 }
+
+/// [`HomiVersion::features`]: the module was built against an nvme-pci with user
+/// queues (the `user_queues` parameter and its exported API, `qemu/patches/`), so it
+/// can take reserved qids and drive queues through shadow doorbells.
+pub const HOMI_FEAT_USER_QUEUES: u64 = 1 << 0;
 
 /// Reply of [`HOMI_IOCTL_VERSION`].
 #[repr(C)]
@@ -138,13 +143,17 @@ pub struct HomiNamespace {
 
 /// [`HomiInfo::flags`]: the controller is live (not resetting, not being removed).
 pub const HOMI_INFO_LIVE: u32 = 1 << 0;
-/// [`HomiInfo::flags`]: shadow doorbells (Doorbell Buffer Config) are in use, so queues
-/// that only write MMIO doorbells cannot work on this kernel.
+/// [`HomiInfo::flags`]: the controller reads doorbells from nvme-pci's shadow doorbell
+/// buffer (Doorbell Buffer Config). homi queues then work only on qids nvme-pci
+/// reserved ([`HOMI_INFO_USER_QUEUES`]), through their shadow slots.
 pub const HOMI_INFO_SHADOW_DOORBELLS: u32 = 1 << 1;
 /// [`HomiInfo::flags`]: the controller has a Controller Memory Buffer.
 pub const HOMI_INFO_CMB: u32 = 1 << 2;
 /// [`HomiInfo::flags`]: the controller has more namespaces than [`HomiInfo`] lists.
 pub const HOMI_INFO_MORE_NAMESPACES: u32 = 1 << 3;
+/// [`HomiInfo::flags`]: nvme-pci reserved user queues (`nvme.user_queues=N`); homi
+/// takes qids from that range only.
+pub const HOMI_INFO_USER_QUEUES: u32 = 1 << 4;
 
 /// Reply of [`HOMI_IOCTL_INFO`].
 #[repr(C)]
@@ -158,9 +167,10 @@ pub struct HomiInfo {
     pub driver_io_queues: u32,
     /// I/O queues the controller granted (Get Features, Number of Queues).
     pub granted_io_queues: u32,
-    /// The lowest qid homi may reserve: `driver_io_queues + 1`.
+    /// The lowest qid homi may reserve: the first of nvme-pci's user queues with
+    /// [`HOMI_INFO_USER_QUEUES`], else `driver_io_queues + 1`.
     pub first_spare_qid: u32,
-    /// Spare qids not reserved by anyone right now.
+    /// Qids of that range not reserved by anyone right now.
     pub spare_free: u32,
     /// Largest queue depth (CAP.MQES + 1).
     pub max_queue_entries: u32,
@@ -186,16 +196,24 @@ pub struct HomiInfo {
     pub namespaces: [HomiNamespace; HOMI_MAX_NAMESPACES],
 }
 
+/// [`HomiQpair::flags`] (out): the queue uses shadow doorbells.
+pub const HOMI_QPAIR_SHADOW: u32 = 1 << 0;
+
 /// Input and reply of [`HOMI_IOCTL_CREATE_QPAIR`] and [`HOMI_IOCTL_REARM_QPAIR`].
 ///
 /// Offsets are for `mmap(2)` of `/dev/homi` with `MAP_SHARED`; each mapping covers
-/// exactly one ring or the doorbell page.
+/// exactly one ring, the doorbell page, or a shadow page.
+///
+/// With [`HOMI_QPAIR_SHADOW`] the controller reads the queue's SQ tail and CQ head
+/// from the shadow doorbell page, and the doorbell protocol of NVMe's Doorbell Buffer
+/// Config applies: store the new value in the shadow slot, then read the event index
+/// slot, and write the MMIO doorbell only if the value passed the event index.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HomiQpair {
     /// In: entries per queue, `2..=max_queue_entries` (create only).
     pub depth: u32,
-    /// In: must be zero.
+    /// In: must be zero. Out: `HOMI_QPAIR_*` bits.
     pub flags: u32,
     /// Out (in, for rearm): the queue ID.
     pub qid: u32,
@@ -215,6 +233,18 @@ pub struct HomiQpair {
     pub doorbell_offset: u64,
     /// Out: the controller generation the queue lives in.
     pub generation: u64,
+    /// Out, with [`HOMI_QPAIR_SHADOW`]: mmap offset of the shadow doorbell page
+    /// (read-write), else 0. Rearm hands out a new one.
+    pub shadow_offset: u64,
+    /// Out, with [`HOMI_QPAIR_SHADOW`]: mmap offset of the event index page
+    /// (read-only), else 0. Rearm hands out a new one.
+    pub eventidx_offset: u64,
+    /// Out, with [`HOMI_QPAIR_SHADOW`]: byte offset of the SQ tail slot in both
+    /// shadow pages.
+    pub shadow_sq: u32,
+    /// Out, with [`HOMI_QPAIR_SHADOW`]: byte offset of the CQ head slot in both
+    /// shadow pages.
+    pub shadow_cq: u32,
 }
 
 /// Input of the ioctls that name one object.
@@ -338,7 +368,7 @@ const _: () = assert!(core::mem::size_of::<HomiVersion>() == 16);
 const _: () = assert!(core::mem::size_of::<HomiAttach>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiNamespace>() == 24);
 const _: () = assert!(core::mem::size_of::<HomiInfo>() == 80 + 24 * HOMI_MAX_NAMESPACES);
-const _: () = assert!(core::mem::size_of::<HomiQpair>() == 64);
+const _: () = assert!(core::mem::size_of::<HomiQpair>() == 88);
 const _: () = assert!(core::mem::size_of::<HomiId>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiAlloc>() == 32);
 const _: () = assert!(core::mem::size_of::<HomiRegister>() == 32);

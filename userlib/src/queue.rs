@@ -14,15 +14,16 @@
 
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{compiler_fence, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{compiler_fence, AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use homi_uapi::{HomiId, HomiQpair, HOMI_QUEUE_DEAD};
+use homi_uapi::{HomiId, HomiQpair, HOMI_QPAIR_SHADOW, HOMI_QUEUE_DEAD};
 
 use crate::buffer::DmaBuffer;
 use crate::command::{Command, Sqe, Status};
 use crate::controller::Shared;
+use crate::doorbell::{Doorbell, DoorbellStats};
 use crate::mapping::Mapping;
 use crate::prp::{self, Prps, PAGE};
 use crate::soft;
@@ -83,7 +84,7 @@ fn dma_rmb() {
 /// Where the rings live.
 pub(crate) enum Backing {
     /// Mapped from `/dev/homi`: a real controller.
-    Kernel { _sq: Mapping, _cq: Mapping, db: Mapping, shared: Arc<Shared> },
+    Kernel { _sq: Mapping, _cq: Mapping, db: Doorbells, shared: Arc<Shared> },
     /// Host memory served by the software controller (a test instrument).
     Soft(Arc<soft::Queue>),
 }
@@ -103,8 +104,9 @@ pub struct QueuePair {
     depth: u32,
     sq: *mut Sqe,
     cq: *mut u8,
-    sq_db: *mut u32,
-    cq_db: *mut u32,
+    sq_db: Doorbell,
+    cq_db: Doorbell,
+    db_stats: DoorbellStats,
     sq_tail: u32,
     cq_head: u32,
     phase: bool,
@@ -161,8 +163,8 @@ impl QueuePair {
         generation: u64,
         sq: *mut u8,
         cq: *mut u8,
-        sq_db: *mut u8,
-        cq_db: *mut u8,
+        sq_db: Doorbell,
+        cq_db: Doorbell,
         max_transfer: usize,
         backing: Backing,
     ) -> Self {
@@ -171,8 +173,9 @@ impl QueuePair {
             depth,
             sq: sq.cast(),
             cq,
-            sq_db: sq_db.cast(),
-            cq_db: cq_db.cast(),
+            sq_db,
+            cq_db,
+            db_stats: DoorbellStats::default(),
             sq_tail: 0,
             cq_head: 0,
             phase: true,
@@ -194,7 +197,7 @@ impl QueuePair {
             let fd = shared.fd().as_fd();
             let sq = Mapping::new(fd, q.sq_offset, q.sq_size as usize, true, "SQ ring")?;
             let cq = Mapping::new(fd, q.cq_offset, q.cq_size as usize, true, "CQ ring")?;
-            let db = Mapping::new(fd, q.doorbell_offset, PAGE, true, "doorbells")?;
+            let db = Doorbells::map(&shared, &q)?;
             Ok::<_, Error>((sq, cq, db))
         })();
         let (sq, cq, db) = match maps {
@@ -204,10 +207,7 @@ impl QueuePair {
                 return Err(e);
             }
         };
-        let sq_off = q.sq_doorbell as usize;
-        let cq_off = sq_off + shared.doorbell_stride;
-        // SAFETY: both doorbells lie inside the mapped doorbell page (module reply).
-        let (sq_db, cq_db) = unsafe { (db.ptr().add(sq_off), db.ptr().add(cq_off)) };
+        let (sq_db, cq_db) = db.doorbells(&shared, &q);
         let (sqp, cqp) = (sq.ptr(), cq.ptr());
         let max_transfer = shared.max_transfer;
         let backing = Backing::Kernel { _sq: sq, _cq: cq, db, shared };
@@ -217,6 +217,17 @@ impl QueuePair {
     /// The queue ID.
     pub fn qid(&self) -> u16 {
         self.qid
+    }
+
+    /// Whether the queue's doorbells go through the controller's shadow doorbell
+    /// buffer (see [`need_event`](crate::need_event)).
+    pub fn shadow_doorbells(&self) -> bool {
+        self.sq_db.is_shadowed()
+    }
+
+    /// Doorbell updates so far, and how many of them wrote an MMIO register.
+    pub fn doorbell_stats(&self) -> DoorbellStats {
+        self.db_stats
     }
 
     /// Entries per ring.
@@ -355,8 +366,8 @@ impl QueuePair {
             return;
         }
         io_wmb();
-        // SAFETY: the SQ tail doorbell is a live, 4-aligned u32 of the doorbell page.
-        unsafe { AtomicU32::from_ptr(self.sq_db) }.store(self.sq_tail, Ordering::Release);
+        let mmio = self.sq_db.ring(self.sq_tail);
+        self.count_doorbell(mmio);
         self.unrung = false;
     }
 
@@ -400,10 +411,16 @@ impl QueuePair {
             f(Completion { token, status: Status(st >> 1), result: dw0 });
         }
         if n > 0 {
-            // SAFETY: the CQ head doorbell is a live, 4-aligned u32 of the doorbell page.
-            unsafe { AtomicU32::from_ptr(self.cq_db) }.store(self.cq_head, Ordering::Release);
+            let mmio = self.cq_db.ring(self.cq_head);
+            self.count_doorbell(mmio);
         }
         Ok(n)
+    }
+
+    #[inline(always)]
+    fn count_doorbell(&mut self, mmio: bool) {
+        self.db_stats.updates += 1;
+        self.db_stats.mmio += u64::from(mmio);
     }
 
     /// Fails if the queue no longer exists (controller reset or gone).
@@ -476,13 +493,9 @@ impl QueuePair {
                     nix::Error::ENODEV => Error::Gone,
                     source => Error::Ioctl { op: "HOMI_IOCTL_REARM_QPAIR", source },
                 })?;
-                let new_db = Mapping::new(shared.fd().as_fd(), q.doorbell_offset, PAGE, true, "doorbells")?;
-                let sq_off = q.sq_doorbell as usize;
-                // SAFETY: both doorbells lie inside the new doorbell page.
-                unsafe {
-                    self.sq_db = new_db.ptr().add(sq_off).cast();
-                    self.cq_db = new_db.ptr().add(sq_off + shared.doorbell_stride).cast();
-                }
+                // The reset may have turned shadow doorbells on or off.
+                let new_db = Doorbells::map(shared, &q)?;
+                (self.sq_db, self.cq_db) = new_db.doorbells(shared, &q);
                 *db = new_db;
                 self.generation = q.generation;
             }
@@ -499,6 +512,49 @@ impl QueuePair {
         }
         tracing::debug!(qid = self.qid, generation = self.generation, "rearmed");
         Ok(())
+    }
+}
+
+/// A queue's doorbell mappings: the MMIO page and, with shadow doorbells, the shadow
+/// doorbell page and the (read-only) event index page.
+pub(crate) struct Doorbells {
+    mmio: Mapping,
+    shadow: Option<(Mapping, Mapping)>,
+}
+
+impl Doorbells {
+    fn map(shared: &Shared, q: &HomiQpair) -> Result<Self> {
+        let fd = shared.fd().as_fd();
+        let mmio = Mapping::new(fd, q.doorbell_offset, PAGE, true, "doorbells")?;
+        let shadow = if q.flags & HOMI_QPAIR_SHADOW != 0 {
+            let sh = Mapping::new(fd, q.shadow_offset, PAGE, true, "shadow doorbells")?;
+            let ei = Mapping::new(fd, q.eventidx_offset, PAGE, false, "event indexes")?;
+            Some((sh, ei))
+        } else {
+            None
+        };
+        Ok(Self { mmio, shadow })
+    }
+
+    /// The SQ tail and CQ head doorbells the module's reply `q` describes.
+    fn doorbells(&self, shared: &Shared, q: &HomiQpair) -> (Doorbell, Doorbell) {
+        let sq_off = q.sq_doorbell as usize;
+        let cq_off = sq_off + shared.doorbell_stride;
+        // SAFETY: the module places both doorbells inside the doorbell page, and both
+        // shadow slots inside each shadow page, at 4-aligned offsets.
+        unsafe {
+            let (sq, cq) = (self.mmio.ptr().add(sq_off), self.mmio.ptr().add(cq_off));
+            match &self.shadow {
+                None => (Doorbell::mmio(sq), Doorbell::mmio(cq)),
+                Some((sh, ei)) => {
+                    let (s, c) = (q.shadow_sq as usize, q.shadow_cq as usize);
+                    (
+                        Doorbell::shadowed(sq, sh.ptr().add(s), ei.ptr().add(s)),
+                        Doorbell::shadowed(cq, sh.ptr().add(c), ei.ptr().add(c)),
+                    )
+                }
+            }
+        }
     }
 }
 

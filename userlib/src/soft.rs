@@ -10,6 +10,12 @@
 //! [`SoftController::alloc`]. Faults can be injected ([`Fault`]): media errors,
 //! lost completions (timeouts) and controller resets. In null mode commands complete
 //! at once without touching data, which isolates the engine's own cost.
+//!
+//! With [`SoftConfig::shadow_doorbells`] it behaves like a controller after Doorbell
+//! Buffer Config: it reads SQ tails and CQ heads from shadow slots, looks at a queue
+//! only after an MMIO doorbell write or while it is still working through it, and
+//! publishes the SQ event index when it has caught up, so the host's event index
+//! logic is exercised against a controller that really sleeps.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -18,6 +24,7 @@ use std::thread::JoinHandle;
 
 use crate::buffer::{DmaBuffer, HostPages};
 use crate::command::{Opcode, Sqe, Status};
+use crate::doorbell::Doorbell;
 use crate::prp::{LIST_ENTRIES, PAGE};
 use crate::queue::{Backing, QueuePair};
 use crate::{Error, Result};
@@ -33,11 +40,19 @@ pub struct SoftConfig {
     pub max_queue_entries: u32,
     /// Largest transfer in bytes.
     pub max_transfer: usize,
+    /// Serve queues through shadow doorbells with event index (see the module docs).
+    pub shadow_doorbells: bool,
 }
 
 impl Default for SoftConfig {
     fn default() -> Self {
-        Self { blocks: 16384, null: false, max_queue_entries: 4096, max_transfer: (LIST_ENTRIES + 1) * PAGE }
+        Self {
+            blocks: 16384,
+            null: false,
+            max_queue_entries: 4096,
+            max_transfer: (LIST_ENTRIES + 1) * PAGE,
+            shadow_doorbells: false,
+        }
     }
 }
 
@@ -66,7 +81,7 @@ pub(crate) struct Queue {
     depth: u32,
     sq: HostPages,
     cq: HostPages,
-    /// Doorbells: SQ tail at offset 0, CQ head at offset 4.
+    /// Doorbells, one u32 each at [`Slot`] offsets of one page.
     db: HostPages,
     live: AtomicBool,
     generation: AtomicU64,
@@ -97,11 +112,41 @@ impl Queue {
         Ok(g)
     }
 
-    fn doorbell(&self, which: usize) -> &AtomicU32 {
-        // SAFETY: offsets 0 and 4 of the doorbell page, 4-aligned, alive with `self`.
-        unsafe { AtomicU32::from_ptr(self.db.ptr().add(4 * which).cast()) }
+    fn doorbell(&self, which: Slot) -> &AtomicU32 {
+        // SAFETY: a 4-aligned slot at the start of the doorbell page, alive with `self`.
+        unsafe { AtomicU32::from_ptr(self.db.ptr().add(4 * which as usize).cast()) }
+    }
+
+    /// The host's view of the doorbells.
+    fn host_doorbells(&self, shadow: bool) -> (Doorbell, Doorbell) {
+        let at = |s: Slot| self.doorbell(s).as_ptr().cast::<u8>();
+        if shadow {
+            (
+                Doorbell::shadowed(at(Slot::SqTail), at(Slot::SqShadow), at(Slot::SqEventIdx)),
+                Doorbell::shadowed(at(Slot::CqHead), at(Slot::CqShadow), at(Slot::CqEventIdx)),
+            )
+        } else {
+            (Doorbell::mmio(at(Slot::SqTail)), Doorbell::mmio(at(Slot::CqHead)))
+        }
     }
 }
+
+/// The doorbell page's slots.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// The MMIO doorbells.
+    SqTail,
+    CqHead,
+    /// Shadow doorbells and event indexes.
+    SqShadow,
+    CqShadow,
+    SqEventIdx,
+    CqEventIdx,
+}
+
+/// What the worker leaves in an MMIO SQ doorbell once it has taken the write, so the
+/// next write is seen even if it carries the same value (no tail is ever this large).
+const NOT_RUNG: u32 = u32::MAX;
 
 /// State shared by the controller handle, its worker thread and its queues.
 pub(crate) struct Inner {
@@ -205,10 +250,9 @@ impl SoftController {
         });
         queues.push(Arc::downgrade(&q));
         self.inner.queues_changed.store(true, Ordering::Release);
-        let (sq, cq, db) = (q.sq.ptr(), q.cq.ptr(), q.db.ptr());
-        // SAFETY: offset 4 is inside the doorbell page.
-        let cq_db = unsafe { db.add(4) };
-        Ok(QueuePair::new(qid, depth, generation, sq, cq, db, cq_db, self.inner.cfg.max_transfer, Backing::Soft(q)))
+        let (sq, cq) = (q.sq.ptr(), q.cq.ptr());
+        let (sq_db, cq_db) = q.host_doorbells(self.inner.cfg.shadow_doorbells);
+        Ok(QueuePair::new(qid, depth, generation, sq, cq, sq_db, cq_db, self.inner.cfg.max_transfer, Backing::Soft(q)))
     }
 
     /// Allocates `size` bytes the controller can reach.
@@ -261,6 +305,14 @@ struct Served {
     cq_tail: u32,
     phase: bool,
     generation: u64,
+    /// Shadow doorbells: woken by an MMIO write and not yet caught up.
+    active: bool,
+}
+
+impl Served {
+    fn new(q: Arc<Queue>, generation: u64) -> Self {
+        Self { q, sq_head: 0, cq_tail: 0, phase: true, generation, active: false }
+    }
 }
 
 struct Worker {
@@ -307,7 +359,7 @@ impl Worker {
             for q in queues.iter().filter_map(Weak::upgrade) {
                 if !served.iter().any(|s| Arc::ptr_eq(&s.q, &q)) {
                     let generation = q.generation.load(Ordering::Acquire);
-                    served.push(Served { q, sq_head: 0, cq_tail: 0, phase: true, generation });
+                    served.push(Served::new(q, generation));
                 }
             }
         }
@@ -315,7 +367,7 @@ impl Worker {
             let g = s.q.generation.load(Ordering::Acquire);
             if g != s.generation {
                 // Rearmed: start over on zeroed rings.
-                *s = Served { q: s.q.clone(), sq_head: 0, cq_tail: 0, phase: true, generation: g };
+                *s = Served::new(s.q.clone(), g);
             }
         }
     }
@@ -326,27 +378,59 @@ impl Worker {
         if !q.live.load(Ordering::Acquire) {
             return 0;
         }
-        let tail = q.doorbell(0).load(Ordering::Acquire);
-        let mut n = 0;
-        while s.sq_head != tail && tail < q.depth {
-            let head = q.doorbell(1).load(Ordering::Acquire);
-            if (s.cq_tail + 1) % q.depth == head {
-                break; // CQ full: the host must reap first.
+        let shadow = self.inner.cfg.shadow_doorbells;
+        let mut tail = if shadow {
+            // A sleeping controller looks at the queue only when an MMIO write woke it.
+            let rung = q.doorbell(Slot::SqTail).swap(NOT_RUNG, Ordering::AcqRel) != NOT_RUNG;
+            if !rung && !s.active {
+                return 0;
             }
-            // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
-            let sqe = unsafe { std::ptr::read_volatile(q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
-            s.sq_head = (s.sq_head + 1) % q.depth;
-            n += 1;
-            self.inner.commands.fetch_add(1, Ordering::Relaxed);
-            let cid = (sqe.0[0] >> 16) as u16;
-            let status = match self.take_fault() {
-                Some(Fault::Drop { .. }) => continue,
-                Some(Fault::Status { status, .. }) => status,
-                None => self.execute(&sqe),
-            };
-            self.complete(s, cid, status);
+            s.active = true;
+            q.doorbell(Slot::SqShadow).load(Ordering::Acquire)
+        } else {
+            q.doorbell(Slot::SqTail).load(Ordering::Acquire)
+        };
+        let head_slot = if shadow { Slot::CqShadow } else { Slot::CqHead };
+        let mut n = 0;
+        loop {
+            while s.sq_head != tail && tail < q.depth {
+                let head = q.doorbell(head_slot).load(Ordering::Acquire);
+                if (s.cq_tail + 1) % q.depth == head {
+                    return n; // CQ full: the host must reap first; stay awake.
+                }
+                n += self.serve_one(s);
+            }
+            if !shadow {
+                return n;
+            }
+            // Caught up: ask to be told of anything past `tail`, then look once more,
+            // since the host may have moved the tail before it saw the event index.
+            q.doorbell(Slot::SqEventIdx).store(tail, Ordering::Release);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let again = q.doorbell(Slot::SqShadow).load(Ordering::Acquire);
+            if again == tail {
+                s.active = false;
+                return n;
+            }
+            tail = again;
         }
-        n
+    }
+
+    /// Executes the SQ entry at the head; returns 1.
+    fn serve_one(&mut self, s: &mut Served) -> usize {
+        let q = s.q.clone();
+        // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
+        let sqe = unsafe { std::ptr::read_volatile(q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
+        s.sq_head = (s.sq_head + 1) % q.depth;
+        self.inner.commands.fetch_add(1, Ordering::Relaxed);
+        let cid = (sqe.0[0] >> 16) as u16;
+        let status = match self.take_fault() {
+            Some(Fault::Drop { .. }) => return 1,
+            Some(Fault::Status { status, .. }) => status,
+            None => self.execute(&sqe),
+        };
+        self.complete(s, cid, status);
+        1
     }
 
     fn take_fault(&self) -> Option<Fault> {

@@ -26,8 +26,8 @@ fn buf(ctrl: &SoftController, len: usize) -> Arc<DmaBuffer> {
 
 /// Writes then reads back `rounds` commands at queue depth `depth - 1`, so the rings
 /// wrap several times and the phase tag flips each time.
-fn pipeline(depth: u32, rounds: u64) {
-    let ctrl = SoftController::new(SoftConfig::default());
+fn pipeline(cfg: SoftConfig, depth: u32, rounds: u64) {
+    let ctrl = SoftController::new(cfg);
     let mut qp = ctrl.create_qpair(depth).unwrap();
     let slots = (depth - 1) as usize;
     let data = buf(&ctrl, slots * PAGE);
@@ -71,8 +71,57 @@ fn pipeline(depth: u32, rounds: u64) {
 #[test]
 fn every_depth_wraps_and_keeps_data() {
     for depth in [2, 3, 4, 7, 16, 64, 255, 256, 1024] {
-        pipeline(depth, 3 * u64::from(depth) + 7);
+        pipeline(SoftConfig::default(), depth, 3 * u64::from(depth) + 7);
     }
+}
+
+/// A controller that sleeps until an MMIO write wakes it: a doorbell the event index
+/// wrongly skipped would leave commands unserved, and the pipeline would hang.
+#[test]
+fn shadow_doorbells_lose_no_wakeup() {
+    let cfg = SoftConfig { shadow_doorbells: true, ..SoftConfig::default() };
+    for depth in [2, 3, 16, 64, 1024] {
+        pipeline(cfg, depth, 20 * u64::from(depth) + 7);
+    }
+}
+
+/// The event index rule, step by step, against an inline controller.
+#[test]
+fn shadow_doorbells_write_mmio_only_when_asked() {
+    let ctrl = SoftController::new_inline(SoftConfig { shadow_doorbells: true, ..SoftConfig::default() });
+    let mut qp = ctrl.create_qpair(16).unwrap();
+    assert!(qp.shadow_doorbells());
+    let b = buf(&ctrl, PAGE);
+    let read = |qp: &mut homi::QueuePair, token| qp.push_io(Command::read(1, 0, 8), &b, 0, PAGE, token).unwrap();
+    let stats = |qp: &homi::QueuePair| (qp.doorbell_stats().updates, qp.doorbell_stats().mmio);
+
+    // The controller sleeps: the first tail needs an MMIO write.
+    read(&mut qp, 1);
+    qp.ring();
+    assert_eq!(stats(&qp), (1, 1));
+    // It has not looked at the queue yet, so a second tail needs none: it reads the
+    // shadow tail when it wakes.
+    read(&mut qp, 2);
+    qp.ring();
+    assert_eq!(stats(&qp), (2, 1));
+    assert_eq!(ctrl.serve(), 2, "both commands served after one MMIO write");
+    // Caught up, it asked to hear of anything past tail 2.
+    read(&mut qp, 3);
+    qp.ring();
+    assert_eq!(stats(&qp), (3, 2));
+    assert_eq!(ctrl.serve(), 1);
+    // Nothing rung, nothing served: the controller really sleeps.
+    read(&mut qp, 4);
+    assert_eq!(ctrl.serve(), 0);
+    qp.ring();
+    assert_eq!(ctrl.serve(), 1);
+    let mut tokens = Vec::new();
+    qp.poll(|c| tokens.push(c.token)).unwrap();
+    assert_eq!(tokens, [1, 2, 3, 4]);
+    // The CQ head goes to its shadow slot; this controller never asks for it by MMIO
+    // after the first (its CQ event index stays 0).
+    assert_eq!(stats(&qp), (5, 4));
+    assert_eq!(ctrl.commands(), 4);
 }
 
 #[test]

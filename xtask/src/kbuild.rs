@@ -85,38 +85,42 @@ pub fn cache_var(name: &str) -> anyhow::Result<String> {
     Ok(v)
 }
 
+/// Runs the kernel's `scripts/checkpatch.pl --strict` on the series in qemu/patches
+/// (the cover letter aside); any error, warning or check fails.
+pub fn checkpatch(k: &Kernel) -> anyhow::Result<usize> {
+    let src = k.dir.join("source");
+    let mut patches: Vec<PathBuf> =
+        std::fs::read_dir(repo_root().join("qemu/patches"))?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    patches.retain(|p| p.extension().is_some_and(|e| e == "patch") && !p.ends_with("0000-cover-letter.patch"));
+    patches.sort();
+    if patches.is_empty() {
+        return Ok(0);
+    }
+    let out = Command::new("perl")
+        .arg(src.join("scripts/checkpatch.pl"))
+        .args(["--strict", "--no-color", "--root"])
+        .arg(&src)
+        .args(&patches)
+        .output()
+        .context("run checkpatch.pl")?;
+    let log = String::from_utf8_lossy(&out.stdout);
+    let clean = log
+        .lines()
+        .filter(|l| {
+            *l == "total: 0 errors, 0 warnings, 0 checks" || l.starts_with("total: 0 errors, 0 warnings, 0 checks,")
+        })
+        .count();
+    if !out.status.success() || clean != patches.len() {
+        bail!("checkpatch.pl --strict is not clean on qemu/patches:\n{log}");
+    }
+    Ok(patches.len())
+}
+
 /// Builds kmod/homi.ko with `W=1 CLIPPY=1`; any compiler or clippy warning fails the
 /// build. Also checks rustfmt with the kernel's settings. Returns the module's path.
 pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
     let kmod_dir = repo_root().join("kmod");
-    // Clean first: Kbuild skips unchanged objects, and their warnings with them.
-    let clean = Command::new("make")
-        .arg("-C")
-        .arg(&k.dir)
-        .arg(format!("M={}", kmod_dir.display()))
-        .arg("clean")
-        .output()
-        .context("run make clean for kmod")?;
-    if !clean.status.success() {
-        bail!("make clean in kmod failed:\n{}", String::from_utf8_lossy(&clean.stderr));
-    }
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(&k.dir)
-        .arg(format!("M={}", kmod_dir.display()))
-        .args(kbuild_vars()?)
-        .args(["W=1", "CLIPPY=1", "modules"])
-        .env("LIBCLANG_PATH", "/usr/lib/llvm-19/lib")
-        .output()
-        .context("run make for kmod")?;
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if !out.status.success() {
-        bail!("homi.ko build failed:\n{log}");
-    }
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("warning")).collect();
-    if !warnings.is_empty() {
-        bail!("homi.ko built with warnings (W=1 CLIPPY=1 must be clean):\n{log}");
-    }
+    build_module(k, &kmod_dir, &[])?;
     let fmt = Command::new("/usr/bin/rustfmt")
         .args(["--check", "--color", "never"])
         .arg(kmod_dir.join("homi_main.rs"))
@@ -129,4 +133,66 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
     let ko = kmod_dir.join("homi.ko");
     eprintln!("kmod: built {} (W=1 CLIPPY=1, no warnings, rustfmt-clean)", ko.display());
     Ok(ko)
+}
+
+/// Builds homi.ko as for a stock kernel (`HOMI_STOCK=1`: without nvme-pci's user queue
+/// API, even where the kernel has it), in `target/stock/kmod`, with the same
+/// warning-free rule. Returns the module's path.
+pub fn kmod_stock(k: &Kernel) -> anyhow::Result<PathBuf> {
+    let root = repo_root();
+    let stock = root.join("target/stock");
+    let dir = stock.join("kmod");
+    let _ = std::fs::remove_dir_all(&stock);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(stock.join("uapi/src"))?;
+    // homi_main.rs includes the ABI as `../uapi/src/abi.rs`.
+    std::fs::copy(root.join("uapi/src/abi.rs"), stock.join("uapi/src/abi.rs"))?;
+    for entry in std::fs::read_dir(root.join("kmod"))? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let source = name == "Kbuild" || name == "Makefile" || [".rs", ".c", ".h"].iter().any(|e| name.ends_with(e));
+        // Kbuild's generated homi.mod.c is not a source.
+        if source && !name.ends_with(".mod.c") {
+            std::fs::copy(&path, dir.join(name))?;
+        }
+    }
+    build_module(k, &dir, &["HOMI_STOCK=1"])?;
+    let ko = dir.join("homi.ko");
+    eprintln!("kmod: built {} as for a stock kernel (W=1 CLIPPY=1, no warnings)", ko.display());
+    Ok(ko)
+}
+
+/// `make clean` then `make W=1 CLIPPY=1 modules` of the module in `dir`; fails on any
+/// warning.
+fn build_module(k: &Kernel, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<()> {
+    // Clean first: Kbuild skips unchanged objects, and their warnings with them.
+    let clean = Command::new("make")
+        .arg("-C")
+        .arg(&k.dir)
+        .arg(format!("M={}", dir.display()))
+        .arg("clean")
+        .output()
+        .context("run make clean for kmod")?;
+    if !clean.status.success() {
+        bail!("make clean in {} failed:\n{}", dir.display(), String::from_utf8_lossy(&clean.stderr));
+    }
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&k.dir)
+        .arg(format!("M={}", dir.display()))
+        .args(kbuild_vars()?)
+        .args(extra)
+        .args(["W=1", "CLIPPY=1", "modules"])
+        .env("LIBCLANG_PATH", "/usr/lib/llvm-19/lib")
+        .output()
+        .context("run make for kmod")?;
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("homi.ko build in {} failed:\n{log}", dir.display());
+    }
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("warning")).collect();
+    if !warnings.is_empty() {
+        bail!("homi.ko built with warnings (W=1 CLIPPY=1 must be clean):\n{log}");
+    }
+    Ok(())
 }

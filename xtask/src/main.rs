@@ -53,6 +53,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         runtime: f64,
     },
+    /// MMIO doorbell writes per I/O with and without shadow doorbells, QD 1, 8, 32:
+    /// one VM, one controller of each kind, nvme-pci user queues.
+    Doorbells {
+        #[command(flatten)]
+        opts: vm::VmOptions,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3.0)]
+        runtime: f64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +78,7 @@ fn main() -> ExitCode {
         Cmd::Demo(o) => demo(&o),
         Cmd::Bench => bench::run(),
         Cmd::Perf { opts, runtime } => perf::run(&opts, runtime),
+        Cmd::Doorbells { opts, runtime } => perf::doorbells(&opts, runtime),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

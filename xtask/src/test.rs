@@ -98,6 +98,9 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         return;
     }
     let k = k.expect("checked");
+    t.result("kernel: checkpatch.pl --strict is clean on qemu/patches", &kbuild::checkpatch(&k));
+    let stock_ko = kbuild::kmod_stock(&k);
+    t.result("kmod: homi.ko builds as for a stock kernel (HOMI_STOCK=1), no warnings", &stock_ko);
     let ko = kbuild::kmod(&k);
     if !t.result("kmod: homi.ko builds with W=1 CLIPPY=1, no warnings, rustfmt-clean", &ko) {
         return;
@@ -110,20 +113,32 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     let bin = bin.expect("checked");
 
     let base = VmOptions { quiet: true, ..args.opts.clone() };
-    // One boot per controller shape; each runs its suites in order.
+    let with = |o: &VmOptions, params: &str| VmOptions { append: format!("{} {params}", o.append), ..o.clone() };
+    let dbcs = VmOptions { dbcs: true, ..base.clone() };
+    // One boot per controller shape; each runs its suites in order. Stock mode is
+    // nvme-pci with user_queues=0 (the default) and no shadow doorbells.
     let boots = [
         ("stock", base.clone(), "basic queues stress unbind"),
-        ("dbcs-on", VmOptions { dbcs: true, ..base.clone() }, "dbcs"),
+        ("dbcs-on", dbcs.clone(), "dbcs"),
+        ("user-queues-shadow", with(&dbcs, "nvme.user_queues=8"), "basic queues stress shadow unbind"),
+        ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
         (
             "iommu-2ctrl",
             VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
             "shapes",
         ),
-        ("poll-queues", VmOptions { append: "nvme.poll_queues=1".into(), ..base.clone() }, "paths"),
+        ("poll-queues", with(&base, "nvme.poll_queues=1 nvme.user_queues=4"), "paths"),
     ];
     for (name, opts, suites) in boots {
-        let script = format!("{}/homi-vmtest --kmod {} {suites}\n", bin.display(), ko.display());
+        let mut flags = String::new();
+        if opts.dbcs {
+            flags += " --dbcs";
+        }
+        if let (Ok(stock), "dbcs") = (&stock_ko, suites) {
+            flags += &format!(" --stock-kmod {}", stock.display());
+        }
+        let script = format!("{}/homi-vmtest --kmod {}{flags} {suites}\n", bin.display(), ko.display());
         vm_suites(t, &k, &opts, name, &script);
     }
 }

@@ -59,6 +59,9 @@ pub struct VmOptions {
     /// Add a second NVMe controller.
     #[arg(long)]
     pub second_controller: bool,
+    /// Shadow doorbells on the second controller (default: as `--dbcs`).
+    #[arg(long, action = clap::ArgAction::Set)]
+    pub second_dbcs: Option<bool>,
     /// Put the controllers behind an emulated Intel IOMMU, in strict mode.
     #[arg(long)]
     pub iommu: bool,
@@ -234,7 +237,7 @@ fn boot_with(k: &Kernel, opts: &VmOptions, script: &str, name: &str, accel: Acce
         let mut dev = format!(
             "nvme,id=nvme{c},serial=homi{c},max_ioqpairs={},dbcs={}",
             opts.max_ioqpairs,
-            if opts.dbcs { "on" } else { "off" }
+            if (c == 0 && opts.dbcs) || (c == 1 && opts.second_dbcs.unwrap_or(opts.dbcs)) { "on" } else { "off" }
         );
         if opts.cmb_size_mb > 0 {
             dev += &format!(",cmb_size_mb={}", opts.cmb_size_mb);

@@ -12,7 +12,9 @@
 
 #define HOMI_IOCTL_TYPE 0xB9
 #define HOMI_ABI_MAJOR 0
-#define HOMI_ABI_MINOR 3
+#define HOMI_ABI_MINOR 4
+
+#define HOMI_FEAT_USER_QUEUES		(1ULL << 0)
 
 struct homi_version {
 	__u32 abi_major;
@@ -39,6 +41,7 @@ struct homi_namespace {
 #define HOMI_INFO_SHADOW_DOORBELLS	(1U << 1)
 #define HOMI_INFO_CMB			(1U << 2)
 #define HOMI_INFO_MORE_NAMESPACES	(1U << 3)
+#define HOMI_INFO_USER_QUEUES		(1U << 4)
 
 struct homi_info {
 	__u32 instance;
@@ -60,6 +63,8 @@ struct homi_info {
 	struct homi_namespace namespaces[HOMI_MAX_NAMESPACES];
 };
 
+#define HOMI_QPAIR_SHADOW		(1U << 0)
+
 struct homi_qpair {
 	__u32 depth;
 	__u32 flags;
@@ -71,6 +76,10 @@ struct homi_qpair {
 	__u64 cq_offset;
 	__u64 doorbell_offset;
 	__u64 generation;
+	__u64 shadow_offset;	/* HOMI_QPAIR_SHADOW: shadow doorbell page */
+	__u64 eventidx_offset;	/* HOMI_QPAIR_SHADOW: event index page, read-only */
+	__u32 shadow_sq;	/* SQ tail slot's byte offset in both pages */
+	__u32 shadow_cq;	/* CQ head slot's byte offset in both pages */
 };
 
 struct homi_id {
