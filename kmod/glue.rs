@@ -218,9 +218,8 @@ impl Ctrl {
         };
         // SAFETY: by the type invariant the controller is alive; the out pointers are
         // valid for writes.
-        let ret = unsafe {
-            homi_ctrl_user_queues(self.raw(), &mut uq.first, &mut uq.nr, &mut uq.shadow)
-        };
+        let ret =
+            unsafe { homi_ctrl_user_queues(self.raw(), &mut uq.first, &mut uq.nr, &mut uq.shadow) };
         (ret == 0).then_some(uq)
     }
 

@@ -62,6 +62,7 @@ struct InfoJson {
     instance: u32,
     live: bool,
     shadow_doorbells: bool,
+    user_queues: bool,
     driver_io_queues: u32,
     granted_io_queues: u32,
     first_spare_qid: u32,
@@ -93,6 +94,7 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         instance: i.instance,
         live: i.flags & HOMI_INFO_LIVE != 0,
         shadow_doorbells: i.flags & HOMI_INFO_SHADOW_DOORBELLS != 0,
+        user_queues: i.flags & HOMI_INFO_USER_QUEUES != 0,
         driver_io_queues: i.driver_io_queues,
         granted_io_queues: i.granted_io_queues,
         first_spare_qid: i.first_spare_qid,
@@ -120,10 +122,18 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("{} (nvme{}): {}", out.controller, out.instance, if out.live { "live" } else { "not live" });
-    println!(
-        "  queues: driver uses qids 1..={}, controller granted {}, spare qids {}..={} ({} free)",
-        out.driver_io_queues, out.granted_io_queues, out.first_spare_qid, out.granted_io_queues, out.spare_free
-    );
+    if out.user_queues {
+        println!(
+            "  queues: driver uses qids 1..={}, controller granted {}, nvme-pci reserved qids from {} for homi \
+             ({} free)",
+            out.driver_io_queues, out.granted_io_queues, out.first_spare_qid, out.spare_free
+        );
+    } else {
+        println!(
+            "  queues: driver uses qids 1..={}, controller granted {}, spare qids {}..={} ({} free)",
+            out.driver_io_queues, out.granted_io_queues, out.first_spare_qid, out.granted_io_queues, out.spare_free
+        );
+    }
     println!(
         "  limits: {} entries per queue, doorbell stride {} B, page {} B, max transfer {} KiB",
         out.max_queue_entries,
@@ -131,8 +141,10 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         out.min_page_size,
         out.max_transfer / 1024
     );
-    if out.shadow_doorbells {
-        println!("  shadow doorbells: ON (stock kernels cannot give homi queues here)");
+    match (out.shadow_doorbells, out.user_queues) {
+        (true, true) => println!("  shadow doorbells: ON; homi queues ring them with event index"),
+        (true, false) => println!("  shadow doorbells: ON; homi queues need nvme-pci user queues (nvme.user_queues=N)"),
+        (false, _) => {}
     }
     println!(
         "  homi holds: {} queue pairs, {} pinned pages, {} KiB DMA memory; generation {}",

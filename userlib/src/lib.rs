@@ -3,6 +3,11 @@
 //!
 //! This crate talks to the `homi` kernel module through `/dev/homi`. The ioctl ABI is
 //! the [`homi_uapi`] crate, which the module compiles from the same source.
+//!
+//! Doorbells: where the controller uses shadow doorbells (Doorbell Buffer Config) and
+//! nvme-pci reserved user queues, a [`QueuePair`] rings through the shadow slots and
+//! writes the MMIO register only when the event index asks ([`need_event`]);
+//! [`QueuePair::doorbell_stats`] counts both.
 
 //!
 //! ```no_run

@@ -120,7 +120,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     let boots = [
         ("stock", base.clone(), "basic queues stress unbind"),
         ("dbcs-on", dbcs.clone(), "dbcs"),
-        ("user-queues-shadow", with(&dbcs, "nvme.user_queues=8"), "basic queues stress shadow unbind"),
+        ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
         (
