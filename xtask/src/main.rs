@@ -124,7 +124,14 @@ pub fn build_guest_binaries() -> anyhow::Result<PathBuf> {
     Ok(repo_root().join("target/release"))
 }
 
+/// The main job. The controller keeps QEMU's default, shadow doorbells on, and the
+/// guest kernel reserves nvme-pci user queues for homi.
 fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
+    let opts = &vm::VmOptions {
+        dbcs: true,
+        append: format!("{} nvme.user_queues=4", opts.append).trim().to_string(),
+        ..opts.clone()
+    };
     setup()?;
     let k = kbuild::kernel(&opts.kernel)?;
     let ko = kbuild::kmod(&k)?;
@@ -134,9 +141,12 @@ fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
 B={bin}
 cd "$TMPDIR"
 echo "== the kernel's nvme driver owns nvme0 and uses $(ls /sys/block/nvme0n1/mq | wc -l) I/O queues"
+dmesg | grep -o 'nvme nvme0: .*user queues.*' || true
 insmod {ko}
 echo "== homi info"
 $B/homi info
+echo "== 20000 random 4 KiB reads at QD 32 through a homi queue, shadow doorbells with event index"
+$B/homi perf --path homi --qd 32 --ios 20000 2> perf.err || {{ cat perf.err; exit 1; }}
 echo "== 1 MiB written through a homi queue, read back by the kernel (O_DIRECT)"
 head -c 1048576 /dev/urandom > a
 $B/homi write --lba 2048 --file a
