@@ -8,7 +8,8 @@
 //!
 //! `engine_submit` and `engine_reap` hold only engine code (push, ring, poll), so the
 //! toggled count is the engine's instructions; divide by the I/O count. Without the
-//! toggles, the count includes the software controller too.
+//! toggles, the count includes the software controller too. A third argument,
+//! `shadow`, makes the controller use shadow doorbells with event index.
 
 use std::hint::black_box;
 
@@ -32,7 +33,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let ios: u64 = args.next().map_or(100_000, |a| a.parse().expect("I/O count"));
     let batch: u64 = args.next().map_or(32, |a| a.parse().expect("batch"));
-    let ctrl = SoftController::new_inline(SoftConfig { null: true, ..SoftConfig::default() });
+    let shadow_doorbells = args.next().is_some_and(|a| a == "shadow");
+    let ctrl = SoftController::new_inline(SoftConfig { null: true, shadow_doorbells, ..SoftConfig::default() });
     let mut qp = ctrl.create_qpair(1024).expect("queue pair");
     let buf = ctrl.alloc(4096);
     let cmd = Command::read(1, 0, 8).with_prps(buf.dma_addr(), 0);

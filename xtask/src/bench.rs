@@ -11,9 +11,9 @@ use crate::repo_root;
 const IOS: u64 = 100_000;
 const BATCH: u64 = 32;
 
-/// Instructions per I/O: engine only (callgrind toggled to the engine's functions) and
-/// engine plus the inline software controller.
-fn callgrind() -> anyhow::Result<(f64, f64)> {
+/// Instructions per I/O: engine only (callgrind toggled to the engine's functions),
+/// engine plus the inline software controller, and engine only with shadow doorbells.
+fn callgrind() -> anyhow::Result<(f64, f64, f64)> {
     crate::run_checked(crate::cargo().args([
         "build",
         "--release",
@@ -24,13 +24,13 @@ fn callgrind() -> anyhow::Result<(f64, f64)> {
         "hotpath_count",
     ]))?;
     let bin = repo_root().join("target/release/examples/hotpath_count");
-    let count = |toggles: &[&str]| -> anyhow::Result<f64> {
+    let count = |toggles: &[&str], mode: &str| -> anyhow::Result<f64> {
         let out = Command::new("valgrind")
             .arg("--tool=callgrind")
             .arg("--callgrind-out-file=/dev/null")
             .args(toggles.iter().map(|t| format!("--toggle-collect={t}")))
             .arg(&bin)
-            .args([IOS.to_string(), BATCH.to_string()])
+            .args([IOS.to_string(), BATCH.to_string(), mode.to_string()])
             .output()
             .context("run valgrind (apt-get install valgrind)")?;
         let text = String::from_utf8_lossy(&out.stderr);
@@ -38,7 +38,12 @@ fn callgrind() -> anyhow::Result<(f64, f64)> {
         let n: f64 = line.rsplit(':').next().unwrap_or("").trim().replace(',', "").parse()?;
         Ok(n / IOS as f64)
     };
-    Ok((count(&["*engine_submit*", "*engine_reap*"])?, count(&["*engine_submit*", "*engine_reap*", "*serve*"])?))
+    let engine = ["*engine_submit*", "*engine_reap*"];
+    Ok((
+        count(&engine, "mmio")?,
+        count(&["*engine_submit*", "*engine_reap*", "*serve*"], "mmio")?,
+        count(&engine, "shadow")?,
+    ))
 }
 
 /// ns per I/O for each (group, batch), from criterion's estimates.
@@ -72,7 +77,7 @@ fn criterion() -> anyhow::Result<Vec<(&'static str, u64, f64)>> {
 }
 
 pub fn run() -> anyhow::Result<i32> {
-    let (engine, total) = callgrind()?;
+    let (engine, total, shadow) = callgrind()?;
     let times = criterion()?;
     if times.is_empty() {
         bail!("criterion produced no estimates");
@@ -82,6 +87,7 @@ pub fn run() -> anyhow::Result<i32> {
     println!(
         "  instructions/IO (callgrind, {IOS} I/Os, batch {BATCH}): engine {engine:.1}, engine + controller {total:.1}"
     );
+    println!("  instructions/IO, engine with shadow doorbells and event index: {shadow:.1}");
     for (group, batch, ns) in times {
         let what = if group == "engine_only" { "engine alone" } else { "engine + controller" };
         println!("  ns/IO, {what} (criterion {group}, batch {batch}): {ns:.1}");
