@@ -418,10 +418,9 @@ impl Worker {
 
     /// Executes the SQ entry at the head; returns 1.
     fn serve_one(&mut self, s: &mut Served) -> usize {
-        let q = s.q.clone();
         // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
-        let sqe = unsafe { std::ptr::read_volatile(q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
-        s.sq_head = (s.sq_head + 1) % q.depth;
+        let sqe = unsafe { std::ptr::read_volatile(s.q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
+        s.sq_head = (s.sq_head + 1) % s.q.depth;
         self.inner.commands.fetch_add(1, Ordering::Relaxed);
         let cid = (sqe.0[0] >> 16) as u16;
         let status = match self.take_fault() {
