@@ -28,6 +28,8 @@ for p in "$here"/patches/*.patch; do
 	# git format-patch's cover letter carries no diff.
 	[ "$(basename "$p")" = 0000-cover-letter.patch ] || patches+=("$p")
 done
+# HOMI_NO_PATCHES=1 builds the stock kernel, for checking homi.ko against one.
+[ -z "${HOMI_NO_PATCHES:-}" ] || patches=()
 shopt -u nullglob
 
 key=$( {

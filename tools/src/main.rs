@@ -143,7 +143,9 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
     );
     match (out.shadow_doorbells, out.user_queues) {
         (true, true) => println!("  shadow doorbells: ON; homi queues ring them with event index"),
-        (true, false) => println!("  shadow doorbells: ON; homi queues need nvme-pci user queues (nvme.user_queues=N)"),
+        (true, false) => {
+            println!("  shadow doorbells: ON; homi queues need nvme-pci user queues (qemu/patches, nvme.user_queues=N)")
+        }
         (false, _) => {}
     }
     println!(
