@@ -1108,6 +1108,18 @@ pub fn placement(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(qp.shadow_doorbells() == shape().dbcs, "shadow doorbells {}", qp.shadow_doorbells());
         roundtrip(&ctrl, &mut qp, LBA + 8192, 70)
     });
+    h.check("placement: past the reservation, CREATE_QPAIR says no spare queues and names it", || {
+        let n = user_queues_param();
+        let qps = (0..n).map(|_| ctrl.create_qpair(16)).collect::<Result<Vec<_>, _>>()?;
+        ensure!(qps.iter().all(|q| (512..512 + n).contains(&u32::from(q.qid()))), "qids outside the reservation");
+        match ctrl.create_qpair(16) {
+            Err(Error::NoSpareQueues) => {}
+            other => bail!("expected no spare queues, got {other:?}"),
+        }
+        let log = kmod::kernel_log()?;
+        ensure!(log.contains("homi holds all of nvme-pci's user queues"), "no kernel log line names the reservation");
+        Ok(())
+    });
     h.check("placement: its doorbell sits at the start of its page", || {
         let (_homi, _nvme, q) = raw_qpair(16)?;
         ensure!(q.sq_doorbell == 8 * (q.qid % 512), "qid {} doorbell at {:#x}", q.qid, q.sq_doorbell);
