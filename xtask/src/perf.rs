@@ -28,8 +28,11 @@ pub fn run(opts: &VmOptions, runtime: f64) -> anyhow::Result<i32> {
         std::fs::copy(run.dir.join("out/bench").join(f), dest.join(f)).with_context(|| format!("copy {f}"))?;
     }
     println!(
-        "one VM ({}, {} vCPUs, emulated NVMe, dbcs off), 4 KiB I/O, one thread, {runtime} s per run:\n",
-        run.accel, opts.smp
+        "one VM ({}, {} vCPUs, emulated NVMe, dbcs {}{}), 4 KiB I/O, one thread, {runtime} s per run:\n",
+        run.accel,
+        opts.smp,
+        if opts.dbcs { "on" } else { "off" },
+        if opts.append.is_empty() { String::new() } else { format!(", kernel: {}", opts.append) }
     );
     print!("{}", std::fs::read_to_string(dest.join("results.md"))?);
     println!("\nwritten to {}", dest.display());
