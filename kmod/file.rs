@@ -167,6 +167,8 @@ fn reserved_count(ctrl: &Ctrl) -> usize {
 struct QidRange {
     first: u32,
     last: u32,
+    /// I/O queues the controller granted (Get Features, Number of Queues).
+    granted: u32,
     /// The range is nvme-pci's user queue reservation.
     user: bool,
     /// The controller reads doorbells from nvme-pci's shadow buffer.
@@ -175,24 +177,27 @@ struct QidRange {
 
 impl QidRange {
     fn of(c: &Ctrl) -> Result<Self> {
-        let cap = c.cap();
-        let stride = 4u64 << ((cap >> 32) & 0xf);
         let (_, bar_len) = c.bar();
         // The highest qid whose CQ head doorbell is still inside BAR0.
-        let bar_last = (bar_len.saturating_sub(DOORBELL_BASE + 4) / (2 * stride)) as u32;
-        if let Some(uq) = c.user_queues().filter(|uq| uq.nr > 0) {
+        let bar_last = (bar_len.saturating_sub(DOORBELL_BASE + 4)
+            / (2 * u64::from(c.doorbell_stride()))) as u32;
+        let granted = admin::granted_io_queues(c)?;
+        let uq = c.user_queues();
+        if let Some(uq) = uq.filter(|uq| uq.nr > 0) {
             return Ok(Self {
                 first: uq.first,
                 last: (uq.first + uq.nr - 1).min(bar_last),
+                granted,
                 user: true,
                 shadow: uq.shadow,
             });
         }
         Ok(Self {
             first: c.io_queues() + 1,
-            last: admin::granted_io_queues(c)?.min(bar_last),
+            last: granted.min(bar_last),
+            granted,
             user: false,
-            shadow: c.shadow_doorbells(),
+            shadow: uq.map_or_else(|| c.offers_shadow_doorbells(), |uq| uq.shadow),
         })
     }
 
@@ -213,13 +218,17 @@ struct Shadow {
 }
 
 impl Shadow {
-    /// Zeroes `qid`'s slots for a queue about to be created, with fresh mmap offsets.
-    fn new(c: &Ctrl, qid: u16) -> Result<Self> {
-        Ok(Self {
+    /// For a queue about to be created on `qid` of `range`: with shadow doorbells,
+    /// zeroes its slots and gives them fresh mmap offsets; without, `None`.
+    fn new(c: &Ctrl, range: &QidRange, qid: u16) -> Result<Option<Self>> {
+        if !range.shadow {
+            return Ok(None);
+        }
+        Ok(Some(Self {
             slots: c.reset_shadow(qid)?,
             pgoff: take_pgoffs(PAGE_SIZE),
             eventidx_pgoff: take_pgoffs(PAGE_SIZE),
-        })
+        }))
     }
 }
 
@@ -631,11 +640,11 @@ impl FileState {
             let mut info = HomiInfo {
                 instance: c.instance(),
                 driver_io_queues: c.io_queues(),
-                granted_io_queues: admin::granted_io_queues(c)?,
+                granted_io_queues: range.granted,
                 first_spare_qid: range.first,
                 spare_free: range.len().saturating_sub(reserved_count(c) as u32),
                 max_queue_entries: (cap & 0xffff) as u32 + 1,
-                doorbell_stride: 4 << ((cap >> 32) & 0xf),
+                doorbell_stride: c.doorbell_stride(),
                 min_page_size: 4096 << ((cap >> 48) & 0xf),
                 max_transfer: c.max_transfer(),
                 cap,
@@ -736,7 +745,7 @@ impl FileState {
             if a.queues.len() >= MAX_QPAIRS_PER_FILE {
                 return Err(EMFILE);
             }
-            let stride = 4u64 << ((cap >> 32) & 0xf);
+            let stride = u64::from(c.doorbell_stride());
             let (bar, _) = c.bar();
             let qid = match reserve_qid(c, range.first, range.last) {
                 Ok(q) => q,
@@ -762,11 +771,7 @@ impl FileState {
                 }
             };
             let made = (|| {
-                let shadow = if range.shadow {
-                    Some(Shadow::new(c, qid)?)
-                } else {
-                    None
-                };
+                let shadow = Shadow::new(c, &range, qid)?;
                 let sq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 64)?;
                 let cq = DmaRegion::alloc(&c.dev_ref()?, req.depth as usize * 16)?;
                 let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
@@ -860,11 +865,7 @@ impl FileState {
                 return Err(EBUSY);
             }
             // The reset may have turned shadow doorbells on or off.
-            let shadow = if range.shadow {
-                Some(Shadow::new(&a.ctrl, a.queues[i].qid)?)
-            } else {
-                None
-            };
+            let shadow = Shadow::new(&a.ctrl, &range, a.queues[i].qid)?;
             let q = &a.queues[i];
             q.sq.zero();
             q.cq.zero();

@@ -170,14 +170,16 @@ impl Ctrl {
         unsafe { homi_ctrl_cap(self.raw()) }
     }
 
-    /// Whether nvme-pci has shadow doorbells on for this controller: as nvme-pci says
-    /// with user queues, else inferred from the controller offering them.
-    pub(crate) fn shadow_doorbells(&self) -> bool {
-        if let Some(uq) = self.user_queues() {
-            return uq.shadow;
-        }
+    /// Whether the controller offers shadow doorbells, which a stock nvme-pci then
+    /// always turns on. With user queues, [`UserQueues::shadow`] says whether they are.
+    pub(crate) fn offers_shadow_doorbells(&self) -> bool {
         // SAFETY: by the type invariant the controller is alive.
         unsafe { homi_ctrl_oacs(self.raw()) & OACS_DBBUF != 0 }
+    }
+
+    /// Bytes from one doorbell register to the next (`4 << CAP.DSTRD`).
+    pub(crate) fn doorbell_stride(&self) -> u32 {
+        4 << ((self.cap() >> 32) & 0xf)
     }
 
     /// The largest transfer the driver allows, in bytes.

@@ -398,7 +398,8 @@ impl Worker {
                 if (s.cq_tail + 1) % q.depth == head {
                     return n; // CQ full: the host must reap first; stay awake.
                 }
-                n += self.serve_one(s);
+                self.serve_one(s);
+                n += 1;
             }
             if !shadow {
                 return n;
@@ -416,20 +417,19 @@ impl Worker {
         }
     }
 
-    /// Executes the SQ entry at the head; returns 1.
-    fn serve_one(&mut self, s: &mut Served) -> usize {
+    /// Executes the SQ entry at the head.
+    fn serve_one(&mut self, s: &mut Served) {
         // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
         let sqe = unsafe { std::ptr::read_volatile(s.q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
         s.sq_head = (s.sq_head + 1) % s.q.depth;
         self.inner.commands.fetch_add(1, Ordering::Relaxed);
         let cid = (sqe.0[0] >> 16) as u16;
         let status = match self.take_fault() {
-            Some(Fault::Drop { .. }) => return 1,
+            Some(Fault::Drop { .. }) => return,
             Some(Fault::Status { status, .. }) => status,
             None => self.execute(&sqe),
         };
         self.complete(s, cid, status);
-        1
     }
 
     fn take_fault(&self) -> Option<Fault> {
