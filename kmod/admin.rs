@@ -69,16 +69,43 @@ pub(crate) fn create_sq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result {
         .map(|_| ())
 }
 
-/// Deletes an I/O submission queue; the controller aborts what it still holds.
-pub(crate) fn delete_sq(ctrl: &Ctrl, qid: u16) -> Result {
-    ctrl.admin(&sqe(Opcode::DeleteIoSq, 0, 0, u32::from(qid), 0), None)
-        .map(|_| ())
+/// Status: command specific (type 1), Invalid Queue Identifier (0x01).
+const SC_INVALID_QID: u16 = 0x101;
+
+/// What a Delete I/O SQ or CQ found.
+pub(crate) enum Deleted {
+    /// The queue existed and is deleted.
+    Now,
+    /// The controller has no such queue (a reset took it).
+    NotThere,
+}
+
+fn delete(ctrl: &Ctrl, op: Opcode, qid: u16) -> Result<Deleted> {
+    match ctrl.admin_status(&sqe(op, 0, 0, u32::from(qid), 0), None)? {
+        Ok(_) => Ok(Deleted::Now),
+        Err(SC_INVALID_QID) => Ok(Deleted::NotThere),
+        Err(status) => {
+            pr_warn!(
+                "nvme{}: delete of qid {} (opcode {:#04x}) failed: status {:#x}\n",
+                ctrl.instance(),
+                qid,
+                op as u8,
+                status
+            );
+            Err(EIO)
+        }
+    }
+}
+
+/// Deletes an I/O submission queue; the controller aborts what it still holds, and
+/// after it completes no command of the queue touches memory any more.
+pub(crate) fn delete_sq(ctrl: &Ctrl, qid: u16) -> Result<Deleted> {
+    delete(ctrl, Opcode::DeleteIoSq, qid)
 }
 
 /// Deletes an I/O completion queue (its SQ must be gone first).
-pub(crate) fn delete_cq(ctrl: &Ctrl, qid: u16) -> Result {
-    ctrl.admin(&sqe(Opcode::DeleteIoCq, 0, 0, u32::from(qid), 0), None)
-        .map(|_| ())
+pub(crate) fn delete_cq(ctrl: &Ctrl, qid: u16) -> Result<Deleted> {
+    delete(ctrl, Opcode::DeleteIoCq, qid)
 }
 
 /// One active namespace.

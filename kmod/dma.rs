@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! DMA memory homi hands to user space: coherent allocations (rings, buffers, the
-//! status page) and pinned user pages. All of it is mapped through the DMA API
-//! against the controller's PCI device, so an IOMMU confines the controller to it.
+//! DMA memory homi hands to user space: coherent allocations (rings, buffers) and
+//! pinned user pages. All of it is mapped through the DMA API against the controller's
+//! PCI device, and charged to the owning process's `pinned_vm` against its
+//! `RLIMIT_MEMLOCK`, as RDMA does.
 //!
 //! C headers: [`include/linux/dma-mapping.h`](srctree/include/linux/dma-mapping.h),
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h)
@@ -11,14 +12,65 @@ use core::ffi::c_void;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use kernel::{bindings, mm::virt::VmaNew, prelude::*, scatterlist::SGTable};
+use kernel::{alloc::KVVec, bindings, prelude::*, scatterlist::SGTable};
+
+use crate::glue::{self, refuse};
 
 /// Bytes of coherent DMA memory homi holds, module-wide.
 pub(crate) static DMA_BYTES: AtomicU64 = AtomicU64::new(0);
 /// User pages homi holds pinned, module-wide.
 pub(crate) static PINNED_PAGES: AtomicU64 = AtomicU64::new(0);
+/// The most coherent DMA memory homi holds at once, module-wide, whatever the
+/// processes' limits: it comes from the kernel's contiguous allocations.
+const MAX_DMA_BYTES: u64 = 1 << 30;
 
 const PAGE_SIZE: usize = bindings::PAGE_SIZE;
+
+/// Pages charged to a process's `mm->pinned_vm`, uncharged on drop (possibly after
+/// the process exited: the `mm_struct` is kept with `mmgrab`).
+///
+/// # Invariants
+///
+/// `mm` is a grabbed `mm_struct` whose `pinned_vm` this object raised by `pages`.
+pub(crate) struct MmCharge {
+    mm: NonNull<c_void>,
+    pages: usize,
+}
+
+// SAFETY: the mm is refcounted and its counter atomic; nothing is thread-bound.
+unsafe impl Send for MmCharge {}
+// SAFETY: `&MmCharge` allows nothing.
+unsafe impl Sync for MmCharge {}
+
+impl MmCharge {
+    /// Charges `bytes` (rounded up to pages) to the calling process; `ENOMEM` past its
+    /// `RLIMIT_MEMLOCK` unless it has `CAP_IPC_LOCK`.
+    pub(crate) fn new(bytes: usize) -> Result<Self> {
+        let pages = bytes.div_ceil(PAGE_SIZE);
+        // SAFETY: called from an ioctl, in the calling process's context.
+        let mm = NonNull::new(unsafe { glue::homi_mm_get() }).ok_or(EINVAL)?;
+        // SAFETY: `mm` is grabbed above.
+        let ret = unsafe { glue::homi_mm_charge(mm.as_ptr(), pages) };
+        if ret != 0 {
+            // SAFETY: grabbed above, dropped once.
+            unsafe { glue::homi_mm_put(mm.as_ptr()) };
+            refuse!("{} pages more would pass RLIMIT_MEMLOCK\n", pages);
+            return Err(Error::from_errno(ret));
+        }
+        // INVARIANT: grabbed and charged above.
+        Ok(Self { mm, pages })
+    }
+}
+
+impl Drop for MmCharge {
+    fn drop(&mut self) {
+        // SAFETY: by the type invariant the mm is grabbed and charged; both undone once.
+        unsafe {
+            glue::homi_mm_uncharge(self.mm.as_ptr(), self.pages);
+            glue::homi_mm_put(self.mm.as_ptr());
+        }
+    }
+}
 
 /// A reference on a device (`get_device`), dropped with `put_device`.
 ///
@@ -78,6 +130,7 @@ pub(crate) struct DmaRegion {
     cpu: NonNull<c_void>,
     dma: u64,
     size: usize,
+    _charge: MmCharge,
 }
 
 // SAFETY: the region is plain memory plus a device reference; nothing is thread-bound.
@@ -88,8 +141,17 @@ unsafe impl Sync for DmaRegion {}
 impl DmaRegion {
     /// Allocates `size` bytes (rounded up to pages), zeroed, contiguous as the device
     /// sees it.
+    /// The memory is charged to the calling process.
     pub(crate) fn alloc(dev: &DevRef, size: usize) -> Result<Self> {
         let size = size.checked_next_multiple_of(PAGE_SIZE).ok_or(EINVAL)?;
+        if DMA_BYTES.load(Ordering::Relaxed) + size as u64 > MAX_DMA_BYTES {
+            refuse!(
+                "module-wide DMA memory limit ({} MiB) reached\n",
+                MAX_DMA_BYTES >> 20
+            );
+            return Err(ENOMEM);
+        }
+        let charge = MmCharge::new(size)?;
         let dev = dev.clone();
         let mut dma: bindings::dma_addr_t = 0;
         // SAFETY: `dev` is a live device (we hold a reference); the flags ask for
@@ -111,6 +173,7 @@ impl DmaRegion {
             cpu,
             dma,
             size,
+            _charge: charge,
         })
     }
 
@@ -136,32 +199,11 @@ impl DmaRegion {
         unsafe { core::ptr::write_bytes(self.cpu(), 0, self.size) };
     }
 
-    /// Maps the whole region into `vma`, which must be exactly as long. The VMA keeps
-    /// its `vm_pgoff`, which names this region in the file's mmap offset space, so
-    /// `unmap_mapping_range` finds it again.
-    pub(crate) fn mmap(&self, vma: &VmaNew) -> Result {
-        if vma.end() - vma.start() != self.size {
-            return Err(EINVAL);
-        }
-        let raw = vma.as_ptr();
-        // SAFETY: `raw` is the VMA being set up under the mmap lock (`VmaNew`); the
-        // region is live and exactly `size` bytes. `dma_mmap_attrs` reads `vm_pgoff` as
-        // an offset into the region, so it sees 0 and the file offset is put back.
-        let ret = unsafe {
-            let pgoff = (*raw).vm_pgoff;
-            (*raw).vm_pgoff = 0;
-            let ret = bindings::dma_mmap_attrs(
-                self.dev.as_ptr(),
-                raw,
-                self.cpu.as_ptr(),
-                self.dma,
-                self.size,
-                0,
-            );
-            (*raw).vm_pgoff = pgoff;
-            ret
-        };
-        kernel::error::to_result(ret)
+    /// The kernel address of page `index`, for a user mapping's fault handler.
+    pub(crate) fn page(&self, index: usize) -> Option<*mut c_void> {
+        (index < self.size / PAGE_SIZE)
+            // SAFETY: inside the region (checked), which we own.
+            .then(|| unsafe { self.cpu().add(index * PAGE_SIZE) }.cast())
     }
 }
 
@@ -182,11 +224,13 @@ impl Drop for DmaRegion {
 ///
 /// `pages` holds `pages.len()` pages pinned with `pin_user_pages_fast`; `sgt` was
 /// built over them and mapped with `dma_map_sgtable(dev, .., DMA_BIDIRECTIONAL)`.
-/// Drop undoes both, in reverse order, exactly once, before `dev` is released.
+/// Drop undoes both, in reverse order, exactly once, before `dev` is released. The
+/// pages are charged to the pinning process by `_charge`.
 pub(crate) struct Pinned {
     dev: DevRef,
-    pages: KVec<*mut bindings::page>,
+    pages: KVVec<*mut bindings::page>,
     sgt: KBox<bindings::sg_table>,
+    _charge: MmCharge,
 }
 
 // SAFETY: page pointers and the table are only used by drop and under the owner's lock.
@@ -196,12 +240,15 @@ unsafe impl Sync for Pinned {}
 
 impl Pinned {
     /// Pins `len` bytes at user address `addr` (both page-aligned) for writing and
-    /// maps them for `dev`.
+    /// maps them for `dev`, charging them to the calling process. Refuses memory the
+    /// controller would reach only through a bounce buffer.
     pub(crate) fn new(dev: &DevRef, addr: u64, len: u64) -> Result<Self> {
         let dev = dev.clone();
         let n = usize::try_from(len / PAGE_SIZE as u64)?;
         let n_c = i32::try_from(n).map_err(|_| EINVAL)?;
-        let mut pages = KVec::from_elem(core::ptr::null_mut(), n, GFP_KERNEL)?;
+        let charge = MmCharge::new(n * PAGE_SIZE)?;
+        // The page array can be large (a 1 GiB registration is 2 MiB of pointers).
+        let mut pages = KVVec::from_elem(core::ptr::null_mut(), n, GFP_KERNEL)?;
         // SAFETY: `pages` has room for `n` entries; the kernel checks the user range.
         let got = unsafe {
             bindings::pin_user_pages_fast(
@@ -222,7 +269,7 @@ impl Pinned {
                 EFAULT
             });
         }
-        let unpin = |pages: &mut KVec<*mut bindings::page>| {
+        let unpin = |pages: &mut KVVec<*mut bindings::page>| {
             // SAFETY: all `n` pages were pinned above and are not yet unpinned.
             unsafe { bindings::unpin_user_pages(pages.as_mut_ptr(), n) };
         };
@@ -270,12 +317,38 @@ impl Pinned {
         }
         PINNED_PAGES.fetch_add(n as u64, Ordering::Relaxed);
         // INVARIANT: pinned, tabled, mapped and referenced above.
-        Ok(Self { dev, pages, sgt })
+        let me = Self {
+            dev,
+            pages,
+            sgt,
+            _charge: charge,
+        };
+        // The controller writes this memory with no sync call in between: a mapping
+        // that needs one (a swiotlb bounce buffer, a non-coherent device) would lose
+        // its writes. Dropping `me` undoes everything above.
+        let mut bounces = false;
+        me.for_each_segment(|addr, _| {
+            // SAFETY: `dev` is live (we hold a reference); any address may be asked.
+            bounces |= unsafe { glue::homi_dma_needs_sync(me.dev.as_ptr().cast(), addr) };
+        });
+        if bounces {
+            refuse!("register: DMA to this memory would need syncs (swiotlb bounce buffering?); refused\n");
+            return Err(glue::errno(bindings::EOPNOTSUPP));
+        }
+        Ok(me)
     }
 
-    /// Pages held.
-    pub(crate) fn nr_pages(&self) -> usize {
-        self.pages.len()
+    fn for_each_segment(&self, mut f: impl FnMut(u64, u64)) {
+        // SAFETY: `sgt` is a mapped table that lives as long as `self`.
+        let table = unsafe { SGTable::from_raw(core::ptr::from_ref(&*self.sgt).cast_mut()) };
+        for sg in table.iter() {
+            f(sg.dma_address(), sg.dma_len());
+        }
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
     }
 
     /// Calls `f` with each page's device-visible address, in order.
@@ -312,7 +385,9 @@ impl Drop for Pinned {
                 0,
             );
             bindings::sg_free_table(&mut *self.sgt);
-            bindings::unpin_user_pages(self.pages.as_mut_ptr(), n);
+            // The controller may have written any page: mark them dirty, so the page
+            // cache or swap does not drop what it wrote.
+            bindings::unpin_user_pages_dirty_lock(self.pages.as_mut_ptr(), n, true);
         }
         PINNED_PAGES.fetch_sub(n as u64, Ordering::Relaxed);
     }

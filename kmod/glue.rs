@@ -12,6 +12,21 @@ use kernel::{bindings, fs::File, prelude::*};
 
 use crate::dma::DevRef;
 
+/// Logs a refused call, rate-limited, and counts it (INFO's `refused_calls`): bad
+/// input from user space must not be able to flood the kernel log.
+macro_rules! refuse {
+    ($($arg:tt)*) => {{
+        $crate::glue::REFUSED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        if $crate::glue::log_ratelimit() {
+            pr_info!($($arg)*);
+        }
+    }};
+}
+pub(crate) use refuse;
+
+/// Calls refused for bad input since the module loaded.
+pub(crate) static REFUSED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// `struct nvme_ctrl`, private to `drivers/nvme/host`: only ever behind a pointer.
 #[repr(C)]
 pub(crate) struct NvmeCtrl {
@@ -36,7 +51,8 @@ extern "C" {
     fn homi_ctrl_oacs(ctrl: *mut NvmeCtrl) -> u16;
     fn homi_ctrl_max_hw_sectors(ctrl: *mut NvmeCtrl) -> u32;
     fn homi_ctrl_live(ctrl: *mut NvmeCtrl) -> bool;
-    fn homi_ctrl_generation(ctrl: *mut NvmeCtrl) -> u64;
+    fn homi_ctrl_deleting(ctrl: *mut NvmeCtrl) -> bool;
+    fn homi_ctrl_bar0_doorbells_only(ctrl: *mut NvmeCtrl, page: u64, len: u64) -> bool;
     fn homi_ctrl_bar_start(ctrl: *mut NvmeCtrl) -> u64;
     fn homi_ctrl_bar_len(ctrl: *mut NvmeCtrl) -> u64;
     fn homi_ctrl_cmb_size(ctrl: *mut NvmeCtrl) -> u64;
@@ -59,20 +75,36 @@ extern "C" {
         qid: u16,
         sq_slot: *mut u32,
         cq_slot: *mut u32,
+        shadow_page: *mut *mut c_void,
+        eventidx_page: *mut *mut c_void,
     ) -> i32;
-    fn homi_mmap_shadow(vma: *mut c_void, ctrl: *mut NvmeCtrl, qid: u16, eventidx: bool) -> i32;
-    pub(crate) fn homi_mmap_mmio(vma: *mut c_void, phys: u64) -> i32;
-    pub(crate) fn homi_vma_revocable(vma: *mut c_void);
+    pub(crate) fn homi_vma_setup(vma: *mut c_void, ctx: *mut c_void, mmio: bool);
+    pub(crate) fn homi_vmf_pgoff(vmf: *mut c_void) -> usize;
+    pub(crate) fn homi_kaddr_pfn(kaddr: *mut c_void) -> usize;
+    pub(crate) fn homi_vmf_insert_pfn(vmf: *mut c_void, pfn: usize) -> u32;
     pub(crate) fn homi_page_alloc() -> *mut c_void;
     pub(crate) fn homi_page_free(addr: *mut c_void);
-    pub(crate) fn homi_mmap_page(vma: *mut c_void, addr: *mut c_void) -> i32;
     fn homi_watch_start(
         ctrl: *mut NvmeCtrl,
         changed: unsafe extern "C" fn(ctx: *mut c_void),
         ctx: *mut c_void,
     ) -> *mut HomiWatch;
     fn homi_watch_stop(w: *mut HomiWatch);
-    pub(crate) fn homi_glue_init(unbinding: unsafe extern "C" fn(dev: *mut c_void)) -> i32;
+    fn homi_watch_resets(w: *mut HomiWatch) -> u64;
+    fn homi_watch_cleared(w: *mut HomiWatch) -> u64;
+    pub(crate) fn homi_mm_get() -> *mut c_void;
+    pub(crate) fn homi_mm_put(mm: *mut c_void);
+    pub(crate) fn homi_mm_charge(mm: *mut c_void, pages: usize) -> i32;
+    pub(crate) fn homi_mm_uncharge(mm: *mut c_void, pages: usize);
+    pub(crate) fn homi_dma_needs_sync(dev: *mut c_void, addr: u64) -> bool;
+    fn homi_locked_down() -> i32;
+    fn homi_dev_present(dev: *mut c_void) -> bool;
+    fn homi_dev_iommu_translates(dev: *mut c_void) -> bool;
+    fn homi_log_ratelimit() -> bool;
+    pub(crate) fn homi_glue_init(
+        unbinding: unsafe extern "C" fn(dev: *mut c_void, done: bool),
+        fault: unsafe extern "C" fn(ctx: *mut c_void, vmf: *mut c_void) -> u32,
+    ) -> i32;
     pub(crate) fn homi_glue_exit();
 }
 
@@ -98,12 +130,20 @@ pub(crate) struct UserQueues {
 }
 
 /// A reserved queue's shadow slots: byte offsets in the shadow doorbell page and, the
-/// same, in the event index page.
+/// same, in the event index page, and those pages' kernel addresses (in nvme-pci's
+/// shadow buffer, which lives until the device goes away).
 #[derive(Clone, Copy)]
 pub(crate) struct ShadowSlots {
     pub(crate) sq: u32,
     pub(crate) cq: u32,
+    pub(crate) page: *mut c_void,
+    pub(crate) eventidx_page: *mut c_void,
 }
+
+// SAFETY: two offsets and two addresses of memory nvme-pci owns; nothing thread-bound.
+unsafe impl Send for ShadowSlots {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for ShadowSlots {}
 
 /// A held nvme-pci controller.
 ///
@@ -137,6 +177,24 @@ impl Ctrl {
 
     fn raw(&self) -> *mut NvmeCtrl {
         self.ptr.as_ptr()
+    }
+
+    /// The `struct nvme_ctrl`, alive for as long as `self`.
+    pub(crate) fn raw_nonnull(&self) -> NonNull<NvmeCtrl> {
+        self.ptr
+    }
+
+    /// Whether the controller is being deleted (or dead): nothing may attach then.
+    pub(crate) fn deleting(&self) -> bool {
+        // SAFETY: by the type invariant the controller is alive.
+        unsafe { homi_ctrl_deleting(self.raw()) }
+    }
+
+    /// Whether the BAR0 page at byte offset `page` holds nothing but doorbells: no
+    /// controller registers, no MSI-X table or pending-bit array.
+    pub(crate) fn bar0_page_holds_only_doorbells(&self, page: u64) -> bool {
+        // SAFETY: by the type invariant the controller, and its PCI device, are alive.
+        unsafe { homi_ctrl_bar0_doorbells_only(self.raw(), page, PAGE_SIZE as u64) }
     }
 
     /// The PCI device that rings and buffers are DMA-mapped against.
@@ -194,12 +252,6 @@ impl Ctrl {
         unsafe { homi_ctrl_live(self.raw()) }
     }
 
-    /// How many times the controller was reset.
-    pub(crate) fn generation(&self) -> u64 {
-        // SAFETY: by the type invariant the controller is alive.
-        unsafe { homi_ctrl_generation(self.raw()) }
-    }
-
     /// BAR0's physical address and length.
     pub(crate) fn bar(&self) -> (u64, u64) {
         // SAFETY: by the type invariant the controller is alive; BAR0 is fixed at probe.
@@ -228,26 +280,38 @@ impl Ctrl {
     /// Zeroes reserved queue `qid`'s shadow doorbell and event index slots, before the
     /// queue is created, and says where they are.
     pub(crate) fn reset_shadow(&self, qid: u16) -> Result<ShadowSlots> {
-        let mut slots = ShadowSlots { sq: 0, cq: 0 };
+        let mut slots = ShadowSlots {
+            sq: 0,
+            cq: 0,
+            page: core::ptr::null_mut(),
+            eventidx_page: core::ptr::null_mut(),
+        };
         // SAFETY: by the type invariant the controller is alive; the out pointers are
         // valid for writes.
         kernel::error::to_result(unsafe {
-            homi_user_queue_shadow(self.raw(), qid, &mut slots.sq, &mut slots.cq)
+            homi_user_queue_shadow(
+                self.raw(),
+                qid,
+                &mut slots.sq,
+                &mut slots.cq,
+                &mut slots.page,
+                &mut slots.eventidx_page,
+            )
         })?;
         Ok(slots)
     }
 
-    /// Maps reserved queue `qid`'s shadow doorbell page, or its event index page
-    /// read-only, into `vma`.
-    ///
-    /// # Safety
-    ///
-    /// `vma` is a one-page VMA being set up under the mmap lock.
-    pub(crate) unsafe fn mmap_shadow(&self, vma: *mut c_void, qid: u16, eventidx: bool) -> Result {
-        // SAFETY: the caller passes a VMA being set up; the controller is alive by the
-        // type invariant, and nvme-pci frees the pages only on removal, before which
-        // homi's unbind handler revokes every mapping.
-        kernel::error::to_result(unsafe { homi_mmap_shadow(vma, self.raw(), qid, eventidx) })
+    /// Whether the controller's PCI device still answers (false once it was
+    /// surprise-removed: then nothing is waited on).
+    pub(crate) fn present(&self) -> bool {
+        // SAFETY: by the type invariant the controller, and so its PCI device, is alive.
+        unsafe { homi_dev_present(self.dma_dev().cast()) }
+    }
+
+    /// Whether the controller's DMA is translated by an IOMMU.
+    pub(crate) fn iommu_translates(&self) -> bool {
+        // SAFETY: as for `present`.
+        unsafe { homi_dev_iommu_translates(self.dma_dev().cast()) }
     }
 
     /// The Controller Memory Buffer's size in bytes; 0 if it has none.
@@ -257,8 +321,13 @@ impl Ctrl {
     }
 
     /// Runs one admin command on the driver's admin queue, with an optional data
-    /// buffer, and returns completion dword 0.
-    pub(crate) fn admin(&self, sqe: &[u32; 16], buf: Option<&mut [u8]>) -> Result<u32> {
+    /// buffer. Returns completion dword 0, or the NVMe status the command completed
+    /// with (status code type and code, without the DNR and More bits).
+    pub(crate) fn admin_status(
+        &self,
+        sqe: &[u32; 16],
+        buf: Option<&mut [u8]>,
+    ) -> Result<core::result::Result<u32, u16>> {
         let (ptr, len) = match buf {
             Some(b) => (b.as_mut_ptr().cast(), u32::try_from(b.len())?),
             None => (core::ptr::null_mut(), 0),
@@ -269,35 +338,23 @@ impl Ctrl {
         let ret =
             unsafe { homi_ctrl_admin(self.raw(), sqe.as_ptr().cast(), ptr, len, &mut result) };
         match ret {
-            0 => Ok(result),
+            0 => Ok(Ok(result)),
             e if e < 0 => Err(Error::from_errno(e)),
-            status => {
-                pr_warn!(
-                    "nvme{}: admin opcode {:#04x} failed: status {:#x}\n",
-                    self.instance(),
-                    sqe[0] & 0xff,
-                    status
-                );
-                Err(EIO)
-            }
+            status => Ok(Err((status & 0x7ff) as u16)),
         }
     }
 
-    /// Starts watching controller state changes: `changed(ctx)` runs in process
-    /// context after each change, until the returned watch is stopped.
-    ///
-    /// # Safety
-    ///
-    /// `ctx` must stay valid for `changed` until [`Watch`] is dropped.
-    pub(crate) unsafe fn watch(
-        &self,
-        changed: unsafe extern "C" fn(ctx: *mut c_void),
-        ctx: *mut c_void,
-    ) -> Result<Watch> {
-        // SAFETY: the controller is alive; the caller keeps `ctx` valid.
-        let w = unsafe { homi_watch_start(self.raw(), changed, ctx) };
-        Ok(Watch {
-            ptr: NonNull::new(w).ok_or(ENOMEM)?,
+    /// As [`admin_status`](Self::admin_status), with an NVMe error status logged and
+    /// turned into `EIO`.
+    pub(crate) fn admin(&self, sqe: &[u32; 16], buf: Option<&mut [u8]>) -> Result<u32> {
+        self.admin_status(sqe, buf)?.map_err(|status| {
+            pr_warn!(
+                "nvme{}: admin opcode {:#04x} failed: status {:#x}\n",
+                self.instance(),
+                sqe[0] & 0xff,
+                status
+            );
+            EIO
         })
     }
 }
@@ -323,9 +380,64 @@ unsafe impl Send for Watch {}
 // SAFETY: `&Watch` allows nothing.
 unsafe impl Sync for Watch {}
 
+impl Watch {
+    /// Starts watching the state of the controller at `ctrl`: `changed(ctx)` runs in
+    /// process context after each change, until the watch is dropped.
+    ///
+    /// # Safety
+    ///
+    /// `ctrl` is a live controller that outlives the watch, and `ctx` stays valid for
+    /// `changed` until the watch is dropped.
+    pub(crate) unsafe fn start(
+        ctrl: NonNull<NvmeCtrl>,
+        changed: unsafe extern "C" fn(ctx: *mut c_void),
+        ctx: *mut c_void,
+    ) -> Result<Self> {
+        // SAFETY: as the caller guarantees.
+        let w = unsafe { homi_watch_start(ctrl.as_ptr(), changed, ctx) };
+        // INVARIANT: a started watch, stopped only by `drop`.
+        Ok(Self {
+            ptr: NonNull::new(w).ok_or(ENOMEM)?,
+        })
+    }
+
+    /// homi's reset epoch: how many times the controller entered RESETTING since the
+    /// watch started. A queue created while the controller was live records it.
+    pub(crate) fn epoch(&self) -> u64 {
+        // SAFETY: by the type invariant the watch is live.
+        unsafe { homi_watch_resets(self.ptr.as_ptr()) }
+    }
+
+    /// Every queue created in an epoch below this one is gone from the controller:
+    /// nvme-pci disabled (or subsystem-reset) it since.
+    pub(crate) fn cleared(&self) -> u64 {
+        // SAFETY: by the type invariant the watch is live.
+        unsafe { homi_watch_cleared(self.ptr.as_ptr()) }
+    }
+}
+
 impl Drop for Watch {
     fn drop(&mut self) {
         // SAFETY: by the type invariant the watch is live and stopped only here.
         unsafe { homi_watch_stop(self.ptr.as_ptr()) };
     }
+}
+
+/// An errno the kernel crate has no constant for.
+pub(crate) fn errno(e: u32) -> Error {
+    Error::from_errno(-(e as i32))
+}
+
+const PAGE_SIZE: usize = bindings::PAGE_SIZE;
+
+/// Whether kernel lockdown forbids what a queue holder can do (raw PCI access).
+pub(crate) fn locked_down() -> Result {
+    // SAFETY: asks the LSMs; no preconditions.
+    kernel::error::to_result(unsafe { homi_locked_down() })
+}
+
+/// Whether a line about a refused call may be logged now (10 per 5 seconds).
+pub(crate) fn log_ratelimit() -> bool {
+    // SAFETY: a ratelimit state private to the glue; no preconditions.
+    unsafe { homi_log_ratelimit() }
 }

@@ -38,6 +38,11 @@ mod admin;
 mod dma;
 mod file;
 mod glue;
+mod mapping;
+mod memory;
+mod queue;
+mod registry;
+mod status;
 
 #[allow(
     unreachable_pub,
@@ -47,8 +52,40 @@ mod glue;
 #[path = "../uapi/src/abi.rs"]
 mod uapi;
 
+use core::sync::atomic::AtomicU32;
+
 use file::FileState;
 use uapi::*;
+
+/// Queue pairs held through homi, module-wide.
+pub(crate) static QPAIRS: AtomicU32 = AtomicU32::new(0);
+
+/// A reference on this module, held by each open file and by each quarantine package:
+/// `rmmod` must wait while the controller may still write memory homi owns.
+///
+/// The Rust misc device leaves `file_operations.owner` unset, so the VFS pins nothing
+/// while a file is open; without this, `rmmod` would succeed under open files.
+/// A file's reference drops at the very end of `release`, after all teardown.
+pub(crate) struct ModuleRef;
+
+impl ModuleRef {
+    pub(crate) fn get() -> Result<Self> {
+        // SAFETY: `THIS_MODULE` is this module, alive while its code runs.
+        if unsafe { kernel::bindings::try_module_get(THIS_MODULE.as_ptr()) } {
+            Ok(Self)
+        } else {
+            // The module is being unloaded.
+            Err(ENODEV)
+        }
+    }
+}
+
+impl Drop for ModuleRef {
+    fn drop(&mut self) {
+        // SAFETY: taken in `get`, put once, here.
+        unsafe { kernel::bindings::module_put(THIS_MODULE.as_ptr()) };
+    }
+}
 
 // SAFETY (all impls below): each type is `repr(C)` with only integer fields (and arrays
 // of such types), laid out without padding (asserted by size in the ABI file), so every
@@ -99,14 +136,17 @@ module! {
 }
 
 /// The glue's module-wide state: the PCI bus notifier that tells homi a controller is
-/// being unbound, and the dummy page behind revoked mappings.
+/// being unbound, and the fault handler of every mapping.
 struct Glue;
 
 impl Glue {
     fn init() -> Result<Self> {
-        // SAFETY: `file::unbinding` is valid for as long as the module is loaded, and
-        // `drop` unregisters it before the module's code goes away.
-        kernel::error::to_result(unsafe { glue::homi_glue_init(file::unbinding) })?;
+        // SAFETY: both callbacks are valid for as long as the module is loaded; `drop`
+        // unregisters the notifier before the module's code goes away, and no mapping
+        // outlives the files, which hold module references.
+        kernel::error::to_result(unsafe {
+            glue::homi_glue_init(registry::unbinding, mapping::fault)
+        })?;
         Ok(Self)
     }
 }
@@ -123,7 +163,7 @@ struct Globals;
 
 impl Drop for Globals {
     fn drop(&mut self) {
-        file::free_globals();
+        registry::exit();
     }
 }
 
@@ -139,7 +179,7 @@ struct HomiModule {
 impl kernel::InPlaceModule for HomiModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         // SAFETY: called once, before any file can exist.
-        unsafe { file::init_globals() };
+        unsafe { registry::init() };
         pr_info!("ABI {}.{} loaded\n", ABI_MAJOR, ABI_MINOR);
         try_pin_init!(Self {
             _glue: Glue::init()?,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 pub struct Harness {
     passed: usize,
     failed: usize,
+    skipped: usize,
     results: Option<std::fs::File>,
 }
 
@@ -16,7 +17,7 @@ impl Harness {
         let results = std::env::var_os("HOMI_OUT").and_then(|dir| {
             OpenOptions::new().create(true).append(true).open(std::path::Path::new(&dir).join("results.txt")).ok()
         });
-        Self { passed: 0, failed: 0, results }
+        Self { passed: 0, failed: 0, skipped: 0, results }
     }
 
     /// Records one check's outcome.
@@ -38,6 +39,17 @@ impl Harness {
         }
     }
 
+    /// Reports the check `name` as skipped: it cannot run on this VM (`why`). Never
+    /// counted as passed.
+    pub fn skip(&mut self, name: &str, why: &str) {
+        let line = format!("skip - {name}: {why}");
+        println!("{line}");
+        self.skipped += 1;
+        if let Some(f) = self.results.as_mut() {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
     /// Runs `f` as the check `name`.
     pub fn check(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> bool {
         let outcome = f();
@@ -48,7 +60,7 @@ impl Harness {
 
     /// Prints the summary line and turns the counts into an exit code.
     pub fn finish(self) -> ExitCode {
-        println!("vmtest: {} passed, {} failed", self.passed, self.failed);
+        println!("vmtest: {} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped);
         if self.failed == 0 && self.passed > 0 {
             ExitCode::SUCCESS
         } else {

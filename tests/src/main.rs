@@ -5,9 +5,14 @@
 //! `not ok - NAME: WHY`, appends the same line to `$HOMI_OUT/results.txt` for the host
 //! to count, and the run ends with `N passed, N failed`.
 
+mod common;
+mod fuzz;
+mod hardening;
 mod harness;
 mod kmod;
 mod queues;
+mod shapes;
+mod stress;
 mod suites;
 
 use std::path::PathBuf;
@@ -38,7 +43,11 @@ fn main() -> ExitCode {
     // unprivileged caller).
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("helper") {
-        return match queues::helper(argv.get(2).map_or("", String::as_str)) {
+        let role = argv.get(2).map_or("", String::as_str);
+        return match hardening::helper(role).and_then(|done| match done {
+            Some(()) => Ok(()),
+            None => queues::helper(role),
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("helper: {e:#}");
@@ -48,7 +57,7 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     let mut h = harness::Harness::new();
-    queues::set_shape(args.dbcs, args.stock_kmod);
+    common::set_shape(args.dbcs, args.stock_kmod);
     for suite in &args.suites {
         if let Err(e) = suites::run(suite, &args.kmod, &mut h) {
             h.record(&format!("{suite}: suite"), Err(e));

@@ -9,21 +9,43 @@ use crate::harness::Harness;
 use crate::kmod;
 
 /// Runs the suite `name`.
+///
+/// A suite name may carry numbers after colons: `soak:RESETS:KILLS`, `fuzz:SECONDS`.
 pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    let mut parts = name.split(':');
+    let name = parts.next().unwrap_or_default();
+    let mut arg = |default: u64| -> anyhow::Result<u64> {
+        parts.next().map_or(Ok(default), |n| n.parse().with_context(|| format!("suite argument {n:?}")))
+    };
     match name {
+        "hardening" => crate::hardening::hardening(kmod_path, h),
+        "manyq" => crate::hardening::manyq(kmod_path, h),
+        "lockdown" => crate::hardening::lockdown(kmod_path, h),
+        "swiotlb" => crate::hardening::swiotlb(kmod_path, h),
+        "soak" => {
+            let (resets, kills) = (arg(50)?, arg(200)?);
+            crate::hardening::soak(kmod_path, h, resets as u32, kills as u32)
+        }
+        "fuzz" => {
+            let secs = arg(60)?;
+            if !kmod::loaded("homi") {
+                kmod::load(kmod_path, "").context("load homi.ko")?;
+            }
+            crate::fuzz::fuzz(h, secs, 1)
+        }
         "basic" => basic(kmod_path, h),
         "queues" => crate::queues::queues(kmod_path, h),
         "unbind" => crate::queues::unbind(h),
-        "stress" => crate::queues::stress(kmod_path, h),
+        "stress" => crate::stress::stress(kmod_path, h),
         "dbcs" => crate::queues::dbcs(kmod_path, h),
         "nospare" => crate::queues::nospare(kmod_path, h),
-        "shapes" => crate::queues::shapes(kmod_path, h),
-        "paths" => crate::queues::paths(kmod_path, h),
-        "shadow" => crate::queues::shadow(kmod_path, h),
-        "placement" => crate::queues::placement(kmod_path, h),
+        "shapes" => crate::shapes::shapes(kmod_path, h),
+        "paths" => crate::shapes::paths(kmod_path, h),
+        "shadow" => crate::shapes::shadow(kmod_path, h),
+        "placement" => crate::shapes::placement(kmod_path, h),
         other => bail!(
             "unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths, shadow, \
-             placement)"
+             placement, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], fuzz[:SECONDS])"
         ),
     }
 }

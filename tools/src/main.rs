@@ -75,6 +75,10 @@ struct InfoJson {
     qpairs_held: u32,
     pinned_pages: u64,
     dma_bytes: u64,
+    quarantined_bytes: u64,
+    refused_calls: u64,
+    iommu: bool,
+    shared_doorbells: bool,
     namespaces: Vec<NsJson>,
 }
 
@@ -107,6 +111,10 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         qpairs_held: i.qpairs,
         pinned_pages: i.pinned_pages,
         dma_bytes: i.dma_bytes,
+        quarantined_bytes: i.quarantined_bytes,
+        refused_calls: i.refused_calls,
+        iommu: i.flags & HOMI_INFO_IOMMU != 0,
+        shared_doorbells: i.flags & HOMI_INFO_SHARED_DOORBELLS != 0,
         namespaces: i.namespaces[..i.nr_namespaces as usize]
             .iter()
             .map(|n| NsJson {
@@ -149,11 +157,26 @@ fn info(target: &Target, json: bool) -> anyhow::Result<()> {
         (false, _) => {}
     }
     println!(
-        "  homi holds: {} queue pairs, {} pinned pages, {} KiB DMA memory; generation {}",
+        "  homi holds: {} queue pairs, {} pinned pages, {} KiB DMA memory, {} KiB in quarantine; generation {}",
         out.qpairs_held,
         out.pinned_pages,
         out.dma_bytes / 1024,
+        out.quarantined_bytes / 1024,
         out.generation
+    );
+    println!(
+        "  trust: {}; {}; {} calls refused since load",
+        if out.iommu {
+            "DMA translated by an IOMMU (holders still reach nvme-pci's whole DMA domain)"
+        } else {
+            "no IOMMU: holders can reach all memory"
+        },
+        if out.shared_doorbells {
+            "doorbell page shared with the kernel's queues"
+        } else {
+            "doorbell pages hold homi queues only"
+        },
+        out.refused_calls
     );
     for n in &out.namespaces {
         println!("  ns {}: {} blocks of {} B ({} MiB)", n.nsid, n.blocks, n.block_size, n.bytes >> 20);

@@ -7,8 +7,10 @@
 //!
 //! Compatibility rules: a change that user space built against an older minor version
 //! could notice is a major bump; adding an ioctl or using a reserved field with
-//! "zero means old behaviour" semantics is a minor bump. Structs carry explicit
-//! padding and reserved fields, all of which must be zero on input.
+//! "zero means old behaviour" semantics is a minor bump. While the major version is 0,
+//! as in semantic versioning, every minor bump may be incompatible, and user space
+//! checks for an exact match. Structs carry explicit padding and reserved fields, all
+//! of which must be zero on input: the module refuses anything else with `EINVAL`.
 
 /// The ioctl type byte of `/dev/homi` (`0xB9` is unassigned in
 /// `Documentation/userspace-api/ioctl/ioctl-number.rst`).
@@ -17,7 +19,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 4;
+pub const ABI_MINOR: u32 = 5;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -155,6 +157,14 @@ pub const HOMI_INFO_MORE_NAMESPACES: u32 = 1 << 3;
 /// takes qids from that range only.
 pub const HOMI_INFO_USER_QUEUES: u32 = 1 << 4;
 
+/// [`HomiInfo::flags`]: the controller's DMA goes through a translating IOMMU. Without
+/// one, a queue holder can aim the controller at any physical address.
+pub const HOMI_INFO_IOMMU: u32 = 1 << 5;
+/// [`HomiInfo::flags`]: the doorbell page a queue of this controller maps also holds
+/// the admin queue's or the kernel's I/O queues' doorbells (qids below 512 with 4-byte
+/// doorbells), so a holder can ring them.
+pub const HOMI_INFO_SHARED_DOORBELLS: u32 = 1 << 6;
+
 /// Reply of [`HOMI_IOCTL_INFO`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -182,7 +192,9 @@ pub struct HomiInfo {
     pub max_transfer: u32,
     /// The CAP register.
     pub cap: u64,
-    /// Controller generation: bumped on every controller reset.
+    /// Controller generation: homi's own count of resets it saw begin on this
+    /// controller since it first attached to it (never the driver's writable
+    /// `reset_count`).
     pub generation: u64,
     /// Pages pinned by homi registrations, module-wide.
     pub pinned_pages: u64,
@@ -192,6 +204,13 @@ pub struct HomiInfo {
     pub qpairs: u32,
     /// Entries of `namespaces` that are filled.
     pub nr_namespaces: u32,
+    /// Bytes homi keeps in quarantine, module-wide: memory that was freed, unregistered
+    /// or closed while a queue that could still reach it existed on a controller. It
+    /// is released once those queues are deleted or the controller is reset.
+    pub quarantined_bytes: u64,
+    /// Calls homi refused for bad input since it loaded, module-wide (they are logged
+    /// rate-limited).
+    pub refused_calls: u64,
     /// Active namespaces, lowest nsid first.
     pub namespaces: [HomiNamespace; HOMI_MAX_NAMESPACES],
 }
@@ -245,6 +264,10 @@ pub struct HomiQpair {
     /// Out, with [`HOMI_QPAIR_SHADOW`]: byte offset of the CQ head slot in both
     /// shadow pages.
     pub shadow_cq: u32,
+    /// Out: this queue's slot in [`HomiStatus::queue_state`].
+    pub status_slot: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 /// Input of the ioctls that name one object.
@@ -327,8 +350,8 @@ pub struct HomiQpairEntry {
 /// The mmap offset of the file's status page ([`HomiStatus`], read-only, one page).
 /// It can be mapped before attaching and stays valid until the file is closed.
 pub const HOMI_STATUS_OFFSET: u64 = 0;
-/// Slots in [`HomiStatus::queue_state`], indexed by qid.
-pub const HOMI_STATUS_QUEUES: usize = 1000;
+/// Slots in [`HomiStatus::queue_state`]: also the most queue pairs one file holds.
+pub const HOMI_STATUS_SLOTS: usize = 1020;
 /// [`HomiStatus::queue_state`]: no queue of this file has this qid.
 pub const HOMI_QUEUE_NONE: u32 = 0;
 /// [`HomiStatus::queue_state`]: the queue exists on the controller.
@@ -359,19 +382,20 @@ pub struct HomiStatus {
     pub ctrl_state: u32,
     /// Reserved, zero.
     pub reserved: u32,
-    /// `HOMI_QUEUE_*` of each of this file's queues, by qid.
-    pub queue_state: [u32; HOMI_STATUS_QUEUES],
+    /// `HOMI_QUEUE_*` of each of this file's queues, by [`HomiQpair::status_slot`].
+    pub queue_state: [u32; HOMI_STATUS_SLOTS],
 }
 
 // The structs have no implicit padding: both sides copy them as bytes.
 const _: () = assert!(core::mem::size_of::<HomiVersion>() == 16);
 const _: () = assert!(core::mem::size_of::<HomiAttach>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiNamespace>() == 24);
-const _: () = assert!(core::mem::size_of::<HomiInfo>() == 80 + 24 * HOMI_MAX_NAMESPACES);
-const _: () = assert!(core::mem::size_of::<HomiQpair>() == 88);
+const _: () = assert!(core::mem::size_of::<HomiInfo>() == 96 + 24 * HOMI_MAX_NAMESPACES);
+const _: () = assert!(core::mem::size_of::<HomiQpair>() == 96);
 const _: () = assert!(core::mem::size_of::<HomiId>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiAlloc>() == 32);
 const _: () = assert!(core::mem::size_of::<HomiRegister>() == 32);
-const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS_QUEUES);
+const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS_SLOTS);
+const _: () = assert!(core::mem::size_of::<HomiStatus>() == 4096);
 const _: () = assert!(core::mem::size_of::<HomiList>() == 16);
 const _: () = assert!(core::mem::size_of::<HomiQpairEntry>() == 24);

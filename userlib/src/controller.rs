@@ -42,14 +42,14 @@ impl Shared {
         unsafe { AtomicU32::from_ptr(self.status.ptr().add(8).cast()) }.load(Ordering::Acquire)
     }
 
-    /// `HOMI_QUEUE_*` of `qid`, from the status page.
-    pub(crate) fn queue_state(&self, qid: u16) -> u32 {
-        let qid = usize::from(qid);
-        if qid >= HOMI_STATUS_QUEUES {
+    /// `HOMI_QUEUE_*` of the queue in status `slot`, from the status page.
+    pub(crate) fn queue_state(&self, slot: u32) -> u32 {
+        let slot = slot as usize;
+        if slot >= HOMI_STATUS_SLOTS {
             return HOMI_QUEUE_NONE;
         }
-        // SAFETY: as for `generation`, at the 4-aligned slot of `qid`, inside the page.
-        unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * qid).cast()) }.load(Ordering::Acquire)
+        // SAFETY: as for `generation`, at the 4-aligned `slot`, inside the page.
+        unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * slot).cast()) }.load(Ordering::Acquire)
     }
 
     /// Fails if the controller was reset since `generation` or left its driver.
@@ -114,11 +114,6 @@ impl Controller {
     /// `HOMI_CTRL_*` from the status page.
     pub fn state(&self) -> u32 {
         self.shared.ctrl_state()
-    }
-
-    /// `HOMI_QUEUE_*` of one of this attachment's queues, from the status page.
-    pub fn queue_state(&self, qid: u16) -> u32 {
-        self.shared.queue_state(qid)
     }
 
     /// Reserves a spare qid and creates a queue pair of `depth` entries on it.

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use homi_uapi::{HomiVersion, ABI_MAJOR};
+use homi_uapi::{HomiVersion, ABI_MAJOR, ABI_MINOR};
 
 use crate::{sys, Error, Result};
 
@@ -34,11 +34,13 @@ impl HomiDevice {
             .map_err(|source| Error::Open { path: path.to_owned(), source })?;
         let dev = Self { fd };
         let v = dev.version()?;
-        if v.abi_major != ABI_MAJOR {
+        // Before 1.0 every minor version may be incompatible (see the ABI's rules).
+        if v.abi_major != ABI_MAJOR || (ABI_MAJOR == 0 && v.abi_minor != ABI_MINOR) {
             return Err(Error::AbiMismatch {
                 module_major: v.abi_major,
                 module_minor: v.abi_minor,
                 lib_major: ABI_MAJOR,
+                lib_minor: ABI_MINOR,
             });
         }
         tracing::debug!(abi_major = v.abi_major, abi_minor = v.abi_minor, "opened {}", path.display());

@@ -31,8 +31,11 @@ pub enum Error {
         /// What the kernel answered.
         source: nix::Error,
     },
-    /// The module speaks an ABI major version this library does not.
-    #[error("homi module ABI {module_major}.{module_minor} is incompatible with this library's {lib_major}.x")]
+    /// The module speaks an ABI this library does not: another major version, or, while
+    /// the major version is 0, another minor one.
+    #[error(
+        "homi module ABI {module_major}.{module_minor} is incompatible with this library's {lib_major}.{lib_minor}"
+    )]
     AbiMismatch {
         /// The module's major version.
         module_major: u32,
@@ -40,6 +43,8 @@ pub enum Error {
         module_minor: u32,
         /// This library's major version.
         lib_major: u32,
+        /// This library's minor version.
+        lib_minor: u32,
     },
     /// The controller has shadow doorbells (Doorbell Buffer Config) on, which a stock
     /// nvme-pci keeps private: MMIO-only queues cannot work.

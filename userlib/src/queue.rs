@@ -84,7 +84,7 @@ fn dma_rmb() {
 /// Where the rings live.
 pub(crate) enum Backing {
     /// Mapped from `/dev/homi`: a real controller.
-    Kernel { _sq: Mapping, _cq: Mapping, db: Doorbells, shared: Arc<Shared> },
+    Kernel { _sq: Mapping, _cq: Mapping, db: Doorbells, shared: Arc<Shared>, slot: u32 },
     /// Host memory served by the software controller (a test instrument).
     Soft(Arc<soft::Queue>),
 }
@@ -210,13 +210,22 @@ impl QueuePair {
         let (sq_db, cq_db) = db.doorbells(&shared, &q);
         let (sqp, cqp) = (sq.ptr(), cq.ptr());
         let max_transfer = shared.max_transfer;
-        let backing = Backing::Kernel { _sq: sq, _cq: cq, db, shared };
+        let backing = Backing::Kernel { _sq: sq, _cq: cq, db, shared, slot: q.status_slot };
         Ok(Self::new(qid, q.depth, q.generation, sqp, cqp, sq_db, cq_db, max_transfer, backing))
     }
 
     /// The queue ID.
     pub fn qid(&self) -> u16 {
         self.qid
+    }
+
+    /// `HOMI_QUEUE_*` of this queue, from the status page without a syscall; `None`
+    /// for a queue of the software controller.
+    pub fn queue_state(&self) -> Option<u32> {
+        match &self.backing {
+            Backing::Kernel { shared, slot, .. } => Some(shared.queue_state(*slot)),
+            Backing::Soft(_) => None,
+        }
     }
 
     /// Whether the queue's doorbells go through the controller's shadow doorbell
@@ -482,8 +491,8 @@ impl QueuePair {
     /// forgotten.
     pub fn rearm(&mut self) -> Result<()> {
         match &mut self.backing {
-            Backing::Kernel { db, shared, .. } => {
-                if shared.queue_state(self.qid) != HOMI_QUEUE_DEAD {
+            Backing::Kernel { db, shared, slot, .. } => {
+                if shared.queue_state(*slot) != HOMI_QUEUE_DEAD {
                     return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
                 }
                 let mut q = HomiQpair { qid: u32::from(self.qid), ..Default::default() };

@@ -139,14 +139,23 @@ pub fn kmod(k: &Kernel) -> anyhow::Result<PathBuf> {
 /// API, even where the kernel has it), in `target/stock/kmod`, with the same
 /// warning-free rule. Returns the module's path.
 pub fn kmod_stock(k: &Kernel) -> anyhow::Result<PathBuf> {
+    let ko = kmod_copy(k, "stock", &["HOMI_STOCK=1"])?;
+    eprintln!("kmod: built {} as for a stock kernel (W=1 CLIPPY=1, no warnings)", ko.display());
+    Ok(ko)
+}
+
+/// Builds a copy of kmod/ against `k` in `target/<name>/kmod` (so builds against
+/// several kernels can coexist), with the same warning-free rule, and signs it.
+/// Returns the module's path.
+pub fn kmod_copy(k: &Kernel, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
     let root = repo_root();
-    let stock = root.join("target/stock");
-    let dir = stock.join("kmod");
-    let _ = std::fs::remove_dir_all(&stock);
+    let top = root.join("target").join(name);
+    let dir = top.join("kmod");
+    let _ = std::fs::remove_dir_all(&top);
     std::fs::create_dir_all(&dir)?;
-    std::fs::create_dir_all(stock.join("uapi/src"))?;
+    std::fs::create_dir_all(top.join("uapi/src"))?;
     // homi_main.rs includes the ABI as `../uapi/src/abi.rs`.
-    std::fs::copy(root.join("uapi/src/abi.rs"), stock.join("uapi/src/abi.rs"))?;
+    std::fs::copy(root.join("uapi/src/abi.rs"), top.join("uapi/src/abi.rs"))?;
     for entry in std::fs::read_dir(root.join("kmod"))? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -156,10 +165,25 @@ pub fn kmod_stock(k: &Kernel) -> anyhow::Result<PathBuf> {
             std::fs::copy(&path, dir.join(name))?;
         }
     }
-    build_module(k, &dir, &["HOMI_STOCK=1"])?;
-    let ko = dir.join("homi.ko");
-    eprintln!("kmod: built {} as for a stock kernel (W=1 CLIPPY=1, no warnings)", ko.display());
-    Ok(ko)
+    build_module(k, &dir, extra)?;
+    Ok(dir.join("homi.ko"))
+}
+
+/// Signs `ko` with the kernel build's own module signing key, as `modules_install`
+/// would: the kernel has `CONFIG_MODULE_SIG` (the lockdown LSM needs it), and an
+/// unsigned module would taint it.
+fn sign(k: &Kernel, ko: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new(k.dir.join("scripts/sign-file"))
+        .arg("sha512")
+        .arg(k.dir.join("certs/signing_key.pem"))
+        .arg(k.dir.join("certs/signing_key.x509"))
+        .arg(ko)
+        .output()
+        .context("run scripts/sign-file")?;
+    if !out.status.success() {
+        bail!("signing {} failed:\n{}", ko.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 /// `make clean` then `make W=1 CLIPPY=1 modules` of the module in `dir`; fails on any
@@ -194,5 +218,5 @@ fn build_module(k: &Kernel, dir: &std::path::Path, extra: &[&str]) -> anyhow::Re
     if !warnings.is_empty() {
         bail!("homi.ko built with warnings (W=1 CLIPPY=1 must be clean):\n{log}");
     }
-    Ok(())
+    sign(k, &dir.join("homi.ko"))
 }

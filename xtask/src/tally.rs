@@ -5,6 +5,8 @@
 pub struct Tally {
     passed: usize,
     failed: Vec<String>,
+    /// Checks that could not run here, with why: never counted as passed.
+    skipped: Vec<String>,
 }
 
 impl Tally {
@@ -45,6 +47,9 @@ impl Tally {
             } else if let Some(rest) = line.strip_prefix("not ok - ") {
                 let (name, why) = rest.split_once(": ").unwrap_or((rest, ""));
                 self.record(name, false, why);
+            } else if let Some(rest) = line.strip_prefix("skip - ") {
+                println!("skip - {rest}");
+                self.skipped.push(rest.to_owned());
             } else {
                 continue;
             }
@@ -61,7 +66,13 @@ impl Tally {
                 println!("  {f}");
             }
         }
-        println!("{} passed, {} failed", self.passed, self.failed.len());
+        if !self.skipped.is_empty() {
+            println!("skipped (could not run here):");
+            for s in &self.skipped {
+                println!("  {s}");
+            }
+        }
+        println!("{} passed, {} failed, {} skipped", self.passed, self.failed.len(), self.skipped.len());
         i32::from(!self.failed.is_empty() || self.passed == 0)
     }
 }

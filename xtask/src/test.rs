@@ -19,6 +19,18 @@ pub struct TestArgs {
     /// Host checks only: no kernel, no kmod, no VM.
     #[arg(long)]
     pub host_only: bool,
+    /// Skip the debug-kernel boot (KASAN, lockdep, kmemleak, soak and fuzz runs).
+    #[arg(long)]
+    pub no_debug_kernel: bool,
+    /// Controller resets in the debug kernel's soak run.
+    #[arg(long, default_value_t = 50)]
+    pub soak_resets: u32,
+    /// Queue holders SIGKILLed mid-I/O in the debug kernel's soak run.
+    #[arg(long, default_value_t = 200)]
+    pub soak_kills: u32,
+    /// Seconds of ioctl and mmap fuzzing on the debug kernel.
+    #[arg(long, default_value_t = 120)]
+    pub fuzz_secs: u64,
     #[command(flatten)]
     pub opts: VmOptions,
 }
@@ -118,7 +130,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     // One boot per controller shape; each runs its suites in order. Stock mode is
     // nvme-pci with user_queues=0 (the default) and no shadow doorbells.
     let boots = [
-        ("stock", base.clone(), "basic queues stress unbind"),
+        ("stock", base.clone(), "basic queues hardening stress unbind"),
         ("dbcs-on", dbcs.clone(), "dbcs"),
         ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
@@ -129,6 +141,8 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
             "shapes",
         ),
         ("poll-queues", with(&base, "nvme.poll_queues=1 nvme.user_queues=4"), "paths"),
+        ("many-queues", VmOptions { max_ioqpairs: 1100, ..base.clone() }, "manyq"),
+        ("swiotlb-lockdown", with(&base, "swiotlb=force"), "swiotlb lockdown"),
     ];
     for (name, opts, suites) in boots {
         let mut flags = String::new();
@@ -141,6 +155,39 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         let script = format!("{}/homi-vmtest --kmod {}{flags} {suites}\n", bin.display(), ko.display());
         vm_suites(t, &k, &opts, name, &script);
     }
+    if !args.no_debug_kernel {
+        debug_kernel(args, t, &bin);
+    }
+}
+
+/// The debug kernel (KASAN, lockdep, kmemleak, nvme fault injection): the lifetime
+/// suites, the soak runs and the fuzzer, then a kmemleak scan.
+fn debug_kernel(args: &TestArgs, t: &mut Tally, bin: &std::path::Path) {
+    let dk = kbuild::kernel(&kbuild::KernelArgs { debug_kernel: true });
+    if !t.result("kernel: debug kernel (KASAN, lockdep, kmemleak) built or cached", &dk) {
+        return;
+    }
+    let dk = dk.expect("checked");
+    let ko = kbuild::kmod_copy(&dk, "debug", &[]);
+    if !t.result("kmod: homi.ko builds against the debug kernel, no warnings", &ko) {
+        return;
+    }
+    let ko = ko.expect("checked");
+    let opts = VmOptions {
+        quiet: true,
+        timeout: 1800,
+        kernel: kbuild::KernelArgs { debug_kernel: true },
+        ..args.opts.clone()
+    };
+    let script = format!(
+        "{}/homi-vmtest --kmod {} basic queues hardening unbind soak:{}:{} fuzz:{}\n",
+        bin.display(),
+        ko.display(),
+        args.soak_resets,
+        args.soak_kills,
+        args.fuzz_secs
+    );
+    vm_suites(t, &dk, &opts, "debug-kernel", &script);
 }
 
 /// Boots one VM, runs `script`, and tallies what the in-VM suites reported.

@@ -12,7 +12,7 @@
 
 #define HOMI_IOCTL_TYPE 0xB9
 #define HOMI_ABI_MAJOR 0
-#define HOMI_ABI_MINOR 4
+#define HOMI_ABI_MINOR 5
 
 #define HOMI_FEAT_USER_QUEUES		(1ULL << 0)
 
@@ -42,6 +42,8 @@ struct homi_namespace {
 #define HOMI_INFO_CMB			(1U << 2)
 #define HOMI_INFO_MORE_NAMESPACES	(1U << 3)
 #define HOMI_INFO_USER_QUEUES		(1U << 4)
+#define HOMI_INFO_IOMMU			(1U << 5)
+#define HOMI_INFO_SHARED_DOORBELLS	(1U << 6)
 
 struct homi_info {
 	__u32 instance;
@@ -60,6 +62,8 @@ struct homi_info {
 	__u64 dma_bytes;
 	__u32 qpairs;
 	__u32 nr_namespaces;
+	__u64 quarantined_bytes;
+	__u64 refused_calls;
 	struct homi_namespace namespaces[HOMI_MAX_NAMESPACES];
 };
 
@@ -80,6 +84,8 @@ struct homi_qpair {
 	__u64 eventidx_offset;	/* HOMI_QPAIR_SHADOW: event index page, read-only */
 	__u32 shadow_sq;	/* SQ tail slot's byte offset in both pages */
 	__u32 shadow_cq;	/* CQ head slot's byte offset in both pages */
+	__u32 status_slot;	/* index in homi_status.queue_state */
+	__u32 reserved;
 };
 
 struct homi_id {
@@ -121,7 +127,7 @@ struct homi_qpair_entry {
 };
 
 #define HOMI_STATUS_OFFSET 0
-#define HOMI_STATUS_QUEUES 1000
+#define HOMI_STATUS_SLOTS 1020
 #define HOMI_QUEUE_NONE 0
 #define HOMI_QUEUE_LIVE 1
 #define HOMI_QUEUE_DEAD 2
@@ -133,7 +139,7 @@ struct homi_status {
 	__u64 generation;
 	__u32 ctrl_state;
 	__u32 reserved;
-	__u32 queue_state[HOMI_STATUS_QUEUES];
+	__u32 queue_state[HOMI_STATUS_SLOTS];
 };
 
 #define HOMI_IOCTL_VERSION	_IOR(HOMI_IOCTL_TYPE, 0x00, struct homi_version)

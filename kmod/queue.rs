@@ -1,0 +1,373 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! One homi queue pair and its life on the controller: creation, deletion, and what
+//! decides whether it may still exist there.
+//!
+//! A queue may exist on the controller from its first Create command until a Delete
+//! succeeds (or finds no such queue), or until the controller is disabled. homi learns
+//! the latter from its own reset accounting ([`Controller::gone`]), never from a
+//! counter user space can rewrite. Whenever a queue may exist, its rings, and whatever
+//! its commands could reach, stay allocated.
+//!
+//! Ring ownership: user space owns the SQ slots it has not yet published through the
+//! tail doorbell and the CQ head; the controller owns published SQ slots until it
+//! posts their completions, and CQ slots up to the head. The module touches the rings
+//! only when the queue does not exist on the controller (zeroing them before a
+//! rearm).
+
+use core::sync::atomic::{
+    AtomicU64,
+    Ordering, //
+};
+
+use kernel::{bindings, prelude::*};
+
+use crate::admin::{
+    self,
+    Deleted, //
+};
+use crate::dma::DmaRegion;
+use crate::glue::{
+    refuse,
+    ShadowSlots, //
+};
+use crate::mapping::{
+    take_pgoffs,
+    zap,
+    Backing,
+    Object,
+    PAGE_SHIFT,
+    PAGE_SIZE, //
+};
+use crate::memory::{
+    Held,
+    Memory, //
+};
+use crate::registry::{
+    Controller,
+    QidRange, //
+};
+use crate::uapi::*;
+
+/// Doorbells start at this offset of BAR0.
+pub(crate) const DOORBELL_BASE: u64 = 0x1000;
+
+/// The next queue life: each creation of a queue on the controller is a new one.
+static NEXT_LIFE: AtomicU64 = AtomicU64::new(1);
+
+/// A queue's shadow doorbell pages (see [`HOMI_QPAIR_SHADOW`]).
+struct Shadow {
+    slots: ShadowSlots,
+    pgoff: u64,
+    eventidx_pgoff: u64,
+}
+
+impl Shadow {
+    /// For a queue about to be created on `qid` of `range`: with shadow doorbells,
+    /// zeroes its slots and gives them fresh mmap offsets; without, `None`.
+    fn new(c: &Controller, range: &QidRange, qid: u16) -> Result<Option<Self>> {
+        if !range.shadow {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            slots: c.ctrl.reset_shadow(qid)?,
+            pgoff: take_pgoffs(PAGE_SIZE),
+            eventidx_pgoff: take_pgoffs(PAGE_SIZE),
+        }))
+    }
+}
+
+/// One reserved queue pair.
+pub(crate) struct QueuePair {
+    pub(crate) qid: u16,
+    depth: u32,
+    /// Its slot in the status page.
+    pub(crate) slot: u32,
+    sq: DmaRegion,
+    cq: DmaRegion,
+    sq_pgoff: u64,
+    cq_pgoff: u64,
+    db_pgoff: u64,
+    /// The BAR0 page holding this queue's doorbells, and the SQ tail doorbell's offset
+    /// in it.
+    db_phys: u64,
+    db_offset: u32,
+    /// BAR0's physical address.
+    bar: u64,
+    /// While the queue may exist on the controller: the epoch it was created in.
+    born: Option<u64>,
+    /// This life of the queue on the controller; memory freed meanwhile waits for it.
+    pub(crate) life: u64,
+    /// User space may use it: doorbells mapped, status `LIVE`. Cleared when a reset
+    /// begins, set again by rearm.
+    pub(crate) live: bool,
+    shadow: Option<Shadow>,
+}
+
+/// A queue whose Delete failed: it may still exist on the controller, so its rings stay
+/// allocated and its qid reserved until the controller is disabled.
+pub(crate) struct Zombie {
+    pub(crate) qid: u16,
+    pub(crate) born: u64,
+    pub(crate) life: u64,
+    pub(crate) rings: [Held; 2],
+}
+
+impl QueuePair {
+    /// Allocates the rings of a queue pair on `qid`; it does not exist on the
+    /// controller yet.
+    pub(crate) fn new(
+        c: &Controller,
+        range: &QidRange,
+        qid: u16,
+        depth: u32,
+        slot: u32,
+    ) -> Result<Self> {
+        let stride = u64::from(c.ctrl.doorbell_stride());
+        let (bar, _) = c.ctrl.bar();
+        let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
+        let db_page = db & !(PAGE_SIZE as u64 - 1);
+        let db_offset = (db - db_page) as u32;
+        // The mapping is one page: the CQ head doorbell must be on it too, and the page
+        // must hold nothing but doorbells.
+        if u64::from(db_offset) + stride + 4 > PAGE_SIZE as u64 {
+            refuse!(
+                "nvme{}: qid {}'s doorbells straddle a page (stride {}); refused\n",
+                c.ctrl.instance(),
+                qid,
+                stride
+            );
+            return Err(crate::glue::errno(bindings::EOPNOTSUPP));
+        }
+        if !c.ctrl.bar0_page_holds_only_doorbells(db_page) {
+            refuse!(
+                "nvme{}: the page of qid {}'s doorbells holds more than doorbells; refused\n",
+                c.ctrl.instance(),
+                qid
+            );
+            return Err(crate::glue::errno(bindings::EOPNOTSUPP));
+        }
+        let shadow = Shadow::new(c, range, qid)?;
+        let dev = c.ctrl.dev_ref()?;
+        let sq = DmaRegion::alloc(&dev, depth as usize * 64)?;
+        let cq = DmaRegion::alloc(&dev, depth as usize * 16)?;
+        Ok(Self {
+            qid,
+            depth,
+            slot,
+            sq_pgoff: take_pgoffs(sq.size()),
+            cq_pgoff: take_pgoffs(cq.size()),
+            db_pgoff: take_pgoffs(PAGE_SIZE),
+            db_phys: bar + db_page,
+            db_offset,
+            bar,
+            born: None,
+            life: 0,
+            live: false,
+            shadow,
+            sq,
+            cq,
+        })
+    }
+
+    /// Creates the queue on the controller: Create I/O CQ, then SQ. The controller must
+    /// be live and its epoch unchanged throughout, or whatever was created is deleted
+    /// again. On error, [`may_exist`](Self::may_exist) says whether that failed too.
+    pub(crate) fn create(&mut self, c: &Controller) -> Result {
+        let epoch = c.epoch();
+        if !c.ctrl.live() {
+            return Err(EAGAIN);
+        }
+        // From the first Create on, the queue may exist.
+        self.born = Some(epoch);
+        self.life = NEXT_LIFE.fetch_add(1, Ordering::Relaxed);
+        let made = admin::create_cq(&c.ctrl, self.qid, self.depth, self.cq.dma())
+            .and_then(|()| admin::create_sq(&c.ctrl, self.qid, self.depth, self.sq.dma()));
+        if made.is_ok() && c.epoch() == epoch && c.ctrl.live() {
+            self.live = true;
+            return Ok(());
+        }
+        // A reset began meanwhile, or a command failed: take down whatever exists.
+        self.delete(c);
+        Err(made.err().unwrap_or(EAGAIN))
+    }
+
+    /// Whether a reset began since the queue was created (it is dead to user space).
+    pub(crate) fn reset_since(&self, epoch: u64) -> bool {
+        self.born.is_none_or(|b| epoch > b)
+    }
+
+    /// The BAR0 offset of the page holding its doorbells.
+    pub(crate) fn db_page(&self) -> u64 {
+        self.db_phys - self.bar
+    }
+
+    /// Whether the queue may exist on the controller.
+    pub(crate) fn may_exist(&mut self, c: &Controller) -> bool {
+        if let Some(born) = self.born {
+            if c.gone(born) {
+                self.born = None;
+            }
+        }
+        self.born.is_some()
+    }
+
+    /// Deletes the queue on the controller if it may exist there: Delete SQ, then Delete
+    /// CQ. Returns whether it is gone for sure; if not, nothing it could reach may be
+    /// freed until the controller is disabled.
+    pub(crate) fn delete(&mut self, c: &Controller) -> bool {
+        self.live = false;
+        if !self.may_exist(c) {
+            return true;
+        }
+        // A surprise-removed device reaches no memory, and would only time out.
+        if !c.ctrl.present() {
+            self.born = None;
+            return true;
+        }
+        // The SQ goes first: deleting a CQ with an SQ still bound to it is an error.
+        let sq = admin::delete_sq(&c.ctrl, self.qid);
+        let cq = admin::delete_cq(&c.ctrl, self.qid);
+        if matches!(
+            (sq, cq),
+            (
+                Ok(Deleted::Now | Deleted::NotThere),
+                Ok(Deleted::Now | Deleted::NotThere)
+            )
+        ) {
+            self.born = None;
+            return true;
+        }
+        !self.may_exist(c)
+    }
+
+    /// Recreates the queue after a reset destroyed it: same qid and rings (zeroed), new
+    /// doorbell offsets, so old doorbell mappings stay revoked.
+    pub(crate) fn rearm(&mut self, c: &Controller, range: &QidRange) -> Result {
+        // The reset may have turned shadow doorbells on or off.
+        self.shadow = Shadow::new(c, range, self.qid)?;
+        self.sq.zero();
+        self.cq.zero();
+        self.db_pgoff = take_pgoffs(PAGE_SIZE);
+        self.create(c)
+    }
+
+    /// Revokes the doorbell mappings, MMIO and shadow.
+    pub(crate) fn zap_doorbells(&self, mapping: usize) {
+        zap(mapping, self.db_pgoff, PAGE_SIZE);
+        if let Some(s) = &self.shadow {
+            zap(mapping, s.pgoff, PAGE_SIZE);
+            zap(mapping, s.eventidx_pgoff, PAGE_SIZE);
+        }
+    }
+
+    /// Revokes every mapping of the queue.
+    pub(crate) fn zap(&self, mapping: usize) {
+        zap(mapping, self.sq_pgoff, self.sq.size());
+        zap(mapping, self.cq_pgoff, self.cq.size());
+        self.zap_doorbells(mapping);
+    }
+
+    /// The object at page offset `pgoff`, if it is one of this queue's: its extent, and
+    /// what backs page `pgoff`. Doorbells exist only while the queue is live.
+    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing)> {
+        let ring = |start: u64, mem: &DmaRegion| {
+            let i = usize::try_from(pgoff.checked_sub(start)?).ok()?;
+            let page = mem.page(i)?;
+            let obj = Object {
+                pgoff: start,
+                bytes: mem.size(),
+                writable: true,
+                mmio: false,
+            };
+            Some((obj, Backing::Kernel(page)))
+        };
+        if let Some(found) = ring(self.sq_pgoff, &self.sq).or_else(|| ring(self.cq_pgoff, &self.cq))
+        {
+            return Some(found);
+        }
+        if !self.live {
+            return None;
+        }
+        let page = |pgoff: u64, writable: bool, mmio: bool| Object {
+            pgoff,
+            bytes: PAGE_SIZE,
+            writable,
+            mmio,
+        };
+        if pgoff == self.db_pgoff {
+            return Some((page(pgoff, true, true), Backing::Mmio(self.db_phys)));
+        }
+        let s = self.shadow.as_ref()?;
+        if pgoff == s.pgoff {
+            Some((page(pgoff, true, false), Backing::Kernel(s.slots.page)))
+        } else if pgoff == s.eventidx_pgoff {
+            Some((
+                page(pgoff, false, false),
+                Backing::Kernel(s.slots.eventidx_page),
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Turns a queue that may still exist into a zombie that keeps its rings.
+    pub(crate) fn into_zombie(self) -> Zombie {
+        Zombie {
+            qid: self.qid,
+            born: self.born.unwrap_or(0),
+            life: self.life,
+            rings: [
+                Held::new(Memory::Coherent(self.sq)),
+                Held::new(Memory::Coherent(self.cq)),
+            ],
+        }
+    }
+
+    pub(crate) fn reply(&self, generation: u64) -> HomiQpair {
+        let (flags, shadow_offset, eventidx_offset, shadow_sq, shadow_cq) = match &self.shadow {
+            Some(s) => (
+                HOMI_QPAIR_SHADOW,
+                s.pgoff << PAGE_SHIFT,
+                s.eventidx_pgoff << PAGE_SHIFT,
+                s.slots.sq,
+                s.slots.cq,
+            ),
+            None => (0, 0, 0, 0, 0),
+        };
+        HomiQpair {
+            depth: self.depth,
+            flags,
+            qid: u32::from(self.qid),
+            sq_doorbell: self.db_offset,
+            sq_size: self.sq.size() as u64,
+            cq_size: self.cq.size() as u64,
+            sq_offset: self.sq_pgoff << PAGE_SHIFT,
+            cq_offset: self.cq_pgoff << PAGE_SHIFT,
+            doorbell_offset: self.db_pgoff << PAGE_SHIFT,
+            generation,
+            shadow_offset,
+            eventidx_offset,
+            shadow_sq,
+            shadow_cq,
+            status_slot: self.slot,
+            reserved: 0,
+        }
+    }
+
+    /// For LIST_QPAIRS.
+    pub(crate) fn entry(&self, pid: i32, instance: u32) -> HomiQpairEntry {
+        HomiQpairEntry {
+            pid: pid as u32,
+            instance,
+            qid: u32::from(self.qid),
+            depth: self.depth,
+            state: if self.live {
+                HOMI_QUEUE_LIVE
+            } else {
+                HOMI_QUEUE_DEAD
+            },
+            reserved: 0,
+        }
+    }
+}
