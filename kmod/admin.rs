@@ -50,23 +50,47 @@ pub(crate) fn granted_io_queues(ctrl: &Ctrl) -> Result<u32> {
     Ok((dw0 & 0xffff).min(dw0 >> 16) + 1)
 }
 
+/// What a Create I/O CQ or SQ did.
+pub(crate) enum Created {
+    /// The queue exists now.
+    Yes,
+    /// The controller refused (the status is logged): no queue was created, and
+    /// whatever holds that qid, if anything, is not ours to delete.
+    Refused,
+}
+
+fn create(ctrl: &Ctrl, sqe: &[u32; 16]) -> Result<Created> {
+    Ok(match ctrl.admin_status(sqe, None)? {
+        Ok(_) => Created::Yes,
+        Err(status) => {
+            if crate::glue::log_ratelimit() {
+                pr_warn!(
+                    "nvme{}: create (opcode {:#04x}) refused: status {:#x}\n",
+                    ctrl.instance(),
+                    sqe[0] & 0xff,
+                    status
+                );
+            }
+            Created::Refused
+        }
+    })
+}
+
 /// Creates an I/O completion queue with interrupts disabled: homi's queues are polled,
-/// and every MSI-X vector belongs to nvme-pci.
-pub(crate) fn create_cq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result {
+/// and every MSI-X vector belongs to nvme-pci. An error means the outcome is unknown.
+pub(crate) fn create_cq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result<Created> {
     let cdw10 = ((depth - 1) << 16) | u32::from(qid);
-    ctrl.admin(
+    create(
+        ctrl,
         &sqe(Opcode::CreateIoCq, 0, dma, cdw10, QUEUE_PHYS_CONTIG),
-        None,
     )
-    .map(|_| ())
 }
 
 /// Creates an I/O submission queue bound to the completion queue of the same qid.
-pub(crate) fn create_sq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result {
+pub(crate) fn create_sq(ctrl: &Ctrl, qid: u16, depth: u32, dma: u64) -> Result<Created> {
     let cdw10 = ((depth - 1) << 16) | u32::from(qid);
     let cdw11 = (u32::from(qid) << 16) | QUEUE_PHYS_CONTIG;
-    ctrl.admin(&sqe(Opcode::CreateIoSq, 0, dma, cdw10, cdw11), None)
-        .map(|_| ())
+    create(ctrl, &sqe(Opcode::CreateIoSq, 0, dma, cdw10, cdw11))
 }
 
 /// Status: command specific (type 1), Invalid Queue Identifier (0x01).
@@ -85,13 +109,15 @@ fn delete(ctrl: &Ctrl, op: Opcode, qid: u16) -> Result<Deleted> {
         Ok(_) => Ok(Deleted::Now),
         Err(SC_INVALID_QID) => Ok(Deleted::NotThere),
         Err(status) => {
-            pr_warn!(
-                "nvme{}: delete of qid {} (opcode {:#04x}) failed: status {:#x}\n",
-                ctrl.instance(),
-                qid,
-                op as u8,
-                status
-            );
+            if crate::glue::log_ratelimit() {
+                pr_warn!(
+                    "nvme{}: delete of qid {} (opcode {:#04x}) failed: status {:#x}\n",
+                    ctrl.instance(),
+                    qid,
+                    op as u8,
+                    status
+                );
+            }
             Err(EIO)
         }
     }

@@ -144,14 +144,19 @@ impl DmaRegion {
     /// The memory is charged to the calling process.
     pub(crate) fn alloc(dev: &DevRef, size: usize) -> Result<Self> {
         let size = size.checked_next_multiple_of(PAGE_SIZE).ok_or(EINVAL)?;
-        if DMA_BYTES.load(Ordering::Relaxed) + size as u64 > MAX_DMA_BYTES {
+        // Counted before allocating, so concurrent callers cannot pass the cap together.
+        if DMA_BYTES.fetch_add(size as u64, Ordering::Relaxed) + size as u64 > MAX_DMA_BYTES {
+            DMA_BYTES.fetch_sub(size as u64, Ordering::Relaxed);
             refuse!(
                 "module-wide DMA memory limit ({} MiB) reached\n",
                 MAX_DMA_BYTES >> 20
             );
             return Err(ENOMEM);
         }
-        let charge = MmCharge::new(size)?;
+        let uncount = || DMA_BYTES.fetch_sub(size as u64, Ordering::Relaxed);
+        let charge = MmCharge::new(size).inspect_err(|_| {
+            uncount();
+        })?;
         let dev = dev.clone();
         let mut dma: bindings::dma_addr_t = 0;
         // SAFETY: `dev` is a live device (we hold a reference); the flags ask for
@@ -165,8 +170,10 @@ impl DmaRegion {
                 0,
             )
         };
-        let cpu = NonNull::new(cpu).ok_or(ENOMEM)?;
-        DMA_BYTES.fetch_add(size as u64, Ordering::Relaxed);
+        let Some(cpu) = NonNull::new(cpu) else {
+            uncount();
+            return Err(ENOMEM);
+        };
         // INVARIANT: allocated above with this device and size; we took a reference.
         Ok(Self {
             dev,

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! One open file of `/dev/homi`: the controller it is attached to, its queue pairs,
-//! buffers and registrations, the ioctls that change them, the page faults of its
-//! mappings, and its teardown on close, reset and unbind.
+//! One open file of `/dev/homi`: attaching it to a controller, what it does when the
+//! controller's state changes, its mappings and their faults, INFO and LIST_QPAIRS,
+//! and its teardown on close, reset and unbind. The queue ioctls are in
+//! `file_queues.rs`, the memory ioctls in `file_memory.rs`, what an attached file
+//! holds in `attached.rs`.
 //!
 //! Locking: a file's `inner` may be held while taking the module-wide locks of
 //! [`registry`](crate::registry), never the other way round. Nothing copies to or from
@@ -32,9 +34,8 @@ use kernel::{
     uaccess::UserSlice,
 };
 
+use crate::attached::Attached;
 use crate::dma::{
-    DmaRegion,
-    Pinned,
     DMA_BYTES,
     PINNED_PAGES, //
 };
@@ -45,30 +46,21 @@ use crate::glue::{
 };
 use crate::mapping::{
     self,
-    take_pgoffs,
     zap,
     Backing,
     Object,
     PAGE_SHIFT,
     PAGE_SIZE, //
 };
-use crate::memory::{
-    Buffer,
-    Held,
-    Memory,
-    Registration,
-    Waiting,
-    QUARANTINED, //
-};
+use crate::memory::QUARANTINED;
 use crate::queue::{
+    DoorbellMap,
     QueuePair,
-    Zombie,
     DOORBELL_BASE, //
 };
 use crate::registry::{
     self,
     Controller,
-    Package,
     QidRange, //
 };
 use crate::status::{
@@ -78,25 +70,7 @@ use crate::status::{
 use crate::uapi::*;
 use crate::ModuleRef;
 
-/// Buffers plus registrations one file may hold. Memory itself is limited per process
-/// (`RLIMIT_MEMLOCK`) and module-wide, not per file.
-const MAX_OBJECTS_PER_FILE: usize = 1024;
-
-/// What a file holds once attached.
-struct Attached {
-    c: Arc<Controller>,
-    queues: KVec<QueuePair>,
-    zombies: KVec<Zombie>,
-    buffers: KVec<Buffer>,
-    regs: KVec<Registration>,
-    waiting: KVec<Waiting>,
-    next_id: u32,
-    /// The process that attached, for LIST_QPAIRS.
-    pid: i32,
-    _nvme_file: ARef<File>,
-}
-
-enum Inner {
+pub(crate) enum Inner {
     /// Opened, not attached yet.
     Detached,
     Attached(Attached),
@@ -108,105 +82,24 @@ enum Inner {
 #[pin_data]
 pub(crate) struct FileState {
     #[pin]
-    inner: Mutex<Inner>,
+    pub(crate) inner: Mutex<Inner>,
     /// The file's `address_space`, for revoking user mappings.
-    mapping: usize,
-    status: StatusPage,
+    pub(crate) mapping: usize,
+    pub(crate) status: StatusPage,
     /// What revoked mappings of this file show.
     sink: KernelPage,
+    /// The doorbell pages of its live queues, for revocation at reset without `inner`
+    /// (which an ioctl may hold across admin commands that wait for the reset). Taken
+    /// after `inner`, or alone; a leaf.
+    #[pin]
+    doorbells: Mutex<KVec<DoorbellMap>>,
     _module: ModuleRef,
 }
 
-fn capable_rawio() -> bool {
+pub(crate) fn capable_rawio() -> bool {
     // SAFETY: `capable` only reads the current task's credentials; it checks the
     // initial user namespace.
     unsafe { bindings::capable(bindings::CAP_SYS_RAWIO as i32) }
-}
-
-impl Attached {
-    fn next_id(&mut self) -> u32 {
-        self.next_id = self.next_id.wrapping_add(1).max(1);
-        self.next_id
-    }
-
-    /// The queue lives that may still exist on the controller.
-    fn lives(&mut self) -> Result<KVec<u64>> {
-        let mut out = KVec::new();
-        for q in self.queues.iter_mut() {
-            if q.may_exist(&self.c) {
-                out.push(q.life, GFP_KERNEL)?;
-            }
-        }
-        for z in self.zombies.iter() {
-            if !self.c.gone(z.born) {
-                out.push(z.life, GFP_KERNEL)?;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Frees what nothing can reach any more: zombies the controller's reset took, and
-    /// memory that waited only for queues that are gone.
-    fn sweep(&mut self) {
-        let c = self.c.clone();
-        self.zombies.retain(|z| {
-            let gone = c.gone(z.born);
-            if gone {
-                c.release_qid(z.qid);
-            }
-            !gone
-        });
-        let Ok(lives) = self.lives() else { return };
-        self.waiting.retain(|w| !w.releasable(&lives));
-    }
-
-    /// Lets go of `mem`: freed now if no queue that could reach it may exist, else kept
-    /// until none does.
-    fn park(&mut self, mem: Memory) -> Result {
-        let lives = self.lives()?;
-        if lives.is_empty() {
-            return Ok(());
-        }
-        self.waiting.reserve(1, GFP_KERNEL)?;
-        self.waiting.push(
-            Waiting {
-                held: Held::new(mem),
-                lives,
-            },
-            GFP_KERNEL,
-        )?;
-        Ok(())
-    }
-
-    /// Deletes `q` on the controller and frees it, or keeps it as a zombie if it may
-    /// still exist. The caller revoked its mappings.
-    fn retire(&mut self, mut q: QueuePair) {
-        crate::QPAIRS.fetch_sub(1, Ordering::Relaxed);
-        if q.delete(&self.c) {
-            self.c.release_qid(q.qid);
-        } else if self.zombies.push(q.into_zombie(), GFP_KERNEL).is_err() {
-            pr_err!("out of memory: leaking a queue that may still exist\n");
-        }
-    }
-
-    /// The object at page offset `pgoff` and what backs that page.
-    fn lookup(&self, pgoff: u64) -> Option<(Object, Backing)> {
-        for b in self.buffers.iter() {
-            let Some(i) = pgoff.checked_sub(b.pgoff) else {
-                continue;
-            };
-            if let Some(page) = usize::try_from(i).ok().and_then(|i| b.mem.page(i)) {
-                let obj = Object {
-                    pgoff: b.pgoff,
-                    bytes: b.mem.size(),
-                    writable: true,
-                    mmio: false,
-                };
-                return Some((obj, Backing::Kernel(page)));
-            }
-        }
-        self.queues.iter().find_map(|q| q.lookup(pgoff))
-    }
 }
 
 impl FileState {
@@ -219,13 +112,14 @@ impl FileState {
                 mapping,
                 status: StatusPage::new()?,
                 sink: KernelPage::new()?,
+                doorbells <- new_mutex!(KVec::new()),
                 _module: ModuleRef::get()?,
             }),
             GFP_KERNEL,
         )
     }
 
-    fn with_attached<T>(&self, f: impl FnOnce(&mut Attached) -> Result<T>) -> Result<T> {
+    pub(crate) fn with_attached<T>(&self, f: impl FnOnce(&mut Attached) -> Result<T>) -> Result<T> {
         match &mut *self.inner.lock() {
             Inner::Attached(a) => f(a),
             Inner::Detached => Err(glue::errno(bindings::ENOTCONN)),
@@ -278,7 +172,21 @@ impl FileState {
         if ctrl.deleting() {
             return Err(ENODEV);
         }
-        let c = Controller::get(ctrl)?;
+        let mut ctrl = Some(ctrl);
+        loop {
+            // An entry retired between the lookup and `add_file` says `EAGAIN`: look up
+            // again, which makes a fresh one.
+            let Some(ctrl) = ctrl.take().or_else(|| Ctrl::from_file(&nvme_file)) else {
+                return Err(ENODEV);
+            };
+            match self.attach_to(Controller::get(ctrl)?, &nvme_file) {
+                Err(e) if e == EAGAIN => continue,
+                res => return res,
+            }
+        }
+    }
+
+    fn attach_to(self: ArcBorrow<'_, Self>, c: Arc<Controller>, nvme_file: &ARef<File>) -> Result {
         let mut inner = self.inner.lock();
         let res = match *inner {
             Inner::Detached => c.add_file(self.into()),
@@ -296,7 +204,7 @@ impl FileState {
                 waiting: KVec::new(),
                 next_id: 0,
                 pid: kernel::current!().tgid_nr_ns(None),
-                _nvme_file: nvme_file,
+                _nvme_file: nvme_file.clone(),
             });
         }
         drop(inner);
@@ -327,6 +235,7 @@ impl FileState {
                 self.status.set_queue_state(q.slot, qstate);
                 q.zap(self.mapping);
             }
+            self.doorbells.lock().clear();
             for b in a.buffers.iter() {
                 zap(self.mapping, b.pgoff, b.mem.size());
             }
@@ -334,46 +243,18 @@ impl FileState {
                 a.retire(q);
             }
             a.sweep();
-            a.c.remove_file(self);
+            // Into the controller's quarantine before leaving its file list: an entry
+            // with neither files nor quarantine may go away.
             if !a.zombies.is_empty() {
-                self.quarantine_rest(&mut a);
+                a.quarantine_rest();
             }
+            a.c.remove_file(self);
             a
             // Dropped below with `inner` released: memory, the nvme file, and the
             // controller entry.
         };
         let Attached { c, .. } = a;
         registry::put(c);
-    }
-
-    /// Moves what `a` still holds into one package of its controller's quarantine.
-    fn quarantine_rest(&self, a: &mut Attached) {
-        let born = a.zombies.iter().map(|z| z.born).max().unwrap_or(0);
-        let mut qids = KVec::new();
-        let mut held = KVec::new();
-        let mut keep = || -> Result {
-            for z in mem::take(&mut a.zombies) {
-                qids.push(z.qid, GFP_KERNEL)?;
-                for r in z.rings {
-                    held.push(r, GFP_KERNEL)?;
-                }
-            }
-            for b in mem::take(&mut a.buffers) {
-                held.push(Held::new(Memory::Coherent(b.mem)), GFP_KERNEL)?;
-            }
-            for r in mem::take(&mut a.regs) {
-                held.push(Held::new(Memory::Pinned(r.pinned)), GFP_KERNEL)?;
-            }
-            for w in mem::take(&mut a.waiting) {
-                held.push(w.held, GFP_KERNEL)?;
-            }
-            Ok(())
-        };
-        let kept = keep();
-        match kept.and_then(|()| Package::new(born, qids, held)) {
-            Ok(p) => a.c.quarantine(p),
-            Err(_) => pr_err!("out of memory: leaking quarantined memory\n"),
-        }
     }
 
     /// The file is closing (also when its process died).
@@ -384,6 +265,35 @@ impl FileState {
     /// The controller `_c` is being unbound from its driver.
     pub(crate) fn unbound(&self, _c: &Controller) {
         self.teardown(Inner::Gone);
+    }
+
+    /// First response to a state change, before `inner` (an ioctl may hold it across
+    /// admin commands waiting for the reset): publishes the controller's state, and
+    /// marks dead and revokes the doorbells of every queue a reset began after. The
+    /// fault handler checks the epoch under the same lock, so no doorbell page is mapped
+    /// again afterwards.
+    pub(crate) fn revoke_doorbells(&self, c: &Controller) {
+        let epoch = self.publish_ctrl_state(c);
+        self.doorbells.lock().retain(|d| {
+            let dead = epoch > d.born;
+            if dead {
+                self.status.set_queue_state(d.slot, HOMI_QUEUE_DEAD);
+                d.zap(self.mapping);
+            }
+            !dead
+        });
+    }
+
+    /// Records (or replaces) the doorbell pages of a queue that just became live.
+    pub(crate) fn track_doorbells(&self, q: &QueuePair) -> Result {
+        let mut maps = self.doorbells.lock();
+        maps.retain(|d| d.slot != q.slot);
+        maps.push(q.doorbell_map(), GFP_KERNEL)?;
+        Ok(())
+    }
+
+    pub(crate) fn untrack_doorbells(&self, slot: u32) {
+        self.doorbells.lock().retain(|d| d.slot != slot);
     }
 
     /// The controller's state changed: a reset begun since a queue was created makes it
@@ -469,250 +379,6 @@ impl FileState {
         })
     }
 
-    /// Checks that the controller can take a homi queue in `range` right now.
-    fn check_queue_ok(c: &Ctrl, range: &QidRange) -> Result {
-        if range.shadow && !range.user {
-            if glue::have_user_queues() {
-                refuse!(
-                    "nvme{}: shadow doorbells (Doorbell Buffer Config) are active and \
-                     nvme-pci reserved no user queues; boot with nvme.user_queues=N\n",
-                    c.instance()
-                );
-            } else {
-                refuse!(
-                    "nvme{}: shadow doorbells (Doorbell Buffer Config) are active; a stock \
-                     nvme-pci keeps them private, so homi queues cannot work here (a kernel \
-                     with qemu/patches and nvme.user_queues=N can)\n",
-                    c.instance()
-                );
-            }
-            return Err(glue::errno(bindings::EOPNOTSUPP));
-        }
-        if !c.live() {
-            refuse!(
-                "nvme{}: controller is not live (resetting?)\n",
-                c.instance()
-            );
-            return Err(EAGAIN);
-        }
-        Ok(())
-    }
-
-    pub(crate) fn create_qpair(&self, req: &HomiQpair) -> Result<HomiQpair> {
-        if req.flags != 0 || req.reserved != 0 {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            let c = a.c.clone();
-            let mqes = (c.ctrl.cap() & 0xffff) as u32 + 1;
-            if req.depth < 2 || req.depth > mqes {
-                refuse!(
-                    "nvme{}: queue depth {} outside 2..={}\n",
-                    c.ctrl.instance(),
-                    req.depth,
-                    mqes
-                );
-                return Err(EINVAL);
-            }
-            let range = QidRange::of(&c.ctrl)?;
-            Self::check_queue_ok(&c.ctrl, &range)?;
-            let slot = (0..HOMI_STATUS_SLOTS as u32)
-                .find(|s| !a.queues.iter().any(|q| q.slot == *s))
-                .ok_or(EMFILE)?;
-            a.queues.reserve(1, GFP_KERNEL)?;
-            a.zombies.reserve(1, GFP_KERNEL)?;
-            let qid = c.reserve_qid(range.first, range.last).inspect_err(|_| {
-                refuse!(
-                    "nvme{}: no spare queues: qids {}..={} are all held (the driver uses \
-                     1..={})\n",
-                    c.ctrl.instance(),
-                    range.first,
-                    range.last,
-                    c.ctrl.io_queues()
-                );
-            })?;
-            let mut q = match QueuePair::new(&c, &range, qid, req.depth, slot) {
-                Ok(q) => q,
-                Err(e) => {
-                    c.release_qid(qid);
-                    return Err(e);
-                }
-            };
-            if let Err(e) = q.create(&c) {
-                if q.may_exist(&c) {
-                    // Room was reserved above.
-                    a.zombies.push(q.into_zombie(), GFP_KERNEL)?;
-                } else {
-                    c.release_qid(qid);
-                }
-                return Err(e);
-            }
-            c.warn_trust_once(q.db_page());
-            crate::QPAIRS.fetch_add(1, Ordering::Relaxed);
-            self.status.set_queue_state(slot, HOMI_QUEUE_LIVE);
-            let reply = q.reply(c.epoch());
-            // Room was reserved above.
-            a.queues.push(q, GFP_KERNEL)?;
-            Ok(reply)
-        })
-    }
-
-    fn find_queue(a: &Attached, qid: u32) -> Result<usize> {
-        a.queues
-            .iter()
-            .position(|q| u32::from(q.qid) == qid)
-            .ok_or(ENOENT)
-    }
-
-    pub(crate) fn destroy_qpair(&self, req: &HomiId) -> Result {
-        if req.flags != 0 {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            let i = Self::find_queue(a, req.id)?;
-            let q = a.queues.remove(i).map_err(|_| ENOENT)?;
-            self.status.set_queue_state(q.slot, HOMI_QUEUE_NONE);
-            q.zap(self.mapping);
-            a.retire(q);
-            a.sweep();
-            Ok(())
-        })
-    }
-
-    pub(crate) fn rearm_qpair(&self, req: &HomiQpair) -> Result<HomiQpair> {
-        if req.flags != 0 || req.reserved != 0 {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            let c = a.c.clone();
-            let i = Self::find_queue(a, req.qid)?;
-            let q = &mut a.queues[i];
-            if q.live {
-                return Err(EBUSY);
-            }
-            if q.may_exist(&c) {
-                // The reset that killed it has not disabled the controller yet.
-                return Err(EAGAIN);
-            }
-            let range = QidRange::of(&c.ctrl)?;
-            Self::check_queue_ok(&c.ctrl, &range)?;
-            if !range.contains(q.qid) {
-                refuse!(
-                    "nvme{}: qid {} is no longer one homi may use (qids {}..={}); destroy it\n",
-                    c.ctrl.instance(),
-                    q.qid,
-                    range.first,
-                    range.last
-                );
-                return Err(EBUSY);
-            }
-            q.rearm(&c, &range)?;
-            self.status.set_queue_state(q.slot, HOMI_QUEUE_LIVE);
-            Ok(q.reply(c.epoch()))
-        })
-    }
-
-    pub(crate) fn alloc(&self, req: &HomiAlloc) -> Result<HomiAlloc> {
-        if req.flags != 0
-            || req.id != 0
-            || req.size == 0
-            || req.size > HOMI_ALLOC_MAX
-            || req.size % PAGE_SIZE as u64 != 0
-        {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            if a.buffers.len() + a.regs.len() >= MAX_OBJECTS_PER_FILE {
-                return Err(EMFILE);
-            }
-            a.buffers.reserve(1, GFP_KERNEL)?;
-            let mem = DmaRegion::alloc(&a.c.ctrl.dev_ref()?, req.size as usize)?;
-            let b = Buffer {
-                id: a.next_id(),
-                pgoff: take_pgoffs(mem.size()),
-                mem,
-            };
-            let reply = HomiAlloc {
-                size: req.size,
-                flags: 0,
-                id: b.id,
-                offset: b.pgoff << PAGE_SHIFT,
-                dma_addr: b.mem.dma(),
-            };
-            // Room was reserved above.
-            a.buffers.push(b, GFP_KERNEL)?;
-            Ok(reply)
-        })
-    }
-
-    pub(crate) fn free(&self, req: &HomiId) -> Result {
-        if req.flags != 0 {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            let i = a
-                .buffers
-                .iter()
-                .position(|b| b.id == req.id)
-                .ok_or(ENOENT)?;
-            let b = a.buffers.remove(i).map_err(|_| ENOENT)?;
-            zap(self.mapping, b.pgoff, b.mem.size());
-            a.park(Memory::Coherent(b.mem))
-        })
-    }
-
-    pub(crate) fn register(&self, req: &HomiRegister) -> Result<HomiRegister> {
-        let page = PAGE_SIZE as u64;
-        if req.flags != 0
-            || req.id != 0
-            || req.len == 0
-            || req.addr % page != 0
-            || req.len % page != 0
-        {
-            return Err(EINVAL);
-        }
-        let pages = usize::try_from(req.len / page).map_err(|_| EINVAL)?;
-        // Pinning and copying the addresses out can take the mmap lock, which mmap and
-        // faults hold while they take `inner`: so check under `inner`, pin and copy
-        // without it, and take it again to record the registration.
-        let check = |a: &Attached| {
-            if a.buffers.len() + a.regs.len() >= MAX_OBJECTS_PER_FILE {
-                return Err(EMFILE);
-            }
-            Ok(())
-        };
-        let (dev, ctrl) = self.with_attached(|a| {
-            check(a)?;
-            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key()))
-        })?;
-        let pinned = Pinned::new(&dev, req.addr, req.len)?;
-        let mut w = UserSlice::new(UserPtr::from_addr(req.dma_addrs as usize), pages * 8).writer();
-        pinned.for_each_page_dma(|addr| w.write(&addr))?;
-        self.with_attached(|a| {
-            // Another thread may have registered meanwhile, or the file was re-attached.
-            if a.c.ctrl.key() != ctrl {
-                return Err(ENODEV);
-            }
-            check(a)?;
-            a.regs.reserve(1, GFP_KERNEL)?;
-            let id = a.next_id();
-            // Room was reserved above.
-            a.regs.push(Registration { id, pinned }, GFP_KERNEL)?;
-            Ok(HomiRegister { id, ..*req })
-        })
-    }
-
-    pub(crate) fn unregister(&self, req: &HomiId) -> Result {
-        if req.flags != 0 {
-            return Err(EINVAL);
-        }
-        self.with_attached(|a| {
-            let i = a.regs.iter().position(|r| r.id == req.id).ok_or(ENOENT)?;
-            let r = a.regs.remove(i).map_err(|_| ENOENT)?;
-            a.park(Memory::Pinned(r.pinned))
-        })
-    }
-
     pub(crate) fn mmap(&self, vma: &VmaNew) -> Result {
         // SAFETY: `vma` is being set up under the mmap lock; reading its offset is fine.
         let pgoff = unsafe { (*vma.as_ptr()).vm_pgoff } as u64;
@@ -730,7 +396,7 @@ impl FileState {
             return mapping::setup(vma, self, &status);
         }
         self.with_attached(|a| {
-            let Some((obj, _)) = a.lookup(pgoff) else {
+            let Some((obj, _, _)) = a.lookup(pgoff) else {
                 refuse!(
                     "mmap: no homi object at offset {:#x}\n",
                     pgoff << PAGE_SHIFT
@@ -746,14 +412,27 @@ impl FileState {
     /// revocation can run in between.
     pub(crate) fn fault(&self, pgoff: u64, insert: impl FnOnce(Backing) -> u32) -> u32 {
         let inner = self.inner.lock();
-        let found = if pgoff == HOMI_STATUS_OFFSET >> PAGE_SHIFT {
-            Some(Backing::Kernel(self.status.addr()))
-        } else if let Inner::Attached(a) = &*inner {
-            a.lookup(pgoff).map(|(_, b)| b)
-        } else {
-            None
+        let sink = Backing::Kernel(self.sink.addr());
+        if pgoff == HOMI_STATUS_OFFSET >> PAGE_SHIFT {
+            return insert(Backing::Kernel(self.status.addr()));
+        }
+        let Inner::Attached(a) = &*inner else {
+            return insert(sink);
         };
-        insert(found.unwrap_or(Backing::Kernel(self.sink.addr())))
+        match a.lookup(pgoff) {
+            None => insert(sink),
+            Some((_, backing, None)) => insert(backing),
+            // A doorbell page: checked and inserted under the lock the reset's
+            // revocation takes, against the epoch the watch bumps synchronously.
+            Some((_, backing, Some(born))) => {
+                let _maps = self.doorbells.lock();
+                if a.c.epoch() == born {
+                    insert(backing)
+                } else {
+                    insert(sink)
+                }
+            }
+        }
     }
 }
 

@@ -348,12 +348,14 @@ impl Ctrl {
     /// turned into `EIO`.
     pub(crate) fn admin(&self, sqe: &[u32; 16], buf: Option<&mut [u8]>) -> Result<u32> {
         self.admin_status(sqe, buf)?.map_err(|status| {
-            pr_warn!(
-                "nvme{}: admin opcode {:#04x} failed: status {:#x}\n",
-                self.instance(),
-                sqe[0] & 0xff,
-                status
-            );
+            if log_ratelimit() {
+                pr_warn!(
+                    "nvme{}: admin opcode {:#04x} failed: status {:#x}\n",
+                    self.instance(),
+                    sqe[0] & 0xff,
+                    status
+                );
+            }
             EIO
         })
     }

@@ -306,9 +306,9 @@ void homi_page_free(void *addr)
  * it runs. It keeps homi's own reset accounting, which nothing outside homi
  * can rewrite (unlike nr_reset, which sysfs can):
  *  - @resets counts entries into RESETTING;
- *  - @cleared is @resets as of the last entry into CONNECTING. nvme-pci enters
- *    CONNECTING only after the controller was disabled (or reset by NSSR), so
- *    every I/O queue created while @resets was below @cleared is gone.
+ *  - @cleared is @resets as of the last entry into CONNECTING from
+ *    nvme_reset_work, which disables the controller first, so every I/O queue
+ *    created while @resets was below @cleared is gone.
  * The wake function then schedules @changed, which runs in process context.
  */
 struct homi_watch {
@@ -332,7 +332,13 @@ static int homi_watch_wake(struct wait_queue_entry *entry, unsigned int mode,
 		w->last = state;
 		if (state == NVME_CTRL_RESETTING)
 			atomic64_inc(&w->resets);
-		else if (state == NVME_CTRL_CONNECTING)
+		/*
+		 * Only nvme_reset_work enters CONNECTING after disabling the
+		 * controller; the subsystem reset path passes through it before
+		 * the controller has even seen its reset.
+		 */
+		else if (state == NVME_CTRL_CONNECTING &&
+			 current_work() == &w->ctrl->reset_work)
 			atomic64_set(&w->cleared, atomic64_read(&w->resets));
 	}
 	schedule_work(&w->work);

@@ -35,8 +35,11 @@ use kernel::{
 };
 
 mod admin;
+mod attached;
 mod dma;
 mod file;
+mod file_memory;
+mod file_queues;
 mod glue;
 mod mapping;
 mod memory;

@@ -24,6 +24,7 @@ use kernel::{bindings, prelude::*};
 
 use crate::admin::{
     self,
+    Created,
     Deleted, //
 };
 use crate::dma::DmaRegion;
@@ -94,6 +95,8 @@ pub(crate) struct QueuePair {
     db_offset: u32,
     /// BAR0's physical address.
     bar: u64,
+    /// Whether an SQ may exist beside the CQ (Create I/O SQ was sent and not refused).
+    sq_made: bool,
     /// While the queue may exist on the controller: the epoch it was created in.
     born: Option<u64>,
     /// This life of the queue on the controller; memory freed meanwhile waits for it.
@@ -102,6 +105,53 @@ pub(crate) struct QueuePair {
     /// begins, set again by rearm.
     pub(crate) live: bool,
     shadow: Option<Shadow>,
+}
+
+/// A live queue's doorbell pages, kept apart from the file's `inner` so that a reset
+/// revokes them at once, whatever ioctl holds `inner` meanwhile.
+pub(crate) struct DoorbellMap {
+    pub(crate) slot: u32,
+    /// The epoch the queue was created in: a later one makes its doorbells invalid.
+    pub(crate) born: u64,
+    /// The MMIO doorbell page, the shadow and event index pages (0: none).
+    pub(crate) pgoffs: [u64; 3],
+}
+
+impl DoorbellMap {
+    pub(crate) fn zap(&self, mapping: usize) {
+        for p in self.pgoffs.iter().filter(|p| **p != 0) {
+            zap(mapping, *p, PAGE_SIZE);
+        }
+    }
+}
+
+/// Where qid's doorbells are: BAR0's physical address, the physical address of the page
+/// holding them, and the SQ tail doorbell's offset in it. Refuses placements where a
+/// one-page mapping would miss the CQ doorbell or expose more than doorbells.
+fn doorbells(c: &Controller, qid: u16) -> Result<(u64, u64, u32)> {
+    let stride = u64::from(c.ctrl.doorbell_stride());
+    let (bar, _) = c.ctrl.bar();
+    let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
+    let db_page = db & !(PAGE_SIZE as u64 - 1);
+    let db_offset = (db - db_page) as u32;
+    if u64::from(db_offset) + stride + 4 > PAGE_SIZE as u64 {
+        refuse!(
+            "nvme{}: qid {}'s doorbells straddle a page (stride {}); refused\n",
+            c.ctrl.instance(),
+            qid,
+            stride
+        );
+        return Err(crate::glue::errno(bindings::EOPNOTSUPP));
+    }
+    if !c.ctrl.bar0_page_holds_only_doorbells(db_page) {
+        refuse!(
+            "nvme{}: the page of qid {}'s doorbells holds more than doorbells; refused\n",
+            c.ctrl.instance(),
+            qid
+        );
+        return Err(crate::glue::errno(bindings::EOPNOTSUPP));
+    }
+    Ok((bar, bar + db_page, db_offset))
 }
 
 /// A queue whose Delete failed: it may still exist on the controller, so its rings stay
@@ -123,30 +173,7 @@ impl QueuePair {
         depth: u32,
         slot: u32,
     ) -> Result<Self> {
-        let stride = u64::from(c.ctrl.doorbell_stride());
-        let (bar, _) = c.ctrl.bar();
-        let db = DOORBELL_BASE + 2 * u64::from(qid) * stride;
-        let db_page = db & !(PAGE_SIZE as u64 - 1);
-        let db_offset = (db - db_page) as u32;
-        // The mapping is one page: the CQ head doorbell must be on it too, and the page
-        // must hold nothing but doorbells.
-        if u64::from(db_offset) + stride + 4 > PAGE_SIZE as u64 {
-            refuse!(
-                "nvme{}: qid {}'s doorbells straddle a page (stride {}); refused\n",
-                c.ctrl.instance(),
-                qid,
-                stride
-            );
-            return Err(crate::glue::errno(bindings::EOPNOTSUPP));
-        }
-        if !c.ctrl.bar0_page_holds_only_doorbells(db_page) {
-            refuse!(
-                "nvme{}: the page of qid {}'s doorbells holds more than doorbells; refused\n",
-                c.ctrl.instance(),
-                qid
-            );
-            return Err(crate::glue::errno(bindings::EOPNOTSUPP));
-        }
+        let (bar, db_phys, db_offset) = doorbells(c, qid)?;
         let shadow = Shadow::new(c, range, qid)?;
         let dev = c.ctrl.dev_ref()?;
         let sq = DmaRegion::alloc(&dev, depth as usize * 64)?;
@@ -158,9 +185,10 @@ impl QueuePair {
             sq_pgoff: take_pgoffs(sq.size()),
             cq_pgoff: take_pgoffs(cq.size()),
             db_pgoff: take_pgoffs(PAGE_SIZE),
-            db_phys: bar + db_page,
+            db_phys,
             db_offset,
             bar,
+            sq_made: false,
             born: None,
             life: 0,
             live: false,
@@ -178,18 +206,47 @@ impl QueuePair {
         if !c.ctrl.live() {
             return Err(EAGAIN);
         }
+        self.life = NEXT_LIFE.fetch_add(1, Ordering::Relaxed);
         // From the first Create on, the queue may exist.
         self.born = Some(epoch);
-        self.life = NEXT_LIFE.fetch_add(1, Ordering::Relaxed);
-        let made = admin::create_cq(&c.ctrl, self.qid, self.depth, self.cq.dma())
-            .and_then(|()| admin::create_sq(&c.ctrl, self.qid, self.depth, self.sq.dma()));
-        if made.is_ok() && c.epoch() == epoch && c.ctrl.live() {
-            self.live = true;
-            return Ok(());
-        }
+        self.sq_made = false;
+        let cq = admin::create_cq(&c.ctrl, self.qid, self.depth, self.cq.dma());
+        let sq = if matches!(cq, Ok(Created::Yes)) {
+            self.sq_made = true;
+            Some(admin::create_sq(
+                &c.ctrl,
+                self.qid,
+                self.depth,
+                self.sq.dma(),
+            ))
+        } else {
+            None
+        };
+        // The commands may have run on the controller a reset re-enabled, before that
+        // reset's CONNECTING: the queue was created in this epoch at the latest.
+        let now = c.epoch();
+        self.born = Some(now);
+        let err = match (cq, sq) {
+            (Ok(Created::Yes), Some(Ok(Created::Yes))) if now == epoch && c.ctrl.live() => {
+                self.live = true;
+                return Ok(());
+            }
+            (Ok(Created::Yes), Some(Ok(Created::Yes))) => EAGAIN,
+            (Ok(Created::Refused), _) => {
+                // Nothing was created, and the qid's owner (if any) is not us.
+                self.born = None;
+                return Err(EIO);
+            }
+            (Ok(Created::Yes), Some(Ok(Created::Refused))) => {
+                self.sq_made = false;
+                EIO
+            }
+            (Err(e), _) | (_, Some(Err(e))) => e,
+            (Ok(Created::Yes), None) => EIO,
+        };
         // A reset began meanwhile, or a command failed: take down whatever exists.
         self.delete(c);
-        Err(made.err().unwrap_or(EAGAIN))
+        Err(err)
     }
 
     /// Whether a reset began since the queue was created (it is dead to user space).
@@ -226,7 +283,11 @@ impl QueuePair {
             return true;
         }
         // The SQ goes first: deleting a CQ with an SQ still bound to it is an error.
-        let sq = admin::delete_sq(&c.ctrl, self.qid);
+        let sq = if self.sq_made {
+            admin::delete_sq(&c.ctrl, self.qid)
+        } else {
+            Ok(Deleted::NotThere)
+        };
         let cq = admin::delete_cq(&c.ctrl, self.qid);
         if matches!(
             (sq, cq),
@@ -244,12 +305,26 @@ impl QueuePair {
     /// Recreates the queue after a reset destroyed it: same qid and rings (zeroed), new
     /// doorbell offsets, so old doorbell mappings stay revoked.
     pub(crate) fn rearm(&mut self, c: &Controller, range: &QidRange) -> Result {
-        // The reset may have turned shadow doorbells on or off.
+        // The reset may have turned shadow doorbells on or off, or moved the doorbells.
         self.shadow = Shadow::new(c, range, self.qid)?;
+        (self.bar, self.db_phys, self.db_offset) = doorbells(c, self.qid)?;
         self.sq.zero();
         self.cq.zero();
         self.db_pgoff = take_pgoffs(PAGE_SIZE);
         self.create(c)
+    }
+
+    /// What the state watch needs to revoke the queue's doorbells without `inner`.
+    pub(crate) fn doorbell_map(&self) -> DoorbellMap {
+        let (shadow, eventidx) = self
+            .shadow
+            .as_ref()
+            .map_or((0, 0), |s| (s.pgoff, s.eventidx_pgoff));
+        DoorbellMap {
+            slot: self.slot,
+            born: self.born.unwrap_or(0),
+            pgoffs: [self.db_pgoff, shadow, eventidx],
+        }
     }
 
     /// Revokes the doorbell mappings, MMIO and shadow.
@@ -268,9 +343,10 @@ impl QueuePair {
         self.zap_doorbells(mapping);
     }
 
-    /// The object at page offset `pgoff`, if it is one of this queue's: its extent, and
-    /// what backs page `pgoff`. Doorbells exist only while the queue is live.
-    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing)> {
+    /// The object at page offset `pgoff`, if it is one of this queue's: its extent, what
+    /// backs page `pgoff`, and for a doorbell page (MMIO or shadow) the epoch the queue
+    /// was created in. Doorbells exist only while the queue is live.
+    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Option<u64>)> {
         let ring = |start: u64, mem: &DmaRegion| {
             let i = usize::try_from(pgoff.checked_sub(start)?).ok()?;
             let page = mem.page(i)?;
@@ -280,7 +356,7 @@ impl QueuePair {
                 writable: true,
                 mmio: false,
             };
-            Some((obj, Backing::Kernel(page)))
+            Some((obj, Backing::Kernel(page), None))
         };
         if let Some(found) = ring(self.sq_pgoff, &self.sq).or_else(|| ring(self.cq_pgoff, &self.cq))
         {
@@ -289,6 +365,7 @@ impl QueuePair {
         if !self.live {
             return None;
         }
+        let born = self.born;
         let page = |pgoff: u64, writable: bool, mmio: bool| Object {
             pgoff,
             bytes: PAGE_SIZE,
@@ -296,16 +373,18 @@ impl QueuePair {
             mmio,
         };
         if pgoff == self.db_pgoff {
-            return Some((page(pgoff, true, true), Backing::Mmio(self.db_phys)));
+            return Some((page(pgoff, true, true), Backing::Mmio(self.db_phys), born));
         }
         let s = self.shadow.as_ref()?;
         if pgoff == s.pgoff {
-            Some((page(pgoff, true, false), Backing::Kernel(s.slots.page)))
-        } else if pgoff == s.eventidx_pgoff {
             Some((
-                page(pgoff, false, false),
-                Backing::Kernel(s.slots.eventidx_page),
+                page(pgoff, true, false),
+                Backing::Kernel(s.slots.page),
+                born,
             ))
+        } else if pgoff == s.eventidx_pgoff {
+            let eventidx = Backing::Kernel(s.slots.eventidx_page);
+            Some((page(pgoff, false, false), eventidx, born))
         } else {
             None
         }

@@ -4,12 +4,17 @@
 //! files attached to it (for unbind), homi's own reset accounting and the quarantine
 //! of memory that closed files left behind.
 //!
-//! Locking: `CONTROLLERS` and each controller's `shared` are leaves: code holding one
-//! takes no other lock of homi's; it copies what it needs and lets go. A file's `inner`
-//! may be held while taking them. The last reference to a [`Controller`] is never
+//! Locking: a file's `inner` may be held while taking `CONTROLLERS`, which may be held
+//! while taking a controller's `shared`; `shared` is a leaf. Code holding them copies
+//! what it needs and lets go. The last reference to a [`Controller`] is never
 //! dropped from its own state watch (stopping the watch waits for it).
 
 use core::ffi::c_void;
+
+use core::sync::atomic::{
+    AtomicBool,
+    Ordering, //
+};
 
 use kernel::{
     bindings,
@@ -65,13 +70,22 @@ pub(crate) struct Package {
 }
 
 impl Package {
-    pub(crate) fn new(born: u64, qids: KVec<u16>, held: KVec<Held>) -> Result<Self> {
-        Ok(Self {
-            born,
-            qids,
-            _held: held,
-            _module: ModuleRef::get()?,
-        })
+    /// Fails only while the module is going away, giving the parts back so that the
+    /// caller can keep them rather than free them.
+    pub(crate) fn new(
+        born: u64,
+        qids: KVec<u16>,
+        held: KVec<Held>,
+    ) -> core::result::Result<Self, (KVec<u16>, KVec<Held>)> {
+        match ModuleRef::get() {
+            Ok(module) => Ok(Self {
+                born,
+                qids,
+                _held: held,
+                _module: module,
+            }),
+            Err(_) => Err((qids, held)),
+        }
     }
 }
 
@@ -84,6 +98,8 @@ struct Shared {
     unbinding: bool,
     /// The trust warnings were logged (once per controller).
     warned: bool,
+    /// The entry left the module-wide list: nothing may attach to it any more.
+    dead: bool,
 }
 
 /// A controller homi is attached to.
@@ -91,6 +107,8 @@ struct Shared {
 pub(crate) struct Controller {
     /// Declared first, so it is stopped first on drop, before what its callback uses.
     watch: Watch,
+    /// Set once the entry is fully built; the watch callback ignores changes before.
+    ready: AtomicBool,
     pub(crate) ctrl: Ctrl,
     #[pin]
     shared: Mutex<Shared>,
@@ -154,6 +172,7 @@ impl Controller {
         let raw = ctrl.raw_nonnull();
         let c = Arc::pin_init(
             try_pin_init!(&this in Self {
+                ready: AtomicBool::new(false),
                 ctrl,
                 shared <- new_mutex!(Shared {
                     qids: KVec::new(),
@@ -161,14 +180,18 @@ impl Controller {
                     quarantine: KVec::new(),
                     unbinding: false,
                     warned: false,
+                    dead: false,
                 }),
-                // Last: the callback may run at once and finds everything else in place.
+                // Last: the callback may run at once; it reads only `ready` until that
+                // is set below.
                 // SAFETY: `this` stays valid until the watch stops, which `Drop` of the
                 // `Controller` does first.
                 watch: unsafe { Watch::start(raw, state_changed, this.as_ptr().cast()) }?,
             }),
             GFP_KERNEL,
         )?;
+        c.ready.store(true, Ordering::Release);
+        // Room was reserved above.
         all.push(c.clone(), GFP_KERNEL)?;
         Ok(c)
     }
@@ -183,11 +206,15 @@ impl Controller {
         self.watch.cleared() > born
     }
 
-    /// Lists `file` as attached, unless the driver is being unbound.
+    /// Lists `file` as attached, unless the driver is being unbound (`ENODEV`) or the
+    /// entry was retired meanwhile (`EAGAIN`: look the controller up again).
     pub(crate) fn add_file(&self, file: Arc<FileState>) -> Result {
         let mut s = self.shared.lock();
         if s.unbinding {
             return Err(ENODEV);
+        }
+        if s.dead {
+            return Err(EAGAIN);
         }
         s.files.push(file, GFP_KERNEL)?;
         Ok(())
@@ -238,10 +265,14 @@ impl Controller {
     /// Takes memory a closed file left behind, with the qids of its undeleted queues.
     pub(crate) fn quarantine(&self, p: Package) {
         let mut s = self.shared.lock();
-        if s.quarantine.push(p, GFP_KERNEL).is_err() {
+        if s.quarantine.reserve(1, GFP_KERNEL).is_err() {
             // Nowhere to keep it: keeping it forever is safe, freeing it is not.
             pr_err!("out of memory: leaking quarantined memory\n");
+            core::mem::forget(p);
+            return;
         }
+        // Room was reserved above, so this cannot drop `p`.
+        let _ = s.quarantine.push(p, GFP_KERNEL);
     }
 
     /// Releases the packages whose queues are gone (all of them if `everything`), and
@@ -289,10 +320,18 @@ impl Controller {
         }
     }
 
-    /// The watch saw a state change: release what a reset freed, tell the files.
+    /// The watch saw a state change: revoke the doorbells of queues a reset killed
+    /// (first, without waiting for any file's `inner`), release what a reset freed,
+    /// tell the files.
     fn state_changed(&self) {
-        self.sweep(false);
+        if !self.ready.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(files) = self.files() else { return };
+        for f in files.iter() {
+            f.revoke_doorbells(self);
+        }
+        self.sweep(false);
         for f in files.iter() {
             f.state_changed();
         }
@@ -311,20 +350,23 @@ pub(crate) fn all() -> Result<KVec<Arc<Controller>>> {
 
 /// Drops the entry of `c` if nothing uses it any more: no file, no quarantine. An entry
 /// whose driver is unbinding stays until the unbind is done, so that no file attaches
-/// in between.
+/// in between. Deciding and leaving the list happen under both locks, so no file can
+/// attach to an entry that is leaving, and no package can land in one.
 pub(crate) fn put(c: Arc<Controller>) {
-    let idle = {
-        let s = c.shared.lock();
-        s.files.is_empty() && s.quarantine.is_empty() && !s.unbinding
-    };
-    if idle {
+    let entry = {
         let mut all = CONTROLLERS.lock();
-        let mine = all.iter().position(|x| Arc::ptr_eq(x, &c));
-        // Taken out under the lock, dropped after it.
-        let entry = mine.and_then(|i| all.remove(i).ok());
-        drop(all);
-        drop(entry);
-    }
+        let mut s = c.shared.lock();
+        if s.files.is_empty() && s.quarantine.is_empty() && !s.unbinding && !s.dead {
+            s.dead = true;
+            drop(s);
+            let mine = all.iter().position(|x| Arc::ptr_eq(x, &c));
+            mine.and_then(|i| all.remove(i).ok())
+        } else {
+            None
+        }
+    };
+    // Dropped with no lock held: the last reference stops the state watch.
+    drop(entry);
     drop(c);
 }
 
@@ -380,6 +422,7 @@ pub(crate) unsafe extern "C" fn unbinding(dev: *mut c_void, done: bool) {
     c.sweep(true);
     let entry = {
         let mut all = CONTROLLERS.lock();
+        c.shared.lock().dead = true;
         let mine = all.iter().position(|x| Arc::ptr_eq(x, &c));
         mine.and_then(|i| all.remove(i).ok())
     };

@@ -137,7 +137,7 @@ pub fn shadow(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         // SAFETY: fresh mappings of homi's pages; each is unmapped before the file closes.
         unsafe {
             ensure!(
-                mmap(None, page, rw, shared, &homi, q.eventidx_offset as i64).err() == Some(Errno::EPERM),
+                mmap(None, page, rw, shared, &homi, q.eventidx_offset as i64).err() == Some(Errno::EACCES),
                 "writable event index page"
             );
             ensure!(

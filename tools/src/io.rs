@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use homi::{Command, Controller};
+use homi::{Command, Controller, QueuePair};
 
 /// Arguments of `homi read` / `homi write`.
 #[derive(clap::Args)]
@@ -73,30 +73,37 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
     let chunk_blocks = CHUNK as u64 / bs;
     let nchunks = blocks.div_ceil(chunk_blocks);
     let mut free_slots: Vec<usize> = (0..a.qd as usize).collect();
-    let (mut next, mut done) = (0u64, 0u64);
+    // Per slot, the chunk in flight there; chunks a reset caught go to `retry`.
+    let mut in_flight: Vec<Option<u64>> = vec![None; a.qd as usize];
+    let mut retry: Vec<u64> = Vec::new();
+    let (mut next, mut done, mut resets) = (0u64, 0u64, 0u32);
     let start = Instant::now();
     while done < nchunks {
-        while next < nchunks && !free_slots.is_empty() {
+        while !free_slots.is_empty() && (!retry.is_empty() || next < nchunks) {
+            let chunk = retry.pop().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            });
             let slot = free_slots.pop().expect("checked");
-            let lba = a.lba + next * chunk_blocks;
-            let n = chunk_blocks.min(blocks - next * chunk_blocks);
+            let lba = a.lba + chunk * chunk_blocks;
+            let n = chunk_blocks.min(blocks - chunk * chunk_blocks);
             let off = slot * CHUNK;
             let len = (n * bs) as usize;
             let (p1, p2) = buf.prps(off, len)?;
             let cmd = if write {
-                let from = (next * chunk_blocks * bs) as usize;
+                let from = (chunk * chunk_blocks * bs) as usize;
                 buf.write_at(off, &data[from..from + len])?;
                 Command::write(a.nsid, lba, n as u32)
             } else {
                 Command::read(a.nsid, lba, n as u32)
             };
             // SAFETY: the slot is ours until its completion; `buf` outlives the queue.
-            unsafe { qp.push(&cmd.with_prps(p1, p2), next << 16 | slot as u64)? };
-            next += 1;
+            unsafe { qp.push(&cmd.with_prps(p1, p2), chunk << 16 | slot as u64)? };
+            in_flight[slot] = Some(chunk);
         }
         qp.ring();
         let mut failed = None;
-        qp.poll(|c| {
+        let polled = qp.poll(|c| {
             let (chunk, slot) = (c.token >> 16, (c.token & 0xffff) as usize);
             if let Err(e) = c.ok() {
                 failed = Some(format!("chunk {chunk}: {e}"));
@@ -106,15 +113,42 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
                 // Completed, so the device is done with the slot.
                 let _ = buf.read_at(slot * CHUNK, &mut data[from..from + len]);
             }
+            in_flight[slot] = None;
             free_slots.push(slot);
             done += 1;
-        })?;
+        });
+        // Commands a reset caught never complete: with nothing completing, ask the
+        // status page (no syscall) whether the queue still lives.
+        let lost = match polled {
+            Ok(0) => qp.check().err(),
+            Ok(_) => None,
+            Err(e) => Some(e),
+        };
+        match lost {
+            None => {}
+            Some(homi::Error::Reset { .. }) => {
+                resets += 1;
+                ensure!(resets <= 1000, "gave up after {resets} controller resets");
+                rearm(&mut qp)?;
+                // The rearmed queue forgot every command: resubmit their chunks.
+                for (slot, chunk) in in_flight.iter_mut().enumerate() {
+                    if let Some(c) = chunk.take() {
+                        retry.push(c);
+                        free_slots.push(slot);
+                    }
+                }
+            }
+            Some(e) => return Err(e.into()),
+        }
         if let Some(f) = failed {
             bail!("I/O failed: {f}");
         }
         if start.elapsed() > Duration::from_secs(300) {
             bail!("gave up after 300 s with {done}/{nchunks} commands done");
         }
+    }
+    if resets > 0 {
+        eprintln!("homi: {resets} controller reset(s) during the transfer; the queue was rearmed and the I/O redone");
     }
     let secs = start.elapsed().as_secs_f64();
     if !write {
@@ -133,4 +167,20 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
         a.qd
     );
     Ok(())
+}
+
+/// Recreates `qp` after a controller reset: waits (up to 60 s) until the reset has
+/// disabled and re-enabled the controller and the queue can be created again.
+pub fn rearm(qp: &mut QueuePair) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        match qp.rearm() {
+            Ok(()) => return Ok(()),
+            // Not live yet, or the status page has not marked the queue dead yet.
+            Err(homi::Error::NotLive | homi::Error::Invalid(_)) if start.elapsed() < Duration::from_secs(60) => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(anyhow::Error::from(e).context("rearm after a controller reset")),
+        }
+    }
 }

@@ -299,13 +299,16 @@ pub struct HomiAlloc {
 /// Largest single [`HOMI_IOCTL_ALLOC`].
 pub const HOMI_ALLOC_MAX: u64 = 4 << 20;
 
+/// Largest single [`HOMI_IOCTL_REGISTER`].
+pub const HOMI_REGISTER_MAX: u64 = 16 << 30;
+
 /// Input and reply of [`HOMI_IOCTL_REGISTER`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HomiRegister {
     /// In: user address, 4096-aligned.
     pub addr: u64,
-    /// In: bytes, a non-zero multiple of 4096.
+    /// In: bytes, a non-zero multiple of 4096, at most [`HOMI_REGISTER_MAX`].
     pub len: u64,
     /// In: user pointer to an array of `len / 4096` u64s, filled with each page's
     /// controller-visible address.

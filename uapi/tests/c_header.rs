@@ -64,6 +64,7 @@ fn expectations() -> Vec<(&'static str, u64)> {
         size!("homi_alloc", HomiAlloc),
         off!("homi_alloc", HomiAlloc, id),
         off!("homi_alloc", HomiAlloc, dma_addr),
+        ("HOMI_REGISTER_MAX", HOMI_REGISTER_MAX),
         size!("homi_register", HomiRegister),
         off!("homi_register", HomiRegister, dma_addrs),
         off!("homi_register", HomiRegister, id),

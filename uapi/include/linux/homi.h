@@ -103,6 +103,8 @@ struct homi_alloc {
 	__u64 dma_addr;
 };
 
+#define HOMI_REGISTER_MAX (16ULL << 30)
+
 struct homi_register {
 	__u64 addr;
 	__u64 len;
