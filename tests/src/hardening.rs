@@ -28,7 +28,7 @@ fn info_now() -> anyhow::Result<HomiInfo> {
 }
 
 /// Waits until nothing homi held is left: queues, DMA memory, pins, quarantine.
-fn wait_nothing_held() -> anyhow::Result<()> {
+pub(crate) fn wait_nothing_held() -> anyhow::Result<()> {
     let mut last = None;
     let ok = (0..1500).any(|_| {
         let i = info_now();
@@ -87,7 +87,7 @@ fn listed_for(pid: u32) -> anyhow::Result<usize> {
 }
 
 /// Fills the queue with reads of `len` bytes into `dma` and rings; returns how many.
-fn flood_reads(qp: &mut homi::QueuePair, dma: u64, len: u32) -> u64 {
+pub(crate) fn flood_reads(qp: &mut homi::QueuePair, dma: u64, len: u32) -> u64 {
     let mut n = 0;
     while qp.free_slots() > 0 {
         let cmd = Command::read(1, LBA + n * 8, len / 512).with_prps(dma, 0);
@@ -325,17 +325,7 @@ fn races_with_reset(h: &mut Harness) -> anyhow::Result<()> {
             const CANARY_LEN: usize = 32 << 20;
             for round in 0..12u64 {
                 let how = ["destroy", "close", "kill"][(round % 3) as usize];
-                let mut child = std::process::Command::new("/proc/self/exe")
-                    .args(["helper", "reader"])
-                    .stdout(std::process::Stdio::piped())
-                    .spawn()
-                    .context("spawn reader")?;
-                let mut ready = String::new();
-                std::io::BufRead::read_line(
-                    &mut std::io::BufReader::new(child.stdout.as_mut().context("reader stdout")?),
-                    &mut ready,
-                )?;
-                ensure!(ready.trim() == "ready", "reader said {ready:?}");
+                let mut child = spawn_reader()?;
                 let resetter = std::thread::spawn(reset_controller);
                 std::thread::sleep(Duration::from_micros(200 * round));
                 match how {
@@ -362,6 +352,22 @@ fn races_with_reset(h: &mut Harness) -> anyhow::Result<()> {
         },
     );
     Ok(())
+}
+
+/// Starts a `reader` helper (see [`helper`]) and waits until its reads are in flight.
+pub(crate) fn spawn_reader() -> anyhow::Result<std::process::Child> {
+    let mut child = std::process::Command::new("/proc/self/exe")
+        .args(["helper", "reader"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawn reader")?;
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().context("reader stdout")?),
+        &mut ready,
+    )?;
+    ensure!(ready.trim() == "ready", "reader said {ready:?}");
+    Ok(child)
 }
 
 /// With the nvme fault injector failing the next admin command, DESTROY cannot delete
@@ -456,94 +462,6 @@ pub fn swiotlb(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         let mut qp = ctrl.create_qpair(16)?;
         roundtrip(&ctrl, &mut qp, LBA, 60)
     });
-    Ok(())
-}
-
-/// Long runs for the debug kernel: resets under combined homi and kernel I/O, and
-/// holders killed mid-I/O; each ends with a clean unload.
-pub fn soak(kmod_path: &Path, h: &mut Harness, resets: u32, kills: u32) -> anyhow::Result<()> {
-    if !kmod::loaded("homi") {
-        kmod::load(kmod_path, "").context("load homi.ko")?;
-    }
-    h.check(&format!("soak: {resets} resets under homi and kernel I/O; homi resumes after each"), || {
-        let stop = Arc::new(AtomicBool::new(false));
-        let kernel_io = {
-            let stop = stop.clone();
-            std::thread::spawn(move || -> anyhow::Result<u64> {
-                let mut n = 0;
-                while !stop.load(Ordering::Acquire) {
-                    // Errors are expected while the controller resets.
-                    if kernel_write(LBA + 8192 + (n % 64) * 16, &pattern(n, 8192)).is_ok() {
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })
-        };
-        let ctrl = Controller::open(NVME)?;
-        let mut qp = ctrl.create_qpair(64)?;
-        let mut resume = Vec::new();
-        for r in 0..resets {
-            roundtrip(&ctrl, &mut qp, LBA + u64::from(r % 16) * 32, u64::from(r))?;
-            reset_controller()?;
-            let t = Instant::now();
-            loop {
-                match homi_resume(&ctrl, &mut qp, u64::from(r)) {
-                    Ok(()) => break,
-                    Err(e) if t.elapsed() < Duration::from_secs(30) => {
-                        let _ = e;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => bail!("reset {r}: homi I/O did not resume in 30 s: {e:#}"),
-                }
-            }
-            resume.push(t.elapsed());
-        }
-        stop.store(true, Ordering::Release);
-        let kernel_ios = kernel_io.join().map_err(|_| anyhow::anyhow!("kernel I/O thread panicked"))??;
-        resume.sort();
-        println!(
-            "soak: homi I/O resumed after a reset in median {:?}, max {:?} ({kernel_ios} kernel writes beside)",
-            resume[resume.len() / 2],
-            resume[resume.len() - 1]
-        );
-        Ok(())
-    });
-    h.check(&format!("soak: {kills} holders SIGKILLed mid-I/O leave nothing behind"), || {
-        for k in 0..kills {
-            let mut child = std::process::Command::new("/proc/self/exe")
-                .args(["helper", "reader"])
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .context("spawn reader")?;
-            let mut ready = String::new();
-            std::io::BufRead::read_line(
-                &mut std::io::BufReader::new(child.stdout.as_mut().context("reader stdout")?),
-                &mut ready,
-            )?;
-            std::thread::sleep(Duration::from_millis(u64::from(k % 7)));
-            child.kill()?;
-            child.wait()?;
-        }
-        wait_nothing_held()
-    });
-    h.check("soak: the module unloads cleanly afterwards", || {
-        wait_nothing_held()?;
-        kmod::unload("homi").context("delete_module(homi)")?;
-        kmod::load(kmod_path, "")
-    });
-    Ok(())
-}
-
-/// One homi round trip after a reset: rearms the queue if the reset killed it.
-fn homi_resume(ctrl: &Controller, qp: &mut homi::QueuePair, seed: u64) -> anyhow::Result<()> {
-    if qp.queue_state() == Some(HOMI_QUEUE_DEAD) {
-        qp.rearm()?;
-    }
-    let buf = ctrl.alloc(4096)?;
-    let data = pattern(seed, 4096);
-    homi_write(qp, &buf, LBA + 4096, &data)?;
-    ensure!(homi_read(qp, &buf, LBA + 4096, 4096)? == data, "read back differs");
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod harness;
 mod kmod;
 mod queues;
 mod shapes;
+mod soak;
 mod stress;
 mod suites;
 

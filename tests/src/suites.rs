@@ -24,7 +24,7 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "swiotlb" => crate::hardening::swiotlb(kmod_path, h),
         "soak" => {
             let (resets, kills) = (arg(50)?, arg(200)?);
-            crate::hardening::soak(kmod_path, h, resets as u32, kills as u32)
+            crate::soak::soak(kmod_path, h, resets as u32, kills as u32)
         }
         "fuzz" => {
             let secs = arg(60)?;
