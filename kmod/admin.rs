@@ -59,9 +59,14 @@ pub(crate) enum Created {
     Refused,
 }
 
+/// Status code type 3 (path related): the host gave up on the command (aborted it in a
+/// reset, or never sent it), so it says nothing of what the controller did.
+const SCT_PATH: u16 = 0x300;
+
 fn create(ctrl: &Ctrl, sqe: &[u32; 16]) -> Result<Created> {
     Ok(match ctrl.admin_status(sqe, None)? {
         Ok(_) => Created::Yes,
+        Err(status) if status & 0x700 == SCT_PATH => return Err(EIO),
         Err(status) => {
             if crate::glue::log_ratelimit() {
                 pr_warn!(

@@ -152,9 +152,12 @@ impl FileState {
             let c = a.c.clone();
             let i = Self::find_queue(a, req.qid)?;
             let q = &mut a.queues[i];
-            if q.live {
+            if q.live && !q.reset_since(c.epoch()) {
                 return Err(EBUSY);
             }
+            // A reset began since it was created: dead, whether or not the state watch
+            // got to it yet (its doorbells are revoked without `inner`).
+            q.live = false;
             if q.may_exist(&c) {
                 // The reset that killed it has not disabled the controller yet.
                 return Err(EAGAIN);

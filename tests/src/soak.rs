@@ -44,9 +44,13 @@ pub fn soak(kmod_path: &Path, h: &mut Harness, resets: u32, kills: u32) -> anyho
         let ctrl = Controller::open(NVME)?;
         let mut qp = ctrl.create_qpair(64)?;
         let mut resume = Vec::new();
+        let mut reset_times = Vec::new();
         for r in 0..resets {
             roundtrip(&ctrl, &mut qp, LBA + u64::from(r % 16) * 32, u64::from(r))?;
+            // The sysfs write returns when nvme-pci's reset work is done.
+            let r0 = Instant::now();
             reset_controller()?;
+            reset_times.push(r0.elapsed());
             let t = Instant::now();
             loop {
                 match homi_resume(&ctrl, &mut qp, u64::from(r)) {
@@ -63,8 +67,12 @@ pub fn soak(kmod_path: &Path, h: &mut Harness, resets: u32, kills: u32) -> anyho
         stop.store(true, Ordering::Release);
         let kernel_ios = kernel_io.join().map_err(|_| anyhow::anyhow!("kernel I/O thread panicked"))??;
         resume.sort();
+        reset_times.sort();
         println!(
-            "soak: homi I/O resumed after a reset in median {:?}, max {:?} ({kernel_ios} kernel writes beside)",
+            "# soak: the controller reset took median {:?}, max {:?}; homi I/O resumed after it in median {:?}, \
+             max {:?} ({kernel_ios} kernel writes beside)",
+            reset_times[reset_times.len() / 2],
+            reset_times[reset_times.len() - 1],
             resume[resume.len() / 2],
             resume[resume.len() - 1]
         );

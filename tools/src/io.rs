@@ -37,8 +37,8 @@ const CHUNK: usize = 8192;
 
 pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
     ensure!((1..=1024).contains(&a.qd), "--qd must be 1..=1024");
-    let ctrl = Controller::open(&a.nvme).with_context(|| format!("attach {}", a.nvme.display()))?;
-    let info = ctrl.info()?;
+    let ctrl = while_resetting(|| Controller::open(&a.nvme)).with_context(|| format!("attach {}", a.nvme.display()))?;
+    let info = while_resetting(|| ctrl.info())?;
     let ns = info.namespaces[..info.nr_namespaces as usize]
         .iter()
         .find(|n| n.nsid == a.nsid)
@@ -67,7 +67,7 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
         data = vec![0; (blocks * bs) as usize];
     }
 
-    let mut qp = ctrl.create_qpair((a.qd + 1).max(2))?;
+    let mut qp = while_resetting(|| ctrl.create_qpair((a.qd + 1).max(2)))?;
     // One CHUNK-sized slot per command in flight.
     let buf = ctrl.alloc(CHUNK * a.qd as usize)?;
     let chunk_blocks = CHUNK as u64 / bs;
@@ -176,11 +176,32 @@ pub fn rearm(qp: &mut QueuePair) -> anyhow::Result<()> {
     loop {
         match qp.rearm() {
             Ok(()) => return Ok(()),
-            // Not live yet, or the status page has not marked the queue dead yet.
-            Err(homi::Error::NotLive | homi::Error::Invalid(_)) if start.elapsed() < Duration::from_secs(60) => {
+            // Not live yet, the status page has not marked the queue dead yet, or another
+            // reset aborted the recreation.
+            Err(
+                homi::Error::NotLive
+                | homi::Error::Invalid(_)
+                | homi::Error::Ioctl { source: nix::Error::EIO | nix::Error::EINTR, .. },
+            ) if start.elapsed() < Duration::from_secs(60) => {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => return Err(anyhow::Error::from(e).context("rearm after a controller reset")),
+        }
+    }
+}
+
+/// Runs `f` until it stops failing because the controller is resetting (not live, or
+/// an admin command the reset aborted), for up to 60 s.
+fn while_resetting<T>(mut f: impl FnMut() -> homi::Result<T>) -> homi::Result<T> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Err(homi::Error::NotLive | homi::Error::Ioctl { source: nix::Error::EIO | nix::Error::EINTR, .. })
+                if start.elapsed() < Duration::from_secs(60) =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
         }
     }
 }

@@ -76,18 +76,20 @@ pub struct Controller {
 impl Controller {
     /// Attaches to the controller `/dev/nvmeX` at `nvme` through `/dev/homi`.
     ///
-    /// Needs `CAP_SYS_RAWIO` and read-write access to `nvme`.
+    /// Needs `CAP_SYS_RAWIO` and read-write access to `nvme`. While the controller
+    /// resets, fails with [`Error::NotLive`]: try again.
     pub fn open(nvme: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(HomiDevice::open()?, nvme.as_ref())
     }
 
     /// Attaches through an already open homi device.
     pub fn open_with(dev: HomiDevice, nvme: &Path) -> Result<Self> {
-        let nvme_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(nvme)
-            .map_err(|source| Error::Open { path: nvme.to_owned(), source })?;
+        let nvme_file =
+            OpenOptions::new().read(true).write(true).open(nvme).map_err(|source| match source.raw_os_error() {
+                // nvme's char device refuses opens while the controller is not live.
+                Some(nix::libc::EWOULDBLOCK) => Error::NotLive,
+                _ => Error::Open { path: nvme.to_owned(), source },
+            })?;
         let req = HomiAttach { nvme_fd: nvme_file.as_raw_fd(), flags: 0 };
         // SAFETY: the fd is open and `req` is a valid `HomiAttach`.
         unsafe { sys::homi_attach(dev.file().as_raw_fd(), &req) }
