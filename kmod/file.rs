@@ -208,7 +208,8 @@ impl FileState {
             });
         }
         drop(inner);
-        registry::put(c);
+        // Dropped with `inner` released (see the locking rules above).
+        drop(c);
         res
     }
 
@@ -243,8 +244,6 @@ impl FileState {
                 a.retire(q);
             }
             a.sweep();
-            // Into the controller's quarantine before leaving its file list: an entry
-            // with neither files nor quarantine may go away.
             if !a.zombies.is_empty() {
                 a.quarantine_rest();
             }
@@ -253,8 +252,7 @@ impl FileState {
             // Dropped below with `inner` released: memory, the nvme file, and the
             // controller entry.
         };
-        let Attached { c, .. } = a;
-        registry::put(c);
+        drop(a);
     }
 
     /// The file is closing (also when its process died).

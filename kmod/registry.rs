@@ -2,7 +2,9 @@
 
 //! The controllers homi is attached to, module-wide: for each, the qids it holds, the
 //! files attached to it (for unbind), homi's own reset accounting and the quarantine
-//! of memory that closed files left behind.
+//! of memory that closed files left behind. An entry lives from the first ATTACH to
+//! its controller until the driver lets go of the controller (unbind) or the module
+//! unloads, so its reset count (the generation user space sees) only grows.
 //!
 //! Locking: a file's `inner` may be held while taking `CONTROLLERS`, which may be held
 //! while taking a controller's `shared`; `shared` is a leaf. Code holding them copies
@@ -98,7 +100,8 @@ struct Shared {
     unbinding: bool,
     /// The trust warnings were logged (once per controller).
     warned: bool,
-    /// The entry left the module-wide list: nothing may attach to it any more.
+    /// The entry left the module-wide list (the driver let go of the controller):
+    /// nothing may attach to it any more.
     dead: bool,
 }
 
@@ -346,28 +349,6 @@ pub(crate) fn all() -> Result<KVec<Arc<Controller>>> {
         out.push(c.clone(), GFP_KERNEL)?;
     }
     Ok(out)
-}
-
-/// Drops the entry of `c` if nothing uses it any more: no file, no quarantine. An entry
-/// whose driver is unbinding stays until the unbind is done, so that no file attaches
-/// in between. Deciding and leaving the list happen under both locks, so no file can
-/// attach to an entry that is leaving, and no package can land in one.
-pub(crate) fn put(c: Arc<Controller>) {
-    let entry = {
-        let mut all = CONTROLLERS.lock();
-        let mut s = c.shared.lock();
-        if s.files.is_empty() && s.quarantine.is_empty() && !s.unbinding && !s.dead {
-            s.dead = true;
-            drop(s);
-            let mine = all.iter().position(|x| Arc::ptr_eq(x, &c));
-            mine.and_then(|i| all.remove(i).ok())
-        } else {
-            None
-        }
-    };
-    // Dropped with no lock held: the last reference stops the state watch.
-    drop(entry);
-    drop(c);
 }
 
 /// `homi_watch` callback, in process context.

@@ -160,22 +160,26 @@ cmp b b.homi && echo "   identical"
 echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
 $B/examples/readwrite /dev/nvme0
 echo "== while a process holds queues, homi queues names it"
-$B/homi perf --path homi --qd 4 --threads 2 --ios 20000 --json > perf.json &
-sleep 1
+$B/homi perf --path homi --qd 4 --threads 2 --ios 200000 --json > perf.json &
+perf=$!
+until $B/homi queues | grep -q " $perf "; do
+  kill -0 $perf 2>/dev/null || {{ echo "   homi perf ended before homi queues listed it"; exit 1; }}
+  sleep 0.05
+done
 $B/homi queues
-wait
+wait $perf
 echo "== a controller reset in the middle of a 32 MiB homi write: the queue is rearmed, the write completes"
 head -c 33554432 /dev/urandom > c
 $B/homi write --lba 16384 --file c --qd 2 2> write.err &
 writer=$!
 until $B/homi queues | grep -q qid; do sleep 0.05; done
-gen=$($B/homi info --json | grep '"generation"')
+gen=$($B/homi info --json | grep '"generation"' | tr -dc 0-9)
 echo 1 > /sys/class/nvme/nvme0/reset_controller
 wait $writer || {{ cat write.err; exit 1; }}
 cat write.err
 grep -q 'controller reset(s) during the transfer' write.err || {{ echo "   the reset did not land during the write"; exit 1; }}
 dd if=/dev/nvme0n1 of=c.kernel bs=1M skip=8 count=32 iflag=direct status=none
-cmp c c.kernel && echo "   identical to the kernel's view; generation moved from ${{gen##* }} to $($B/homi info --json | grep '"generation"' | sed 's/.* //')"
+cmp c c.kernel && echo "   identical to the kernel's view; homi's reset count moved from $gen to $($B/homi info --json | grep '"generation"' | tr -dc 0-9)"
 echo "== after the tools exit, homi holds nothing"
 $B/homi info | grep -A1 'homi holds'
 $B/homi info --json > held.json
