@@ -238,6 +238,9 @@ pub fn hardening(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
 
     races_with_reset(h)?;
 
+    if Path::new("/sys/kernel/debug").is_dir() && !Path::new(FAULT_INJECT).exists() {
+        let _ = std::process::Command::new("mount").args(["-t", "debugfs", "none", "/sys/kernel/debug"]).status();
+    }
     if Path::new(FAULT_INJECT).exists() {
         h.check("hardening: a failed Delete quarantines the queue and keeps its qid until a reset", failed_delete);
     } else {
@@ -378,6 +381,7 @@ fn failed_delete() -> anyhow::Result<()> {
     roundtrip(&ctrl, &mut qp, LBA, 40)?;
     let i0 = ctrl.info()?;
     let inject = |name: &str, v: &str| std::fs::write(Path::new(FAULT_INJECT).join(name), v);
+    inject("verbose", "0")?; // no stack trace in the kernel log
     inject("status", "6")?; // Internal Error
     inject("dont_retry", "1")?;
     inject("times", "1")?;
