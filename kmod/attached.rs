@@ -29,6 +29,7 @@ use crate::memory::{
     Waiting, //
 };
 use crate::queue::{
+    Gate,
     QueuePair,
     Zombie, //
 };
@@ -132,9 +133,9 @@ impl Attached {
         }
     }
 
-    /// The object at page offset `pgoff`, what backs that page, and for a doorbell page
-    /// the epoch its queue was created in.
-    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Option<u64>)> {
+    /// The object at page offset `pgoff`, what backs that page, and when a fault may
+    /// map it.
+    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Gate)> {
         for b in self.buffers.iter() {
             let Some(i) = pgoff.checked_sub(b.pgoff) else {
                 continue;
@@ -146,7 +147,7 @@ impl Attached {
                     writable: true,
                     mmio: false,
                 };
-                return Some((obj, Backing::Kernel(page), None));
+                return Some((obj, Backing::Kernel(page), Gate::Always));
             }
         }
         self.queues.iter().find_map(|q| q.lookup(pgoff))

@@ -55,6 +55,7 @@ use crate::mapping::{
 use crate::memory::QUARANTINED;
 use crate::queue::{
     DoorbellMap,
+    Gate,
     QueuePair,
     DOORBELL_BASE, //
 };
@@ -419,12 +420,12 @@ impl FileState {
         };
         match a.lookup(pgoff) {
             None => insert(sink),
-            Some((_, backing, None)) => insert(backing),
+            Some((_, backing, Gate::Always)) => insert(backing),
             // A doorbell page: checked and inserted under the lock the reset's
             // revocation takes, against the epoch the watch bumps synchronously.
-            Some((_, backing, Some(born))) => {
+            Some((_, backing, Gate::Doorbell(born))) => {
                 let _maps = self.doorbells.lock();
-                if a.c.epoch() == born {
+                if born == Some(a.c.epoch()) {
                     insert(backing)
                 } else {
                     insert(sink)

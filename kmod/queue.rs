@@ -125,6 +125,15 @@ impl DoorbellMap {
     }
 }
 
+/// When a fault may map a page of an object.
+pub(crate) enum Gate {
+    /// Whenever the object exists (rings, buffers).
+    Always,
+    /// A doorbell page (MMIO or shadow): only in the epoch its queue was created in
+    /// (`Some`), and only while the queue is live (`None` when it is not).
+    Doorbell(Option<u64>),
+}
+
 /// Where qid's doorbells are: BAR0's physical address, the physical address of the page
 /// holding them, and the SQ tail doorbell's offset in it. Refuses placements where a
 /// one-page mapping would miss the CQ doorbell or expose more than doorbells.
@@ -344,9 +353,8 @@ impl QueuePair {
     }
 
     /// The object at page offset `pgoff`, if it is one of this queue's: its extent, what
-    /// backs page `pgoff`, and for a doorbell page (MMIO or shadow) the epoch the queue
-    /// was created in. Doorbells exist only while the queue is live.
-    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Option<u64>)> {
+    /// backs page `pgoff`, and when a fault may map it.
+    pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Gate)> {
         let ring = |start: u64, mem: &DmaRegion| {
             let i = usize::try_from(pgoff.checked_sub(start)?).ok()?;
             let page = mem.page(i)?;
@@ -356,16 +364,15 @@ impl QueuePair {
                 writable: true,
                 mmio: false,
             };
-            Some((obj, Backing::Kernel(page), None))
+            Some((obj, Backing::Kernel(page), Gate::Always))
         };
         if let Some(found) = ring(self.sq_pgoff, &self.sq).or_else(|| ring(self.cq_pgoff, &self.cq))
         {
             return Some(found);
         }
-        if !self.live {
-            return None;
-        }
-        let born = self.born;
+        // A doorbell page may be mapped while the queue is dead (a reset may catch a
+        // caller between CREATE and its mmap); its faults then get the sink page.
+        let born = Gate::Doorbell(self.born.filter(|_| self.live));
         let page = |pgoff: u64, writable: bool, mmio: bool| Object {
             pgoff,
             bytes: PAGE_SIZE,
