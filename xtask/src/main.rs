@@ -151,12 +151,14 @@ echo "== 1 MiB written through a homi queue, read back by the kernel (O_DIRECT)"
 head -c 1048576 /dev/urandom > a
 $B/homi write --lba 2048 --file a
 dd if=/dev/nvme0n1 of=a.kernel bs=1M skip=1 count=1 iflag=direct status=none
-cmp a a.kernel && echo "   identical"
+cmp a a.kernel || {{ echo "   the kernel read something else"; exit 1; }}
+echo "   identical"
 echo "== 1 MiB written by the kernel (O_DIRECT), read back through a homi queue"
 head -c 1048576 /dev/urandom > b
 dd if=b of=/dev/nvme0n1 bs=1M seek=2 oflag=direct conv=fsync status=none
 $B/homi read --lba 4096 --blocks 2048 --file b.homi
-cmp b b.homi && echo "   identical"
+cmp b b.homi || {{ echo "   homi read something else"; exit 1; }}
+echo "   identical"
 echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
 $B/examples/readwrite /dev/nvme0
 echo "== while a process holds queues, homi queues names it"
@@ -179,7 +181,10 @@ wait $writer || {{ cat write.err; exit 1; }}
 cat write.err
 grep -q 'controller reset(s) during the transfer' write.err || {{ echo "   the reset did not land during the write"; exit 1; }}
 dd if=/dev/nvme0n1 of=c.kernel bs=1M skip=8 count=32 iflag=direct status=none
-cmp c c.kernel && echo "   identical to the kernel's view; homi's reset count moved from $gen to $($B/homi info --json | grep '"generation"' | tr -dc 0-9)"
+cmp c c.kernel || {{ echo "   the kernel read something else"; exit 1; }}
+gen2=$($B/homi info --json | grep '"generation"' | tr -dc 0-9)
+[ "$gen2" -gt "$gen" ] || {{ echo "   homi's reset count did not move ($gen)"; exit 1; }}
+echo "   identical to the kernel's view; homi's reset count moved from $gen to $gen2"
 echo "== after the tools exit, homi holds nothing"
 $B/homi info | grep -A1 'homi holds'
 $B/homi info --json > held.json
