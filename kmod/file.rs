@@ -286,7 +286,13 @@ impl FileState {
     /// Records (or replaces) the doorbell pages of a queue that just became live.
     pub(crate) fn track_doorbells(&self, q: &QueuePair) -> Result {
         let mut maps = self.doorbells.lock();
-        maps.retain(|d| d.slot != q.slot);
+        // A replaced record's pages are revoked: nothing else would.
+        maps.retain(|d| {
+            if d.slot == q.slot {
+                d.zap(self.mapping);
+            }
+            d.slot != q.slot
+        });
         maps.push(q.doorbell_map(), GFP_KERNEL)?;
         Ok(())
     }

@@ -114,7 +114,7 @@ impl FileState {
                 a.retire(q);
                 return Err(e);
             }
-            let reply = q.reply(c.epoch());
+            let reply = q.reply();
             // Room was reserved above.
             a.queues.push(q, GFP_KERNEL)?;
             Ok(reply)
@@ -135,8 +135,9 @@ impl FileState {
         self.with_attached(|a| {
             let i = Self::find_queue(a, req.id)?;
             let q = a.queues.remove(i).map_err(|_| ENOENT)?;
-            self.status.set_queue_state(q.slot, HOMI_QUEUE_NONE);
+            // Untracked first, so a concurrent revocation cannot mark the slot dead.
             self.untrack_doorbells(q.slot);
+            self.status.set_queue_state(q.slot, HOMI_QUEUE_NONE);
             q.zap(self.mapping);
             a.retire(q);
             a.sweep();
@@ -156,11 +157,22 @@ impl FileState {
                 return Err(EBUSY);
             }
             // A reset began since it was created: dead, whether or not the state watch
-            // got to it yet (its doorbells are revoked without `inner`).
+            // got to it yet. Its old doorbell pages are revoked here too (the fault
+            // handler cannot map them again: its epoch check fails, and `inner` is held).
             q.live = false;
+            self.status.set_queue_state(q.slot, HOMI_QUEUE_DEAD);
+            self.untrack_doorbells(q.slot);
+            q.zap_doorbells(self.mapping);
             if q.may_exist(&c) {
-                // The reset that killed it has not disabled the controller yet.
-                return Err(EAGAIN);
+                if !c.ctrl.live() {
+                    // The reset that killed it has not disabled the controller yet.
+                    return Err(EAGAIN);
+                }
+                // Live again, yet the queue may exist: a Delete sent during the reset
+                // failed. Ask the controller now; it answers Invalid QID if it is gone.
+                if !q.delete(&c) {
+                    return Err(EAGAIN);
+                }
             }
             let range = QidRange::of(&c.ctrl)?;
             Self::check_queue_ok(&c.ctrl, &range)?;
@@ -181,7 +193,7 @@ impl FileState {
                 return Err(e);
             }
             self.status.set_queue_state(q.slot, HOMI_QUEUE_LIVE);
-            Ok(q.reply(c.epoch()))
+            Ok(q.reply())
         })
     }
 }

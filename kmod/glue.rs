@@ -328,6 +328,10 @@ impl Ctrl {
         sqe: &[u32; 16],
         buf: Option<&mut [u8]>,
     ) -> Result<core::result::Result<u32, u16>> {
+        // Once nvme_remove began, the admin queue is being torn down.
+        if self.deleting() {
+            return Err(ENODEV);
+        }
         let (ptr, len) = match buf {
             Some(b) => (b.as_mut_ptr().cast(), u32::try_from(b.len())?),
             None => (core::ptr::null_mut(), 0),

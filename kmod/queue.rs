@@ -410,7 +410,9 @@ impl QueuePair {
         }
     }
 
-    pub(crate) fn reply(&self, generation: u64) -> HomiQpair {
+    /// The CREATE and REARM reply; `generation` is the epoch the queue was created in.
+    pub(crate) fn reply(&self) -> HomiQpair {
+        let generation = self.born.unwrap_or(0);
         let (flags, shadow_offset, eventidx_offset, shadow_sq, shadow_cq) = match &self.shadow {
             Some(s) => (
                 HOMI_QPAIR_SHADOW,

@@ -112,6 +112,9 @@ pub(crate) struct Controller {
     watch: Watch,
     /// Set once the entry is fully built; the watch callback ignores changes before.
     ready: AtomicBool,
+    /// nvme-pci's remove has run: the controller is disabled and reaches no memory,
+    /// and its admin queue is gone, so nothing may be sent to it any more.
+    disabled: AtomicBool,
     pub(crate) ctrl: Ctrl,
     #[pin]
     shared: Mutex<Shared>,
@@ -168,6 +171,11 @@ impl Controller {
     /// The entry for `ctrl`, made (and its state watch started) if there is none.
     pub(crate) fn get(ctrl: Ctrl) -> Result<Arc<Self>> {
         let mut all = CONTROLLERS.lock();
+        // Checked under the lock the unbind's end takes: nvme_remove marks the
+        // controller deleting before that end removes its entry.
+        if ctrl.deleting() {
+            return Err(ENODEV);
+        }
         if let Some(c) = all.iter().find(|c| c.ctrl.key() == ctrl.key()) {
             return Ok(c.clone());
         }
@@ -176,6 +184,7 @@ impl Controller {
         let c = Arc::pin_init(
             try_pin_init!(&this in Self {
                 ready: AtomicBool::new(false),
+                disabled: AtomicBool::new(false),
                 ctrl,
                 shared <- new_mutex!(Shared {
                     qids: KVec::new(),
@@ -206,7 +215,7 @@ impl Controller {
 
     /// Whether a queue created in epoch `born` is certainly gone from the controller.
     pub(crate) fn gone(&self, born: u64) -> bool {
-        self.watch.cleared() > born
+        self.disabled.load(Ordering::Acquire) || self.watch.cleared() > born
     }
 
     /// Lists `file` as attached, unless the driver is being unbound (`ENODEV`) or the
@@ -363,6 +372,8 @@ unsafe extern "C" fn state_changed(ctx: *mut c_void) {
 }
 
 fn find_by_dev(dev: *mut bindings::device) -> Option<Arc<Controller>> {
+    // At most one: `get` refuses a controller being deleted, and the unbind's end
+    // removes the entry before the device can be bound again.
     CONTROLLERS
         .lock()
         .iter()
@@ -399,7 +410,14 @@ pub(crate) unsafe extern "C" fn unbinding(dev: *mut c_void, done: bool) {
         }
         return;
     }
-    // The controller is disabled: nothing can reach the quarantine now.
+    // The controller is disabled: nothing can reach homi's memory now. A file that
+    // attached after the first notification (before nvme_remove marked the controller
+    // deleting) is torn down here, without admin commands.
+    c.disabled.store(true, Ordering::Release);
+    let late = core::mem::take(&mut c.shared.lock().files);
+    for f in late.iter() {
+        f.unbound(&c);
+    }
     c.sweep(true);
     let entry = {
         let mut all = CONTROLLERS.lock();

@@ -102,7 +102,13 @@ impl StatusPage {
         }
     }
 
+    /// Sets `ctrl_state`; once it says `HOMI_CTRL_GONE` (the file's controller was
+    /// unbound) it stays so.
     pub(crate) fn set_ctrl_state(&self, state: u32) {
-        self.set_u32(Self::CTRL_STATE, state);
+        // SAFETY: a 4-aligned slot inside the live page, as for `set_generation`.
+        let slot = unsafe { AtomicU32::from_ptr(self.slot(Self::CTRL_STATE).cast()) };
+        let _ = slot.fetch_update(Ordering::Release, Ordering::Relaxed, |old| {
+            (old != HOMI_CTRL_GONE).then_some(state)
+        });
     }
 }
