@@ -266,9 +266,13 @@ fn mmap_race(rounds: u32, queues: bool) -> anyhow::Result<()> {
     let freer = {
         let (homi, latest, done) = (homi.clone(), latest.clone(), done.clone());
         std::thread::spawn(move || {
+            let mut rng = Rng(0x5eed);
             while !done.load(Ordering::Acquire) {
                 let id = latest.swap(0, Ordering::AcqRel);
                 if id != 0 {
+                    // A varying head start, so that the free lands before, during and
+                    // after the other thread's mmap and faults.
+                    std::thread::sleep(Duration::from_micros(rng.below(300)));
                     let req = if queues { HOMI_IOCTL_DESTROY_QPAIR } else { HOMI_IOCTL_FREE };
                     let _ = raw(&homi, req, &mut HomiId { id, flags: 0 });
                 }
