@@ -282,6 +282,10 @@ fn mmap_race(rounds: u32, queues: bool) -> anyhow::Result<()> {
     let mut mapped = 0u32;
     let result = (|| -> anyhow::Result<()> {
         for round in 0..rounds {
+            // The freeing thread has taken the last object: one in flight at a time.
+            while latest.load(Ordering::Acquire) != 0 {
+                std::thread::yield_now();
+            }
             let (id, offset, len) = if queues {
                 let mut q = HomiQpair { depth: 64, ..Default::default() };
                 raw(&homi, HOMI_IOCTL_CREATE_QPAIR, &mut q).context("CREATE_QPAIR")?;
