@@ -19,7 +19,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 5;
+pub const ABI_MINOR: u32 = 6;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -217,11 +217,27 @@ pub struct HomiInfo {
 
 /// [`HomiQpair::flags`] (out): the queue uses shadow doorbells.
 pub const HOMI_QPAIR_SHADOW: u32 = 1 << 0;
+/// [`HomiQpair::flags`] (in and out, create only): the SQ ring lives in memory the
+/// caller holds, [`HomiQpair::sq_memory`] at [`HomiQpair::sq_memory_offset`], rather
+/// than in module memory. Rearm keeps it there.
+pub const HOMI_QPAIR_SQ_IN_MEMORY: u32 = 1 << 8;
+/// [`HomiQpair::flags`] (in and out, create only): the CQ ring lives in memory the
+/// caller holds, [`HomiQpair::cq_memory`] at [`HomiQpair::cq_memory_offset`].
+pub const HOMI_QPAIR_CQ_IN_MEMORY: u32 = 1 << 9;
 
 /// Input and reply of [`HOMI_IOCTL_CREATE_QPAIR`] and [`HOMI_IOCTL_REARM_QPAIR`].
 ///
 /// Offsets are for `mmap(2)` of `/dev/homi` with `MAP_SHARED`; each mapping covers
 /// exactly one ring, the doorbell page, or a shadow page.
+///
+/// Ring placement: by default both rings are module memory the caller maps. With
+/// [`HOMI_QPAIR_SQ_IN_MEMORY`] (or `_CQ_`) the ring is placed in a buffer
+/// ([`HOMI_IOCTL_ALLOC`]) or registration ([`HOMI_IOCTL_REGISTER`],
+/// [`HOMI_IOCTL_REGISTER_DMABUF`]) of the same file, at a 4096-aligned offset where the
+/// ring's pages are contiguous for the controller; the module zeroes nothing there and
+/// maps nothing (`sq_offset` or `cq_offset` is 0). That memory cannot be freed or
+/// unregistered (`EBUSY`) while the queue pair exists. A ring that does not fit, or
+/// whose pages are not contiguous, is refused with `EINVAL`.
 ///
 /// With [`HOMI_QPAIR_SHADOW`] the controller reads the queue's SQ tail and CQ head
 /// from the shadow doorbell page, and the doorbell protocol of NVMe's Doorbell Buffer
@@ -266,8 +282,20 @@ pub struct HomiQpair {
     pub shadow_cq: u32,
     /// Out: this queue's slot in [`HomiStatus::queue_state`].
     pub status_slot: u32,
+    /// In, with [`HOMI_QPAIR_SQ_IN_MEMORY`] (create only): the buffer or registration id
+    /// that holds the SQ ring; else zero. Out: as given.
+    pub sq_memory: u32,
+    /// In, with [`HOMI_QPAIR_CQ_IN_MEMORY`] (create only): the buffer or registration id
+    /// that holds the CQ ring; else zero. Out: as given.
+    pub cq_memory: u32,
     /// Reserved, zero.
     pub reserved: u32,
+    /// In, with [`HOMI_QPAIR_SQ_IN_MEMORY`]: byte offset of the SQ ring in `sq_memory`,
+    /// a multiple of 4096; else zero.
+    pub sq_memory_offset: u64,
+    /// In, with [`HOMI_QPAIR_CQ_IN_MEMORY`]: byte offset of the CQ ring in `cq_memory`,
+    /// a multiple of 4096; else zero.
+    pub cq_memory_offset: u64,
 }
 
 /// Input of the ioctls that name one object.
@@ -317,6 +345,49 @@ pub struct HomiRegister {
     pub flags: u32,
     /// Out: the registration id, for [`HOMI_IOCTL_UNREGISTER`].
     pub id: u32,
+}
+
+/// `_IOWR(0xB9, 0x0b, struct homi_register_dmabuf)`: imports a range of a dma-buf for
+/// the controller (GPU memory, a udmabuf, another device's memory) and returns one DMA
+/// address per page, as [`HOMI_IOCTL_REGISTER`] does. [`HOMI_IOCTL_UNREGISTER`] lets
+/// it go.
+///
+/// The module attaches the dma-buf to the controller's own PCI device, dynamically and
+/// peer-to-peer capable, pins it and maps it. It refuses with `EXDEV` a buffer the
+/// exporter can only place where the controller cannot reach it (P2PDMA says the
+/// topology does not allow it), and with `EINVAL` a mapping whose pages are not
+/// 4096-aligned.
+///
+/// If the exporter still moves the buffer (`move_notify`), the module destroys every
+/// queue pair of the file that could reach it, as a reset would (their status slots
+/// turn [`HOMI_QUEUE_DEAD`]), and lets the mapping go after they are deleted.
+pub const HOMI_IOCTL_REGISTER_DMABUF: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x0b,
+    core::mem::size_of::<HomiRegisterDmabuf>(),
+);
+
+/// Input and reply of [`HOMI_IOCTL_REGISTER_DMABUF`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiRegisterDmabuf {
+    /// In: a dma-buf fd.
+    pub fd: i32,
+    /// In: must be zero.
+    pub flags: u32,
+    /// In: byte offset into the dma-buf, a multiple of 4096.
+    pub offset: u64,
+    /// In: bytes, a non-zero multiple of 4096, at most [`HOMI_REGISTER_MAX`], with
+    /// `offset + len` inside the dma-buf.
+    pub len: u64,
+    /// In: user pointer to an array of `len / 4096` u64s, filled with each page's
+    /// controller-visible address.
+    pub dma_addrs: u64,
+    /// Out: the registration id, for [`HOMI_IOCTL_UNREGISTER`] and ring placement
+    /// ([`HomiQpair::sq_memory`]).
+    pub id: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }
 
 /// Input and reply of [`HOMI_IOCTL_LIST_QPAIRS`].
@@ -394,10 +465,11 @@ const _: () = assert!(core::mem::size_of::<HomiVersion>() == 16);
 const _: () = assert!(core::mem::size_of::<HomiAttach>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiNamespace>() == 24);
 const _: () = assert!(core::mem::size_of::<HomiInfo>() == 96 + 24 * HOMI_MAX_NAMESPACES);
-const _: () = assert!(core::mem::size_of::<HomiQpair>() == 96);
+const _: () = assert!(core::mem::size_of::<HomiQpair>() == 120);
 const _: () = assert!(core::mem::size_of::<HomiId>() == 8);
 const _: () = assert!(core::mem::size_of::<HomiAlloc>() == 32);
 const _: () = assert!(core::mem::size_of::<HomiRegister>() == 32);
+const _: () = assert!(core::mem::size_of::<HomiRegisterDmabuf>() == 40);
 const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS_SLOTS);
 const _: () = assert!(core::mem::size_of::<HomiStatus>() == 4096);
 const _: () = assert!(core::mem::size_of::<HomiList>() == 16);

@@ -16,6 +16,7 @@ nix::ioctl_write_ptr!(homi_free, IOCTL_TYPE, 0x07, HomiId);
 nix::ioctl_readwrite!(homi_register, IOCTL_TYPE, 0x08, HomiRegister);
 nix::ioctl_write_ptr!(homi_unregister, IOCTL_TYPE, 0x09, HomiId);
 nix::ioctl_readwrite!(homi_list_qpairs, IOCTL_TYPE, 0x0a, HomiList);
+nix::ioctl_readwrite!(homi_register_dmabuf, IOCTL_TYPE, 0x0b, HomiRegisterDmabuf);
 
 #[cfg(test)]
 mod tests {
@@ -39,5 +40,6 @@ mod tests {
         assert_eq!(rw!(t, 0x08, size_of::<HomiRegister>()), HOMI_IOCTL_REGISTER as Num);
         assert_eq!(w!(t, 0x09, size_of::<HomiId>()), HOMI_IOCTL_UNREGISTER as Num);
         assert_eq!(rw!(t, 0x0a, size_of::<HomiList>()), HOMI_IOCTL_LIST_QPAIRS as Num);
+        assert_eq!(rw!(t, 0x0b, size_of::<HomiRegisterDmabuf>()), HOMI_IOCTL_REGISTER_DMABUF as Num);
     }
 }
