@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use homi::{Command, Controller, QueuePair, SoftConfig, SoftController};
+use homi::{Command, Controller, QueuePair};
+use homi_instruments::{SoftConfig, SoftController};
 
 const LBA: u64 = 4096;
 const LEN: usize = 128 * 1024;

@@ -32,6 +32,7 @@ enum Owner {
     Module { _map: Mapping, id: u32, shared: Arc<Shared> },
     Registered { id: u32, shared: Arc<Shared>, _mem: HostPages },
     Host { _mem: HostPages },
+    External { _keep: Box<dyn std::any::Any + Send + Sync> },
 }
 
 // SAFETY: the buffer is plain memory owned by `owner`; access goes through raw pointers
@@ -40,9 +41,9 @@ unsafe impl Send for DmaBuffer {}
 // SAFETY: `&DmaBuffer` methods copy through raw pointers under the caller's contract.
 unsafe impl Sync for DmaBuffer {}
 
-/// Zeroed, page-aligned host memory.
+/// Zeroed, page-aligned host memory, freed when dropped.
 #[derive(Debug)]
-pub(crate) struct HostPages {
+pub struct HostPages {
     ptr: std::ptr::NonNull<u8>,
     len: usize,
 }
@@ -53,7 +54,8 @@ unsafe impl Send for HostPages {}
 unsafe impl Sync for HostPages {}
 
 impl HostPages {
-    pub(crate) fn new(len: usize) -> Self {
+    /// At least `len` bytes, rounded up to whole pages.
+    pub fn new(len: usize) -> Self {
         let len = len.max(1).next_multiple_of(crate::prp::PAGE);
         let layout = std::alloc::Layout::from_size_align(len, crate::prp::PAGE).expect("page layout");
         // SAFETY: the layout has a non-zero size.
@@ -62,11 +64,23 @@ impl HostPages {
         Self { ptr, len }
     }
 
-    pub(crate) fn ptr(&self) -> *mut u8 {
+    /// The first byte.
+    pub fn ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    pub(crate) fn zero(&self) {
+    /// Bytes held (whole pages).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: at least a page is held.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Zeroes every byte. Call it only while nothing else uses the memory.
+    pub fn zero(&self) {
         // SAFETY: `len` bytes owned by `self`.
         unsafe { std::ptr::write_bytes(self.ptr(), 0, self.len) };
     }
@@ -102,11 +116,29 @@ impl DmaBuffer {
         })
     }
 
-    /// Host memory for the software controller, which takes virtual addresses as DMA
-    /// addresses.
-    pub(crate) fn host(size: usize) -> Self {
+    /// Host memory whose "DMA address" is its virtual address: memory for controllers
+    /// that run in this process (test instruments).
+    pub fn host(size: usize) -> Self {
         let mem = HostPages::new(size);
         Self { ptr: mem.ptr(), len: size, dma: mem.ptr() as u64, pages: None, owner: Owner::Host { _mem: mem } }
+    }
+
+    /// Memory that something else owns and keeps alive in `keep`: `len` bytes at `ptr`
+    /// (null where this process cannot address it), at controller address `dma`, or
+    /// at the per-page addresses `pages` when not contiguous.
+    ///
+    /// # Safety
+    ///
+    /// `keep` must keep the memory alive and reachable at those addresses until it is
+    /// dropped; `pages` (if any) must hold one address per 4096 bytes of `len`.
+    pub unsafe fn from_raw(
+        ptr: *mut u8,
+        len: usize,
+        dma: u64,
+        pages: Option<Box<[u64]>>,
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Self { ptr, len, dma, pages, owner: Owner::External { _keep: keep } }
     }
 
     /// Allocates `size` bytes of page-aligned process memory and registers it: the
@@ -228,7 +260,7 @@ impl Drop for DmaBuffer {
                     tracing::warn!(id, error = %e, "HOMI_IOCTL_UNREGISTER failed");
                 }
             }
-            Owner::Host { .. } => {}
+            Owner::Host { .. } | Owner::External { .. } => {}
         }
     }
 }

@@ -28,9 +28,9 @@ pub struct DoorbellStats {
 }
 
 /// One doorbell register of a queue, with its shadow slots when the controller uses
-/// shadow doorbells.
+/// shadow doorbells: three addresses, for [`RawQueue`](crate::RawQueue).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Doorbell {
+pub struct Doorbell {
     mmio: *mut u32,
     /// The shadow slot and event index slot, or null for MMIO only.
     shadow: *mut u32,
@@ -38,17 +38,26 @@ pub(crate) struct Doorbell {
 }
 
 impl Doorbell {
-    /// An MMIO-only doorbell.
-    pub(crate) fn mmio(mmio: *mut u8) -> Self {
+    /// An MMIO-only doorbell: a 4-aligned register (or word) that lives as long as the
+    /// queue pair that rings it.
+    pub fn mmio(mmio: *mut u8) -> Self {
         Self { mmio: mmio.cast(), shadow: std::ptr::null_mut(), eventidx: std::ptr::null() }
     }
 
-    /// A doorbell with shadow and event index slots.
-    pub(crate) fn shadowed(mmio: *mut u8, shadow: *mut u8, eventidx: *const u8) -> Self {
+    /// A doorbell with shadow and event index slots, each 4-aligned and living as long
+    /// as the queue pair that rings it.
+    pub fn shadowed(mmio: *mut u8, shadow: *mut u8, eventidx: *const u8) -> Self {
         Self { mmio: mmio.cast(), shadow: shadow.cast(), eventidx: eventidx.cast() }
     }
 
-    pub(crate) fn is_shadowed(&self) -> bool {
+    /// The addresses: MMIO register, shadow slot and event index slot (null without
+    /// shadow doorbells).
+    pub fn addrs(&self) -> (*mut u32, *mut u32, *const u32) {
+        (self.mmio, self.shadow, self.eventidx)
+    }
+
+    /// Whether the doorbell goes through shadow slots.
+    pub fn is_shadowed(&self) -> bool {
         !self.shadow.is_null()
     }
 

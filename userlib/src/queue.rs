@@ -26,7 +26,6 @@ use crate::controller::Shared;
 use crate::doorbell::{Doorbell, DoorbellStats};
 use crate::mapping::Mapping;
 use crate::prp::{self, Prps, PAGE};
-use crate::soft;
 use crate::{sys, Error, Result};
 
 /// One completion, as returned by [`QueuePair::poll`].
@@ -81,19 +80,54 @@ fn dma_rmb() {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// What answers for a queue pair that homi.ko did not make: another controller that
+/// serves the same ring layout (the software controller of `homi-instruments`, say).
+/// The engine calls it only off the hot path, or once per batch of completions.
+pub trait QueueBacking: Send {
+    /// Fails with [`Error::Reset`] or [`Error::Gone`] once the queue no longer exists
+    /// on its controller (destroyed since `generation`).
+    fn check(&self, generation: u64) -> Result<()>;
+    /// Recreates the queue on its controller after a reset: same rings (zeroed), same
+    /// doorbells. Returns the new generation.
+    fn rearm(&self) -> Result<u64>;
+    /// `size` bytes of memory this controller can reach, for PRP list pages.
+    fn alloc(&self, size: usize) -> Result<DmaBuffer>;
+}
+
+/// The addresses of a queue pair's rings and doorbells, for [`QueuePair::from_raw`].
+#[derive(Clone, Copy, Debug)]
+pub struct RawQueue {
+    /// Queue ID.
+    pub qid: u16,
+    /// Entries per ring.
+    pub depth: u32,
+    /// The controller generation the queue lives in.
+    pub generation: u64,
+    /// The SQ ring: `depth` 64-byte entries.
+    pub sq: *mut u8,
+    /// The CQ ring: `depth` 16-byte entries.
+    pub cq: *mut u8,
+    /// The SQ tail doorbell.
+    pub sq_db: Doorbell,
+    /// The CQ head doorbell.
+    pub cq_db: Doorbell,
+    /// Largest transfer in bytes.
+    pub max_transfer: usize,
+}
+
 /// Where the rings live.
-pub(crate) enum Backing {
+enum Backing {
     /// Mapped from `/dev/homi`: a real controller.
     Kernel { _sq: Mapping, _cq: Mapping, db: Doorbells, shared: Arc<Shared>, slot: u32 },
-    /// Host memory served by the software controller (a test instrument).
-    Soft(Arc<soft::Queue>),
+    /// Another controller, which keeps the rings alive.
+    Other(Box<dyn QueueBacking>),
 }
 
 impl Backing {
     fn check(&self, generation: u64) -> Result<()> {
         match self {
             Backing::Kernel { shared, .. } => shared.check(generation),
-            Backing::Soft(q) => q.check(generation),
+            Backing::Other(b) => b.check(generation),
         }
     }
 }
@@ -156,39 +190,40 @@ const PRP_POOL_PAGES: u32 = 256;
 const NO_PRP: u16 = u16::MAX;
 
 impl QueuePair {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
-        qid: u16,
-        depth: u32,
-        generation: u64,
-        sq: *mut u8,
-        cq: *mut u8,
-        sq_db: Doorbell,
-        cq_db: Doorbell,
-        max_transfer: usize,
-        backing: Backing,
-    ) -> Self {
+    fn new(raw: RawQueue, backing: Backing) -> Self {
+        let depth = raw.depth;
         Self {
-            qid,
+            qid: raw.qid,
             depth,
-            sq: sq.cast(),
-            cq,
-            sq_db,
-            cq_db,
+            sq: raw.sq.cast(),
+            cq: raw.cq,
+            sq_db: raw.sq_db,
+            cq_db: raw.cq_db,
             db_stats: DoorbellStats::default(),
             sq_tail: 0,
             cq_head: 0,
             phase: true,
-            generation,
+            generation: raw.generation,
             unrung: false,
             free_cids: (0..depth as u16).rev().collect(),
             slots: (0..depth).map(|_| Slot { token: 0, prp: NO_PRP, busy: false, held: None }).collect(),
             prp_pool: None,
             prp_free: Vec::new(),
-            max_transfer,
+            max_transfer: raw.max_transfer,
             backing,
             _not_sync: PhantomData,
         }
+    }
+
+    /// Drives a queue pair that another controller serves (see [`QueueBacking`]).
+    ///
+    /// # Safety
+    ///
+    /// The rings and doorbells `raw` names must be live, zeroed at first, laid out as
+    /// NVMe prescribes for `raw.depth` entries, and used by nothing else in this
+    /// process, for as long as `backing` lives; `backing` keeps them alive.
+    pub unsafe fn from_raw(raw: RawQueue, backing: Box<dyn QueueBacking>) -> Self {
+        Self::new(raw, Backing::Other(backing))
     }
 
     pub(crate) fn map(shared: Arc<Shared>, q: HomiQpair) -> Result<Self> {
@@ -209,9 +244,17 @@ impl QueuePair {
         };
         let (sq_db, cq_db) = db.doorbells(&shared, &q);
         let (sqp, cqp) = (sq.ptr(), cq.ptr());
-        let max_transfer = shared.max_transfer;
-        let backing = Backing::Kernel { _sq: sq, _cq: cq, db, shared, slot: q.status_slot };
-        Ok(Self::new(qid, q.depth, q.generation, sqp, cqp, sq_db, cq_db, max_transfer, backing))
+        let raw = RawQueue {
+            qid,
+            depth: q.depth,
+            generation: q.generation,
+            sq: sqp,
+            cq: cqp,
+            sq_db,
+            cq_db,
+            max_transfer: shared.max_transfer,
+        };
+        Ok(Self::new(raw, Backing::Kernel { _sq: sq, _cq: cq, db, shared, slot: q.status_slot }))
     }
 
     /// The queue ID.
@@ -220,11 +263,11 @@ impl QueuePair {
     }
 
     /// `HOMI_QUEUE_*` of this queue, from the status page without a syscall; `None`
-    /// for a queue of the software controller.
+    /// for a queue that homi.ko did not make.
     pub fn queue_state(&self) -> Option<u32> {
         match &self.backing {
             Backing::Kernel { shared, slot, .. } => Some(shared.queue_state(*slot)),
-            Backing::Soft(_) => None,
+            Backing::Other(_) => None,
         }
     }
 
@@ -348,7 +391,7 @@ impl QueuePair {
     fn alloc_prp_pool(&self, size: usize) -> Result<DmaBuffer> {
         match &self.backing {
             Backing::Kernel { shared, .. } => DmaBuffer::alloc(shared.clone(), size),
-            Backing::Soft(_) => Ok(DmaBuffer::host(size)),
+            Backing::Other(b) => b.alloc(size),
         }
     }
 
@@ -508,7 +551,7 @@ impl QueuePair {
                 *db = new_db;
                 self.generation = q.generation;
             }
-            Backing::Soft(q) => self.generation = q.rearm()?,
+            Backing::Other(b) => self.generation = b.rearm()?,
         }
         self.sq_tail = 0;
         self.cq_head = 0;

@@ -19,7 +19,7 @@ fn callgrind() -> anyhow::Result<(f64, f64, f64)> {
         "--release",
         "--quiet",
         "-p",
-        "homi",
+        "homi-instruments",
         "--example",
         "hotpath_count",
     ]))?;
@@ -52,7 +52,7 @@ fn criterion() -> anyhow::Result<Vec<(&'static str, u64, f64)>> {
         "bench",
         "--quiet",
         "-p",
-        "homi",
+        "homi-instruments",
         "--bench",
         "hot_path",
         "--",

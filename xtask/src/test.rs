@@ -65,8 +65,20 @@ fn host(t: &mut Tally) {
     t.result("host: cargo clippy -D warnings", &clippy);
 
     let mut doc = cargo();
-    doc.args(["doc", "--quiet", "--no-deps", "-p", "homi", "-p", "homi-uapi", "-p", "homi-cli"])
-        .env("RUSTDOCFLAGS", "-D warnings");
+    doc.args([
+        "doc",
+        "--quiet",
+        "--no-deps",
+        "-p",
+        "homi",
+        "-p",
+        "homi-uapi",
+        "-p",
+        "homi-instruments",
+        "-p",
+        "homi-cli",
+    ])
+    .env("RUSTDOCFLAGS", "-D warnings");
     t.result("host: cargo doc, warnings denied", &crate::run_checked(&mut doc));
 
     match cargo().args(["test", "--workspace"]).output() {

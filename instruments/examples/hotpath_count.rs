@@ -13,7 +13,8 @@
 
 use std::hint::black_box;
 
-use homi::{Command, QueuePair, SoftConfig, SoftController};
+use homi::{Command, QueuePair};
+use homi_instruments::{SoftConfig, SoftController};
 
 #[inline(never)]
 fn engine_submit(qp: &mut QueuePair, cmd: &Command, batch: u64) {

@@ -1,10 +1,11 @@
 //! Protocol tests of the queue-pair engine against the software controller (a test
-//! instrument: see `homi::soft`).
+//! instrument: see `homi_instruments::soft`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use homi::{Command, DmaBuffer, Error, Fault, SoftConfig, SoftController, Status, StatusType, PAGE};
+use homi::{Command, DmaBuffer, Error, Status, StatusType, PAGE};
+use homi_instruments::{Fault, SoftConfig, SoftController};
 
 const T: Duration = Duration::from_secs(10);
 

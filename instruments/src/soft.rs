@@ -22,12 +22,12 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
-use crate::buffer::{DmaBuffer, HostPages};
-use crate::command::{Opcode, Sqe, Status};
-use crate::doorbell::Doorbell;
-use crate::prp::{LIST_ENTRIES, PAGE};
-use crate::queue::{Backing, QueuePair};
-use crate::{Error, Result};
+use homi::{
+    DmaBuffer, Doorbell, Error, HostPages, Opcode, QueueBacking, QueuePair, RawQueue, Result, Sqe, Status, PAGE,
+};
+
+/// PRP entries in one list page.
+const LIST_ENTRIES: usize = PAGE / 8;
 
 /// Shape of a software controller.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +76,7 @@ pub enum Fault {
 const BLOCK: usize = 512;
 
 /// One queue served by the software controller.
-pub(crate) struct Queue {
+struct Queue {
     qid: u16,
     depth: u32,
     sq: HostPages,
@@ -88,17 +88,30 @@ pub(crate) struct Queue {
     ctrl: Arc<Inner>,
 }
 
-impl Queue {
-    pub(crate) fn check(&self, generation: u64) -> Result<()> {
-        let now = self.ctrl.generation.load(Ordering::Acquire);
+/// What a [`QueuePair`] of this controller holds: its queue, kept alive.
+struct Backing(Arc<Queue>);
+
+impl QueueBacking for Backing {
+    fn check(&self, generation: u64) -> Result<()> {
+        let now = self.0.ctrl.generation.load(Ordering::Acquire);
         if now != generation {
             return Err(Error::Reset { old: generation, new: now });
         }
         Ok(())
     }
 
+    fn rearm(&self) -> Result<u64> {
+        self.0.rearm()
+    }
+
+    fn alloc(&self, size: usize) -> Result<DmaBuffer> {
+        Ok(DmaBuffer::host(size))
+    }
+}
+
+impl Queue {
     /// Recreates the queue after an injected reset; returns the new generation.
-    pub(crate) fn rearm(&self) -> Result<u64> {
+    fn rearm(&self) -> Result<u64> {
         if self.live.load(Ordering::Acquire) {
             return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
         }
@@ -149,7 +162,7 @@ enum Slot {
 const NOT_RUNG: u32 = u32::MAX;
 
 /// State shared by the controller handle, its worker thread and its queues.
-pub(crate) struct Inner {
+struct Inner {
     cfg: SoftConfig,
     generation: AtomicU64,
     stop: AtomicBool,
@@ -250,9 +263,21 @@ impl SoftController {
         });
         queues.push(Arc::downgrade(&q));
         self.inner.queues_changed.store(true, Ordering::Release);
-        let (sq, cq) = (q.sq.ptr(), q.cq.ptr());
         let (sq_db, cq_db) = q.host_doorbells(self.inner.cfg.shadow_doorbells);
-        Ok(QueuePair::new(qid, depth, generation, sq, cq, sq_db, cq_db, self.inner.cfg.max_transfer, Backing::Soft(q)))
+        let raw = RawQueue {
+            qid,
+            depth,
+            generation,
+            sq: q.sq.ptr(),
+            cq: q.cq.ptr(),
+            sq_db,
+            cq_db,
+            max_transfer: self.inner.cfg.max_transfer,
+        };
+        // SAFETY: the rings and doorbell page are zeroed host pages that `q` owns and
+        // the queue pair keeps alive through `Backing`; only this controller's worker
+        // touches them besides the queue pair.
+        Ok(unsafe { QueuePair::from_raw(raw, Box::new(Backing(q))) })
     }
 
     /// Allocates `size` bytes the controller can reach.

@@ -11,7 +11,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use homi::{Command, SoftConfig, SoftController};
+use homi::Command;
+use homi_instruments::{SoftConfig, SoftController};
 
 fn hot_path(c: &mut Criterion) {
     let ctrl = SoftController::new_inline(SoftConfig { null: true, ..SoftConfig::default() });
