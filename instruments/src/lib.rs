@@ -4,8 +4,19 @@
 //! **None of this is a device.** Results measured against these instruments measure
 //! the engines, never storage.
 //!
-//! - [`soft`]: a software controller, a host thread serving queues in host memory.
+//! - [`soft`]: a software controller, a host thread serving queues in host memory
+//!   (for CPU queue pairs, and for GPU kernels through host memory mapped into the
+//!   GPU: `soft_gpu`, feature `cuda`);
+//! - `gpu_ctrl` (feature `cuda`): a GPU-resident controller, one warp per queue
+//!   serving rings in GPU memory, in null mode (the device engine's ceiling) or
+//!   pattern mode (data checked).
 
+#[cfg(feature = "cuda")]
+pub mod gpu_ctrl;
 pub mod soft;
+#[cfg(feature = "cuda")]
+pub mod gpu_work;
+#[cfg(feature = "cuda")]
+pub mod soft_gpu;
 
 pub use soft::{Fault, SoftConfig, SoftController};

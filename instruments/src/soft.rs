@@ -76,13 +76,13 @@ pub enum Fault {
 const BLOCK: usize = 512;
 
 /// One queue served by the software controller.
-struct Queue {
-    qid: u16,
-    depth: u32,
-    sq: HostPages,
-    cq: HostPages,
+pub(crate) struct Queue {
+    pub(crate) qid: u16,
+    pub(crate) depth: u32,
+    pub(crate) sq: HostPages,
+    pub(crate) cq: HostPages,
     /// Doorbells, one u32 each at [`Slot`] offsets of one page.
-    db: HostPages,
+    pub(crate) db: HostPages,
     live: AtomicBool,
     generation: AtomicU64,
     ctrl: Arc<Inner>,
@@ -121,17 +121,25 @@ impl Queue {
         self.db.zero();
         let g = self.ctrl.generation.load(Ordering::Acquire);
         self.generation.store(g, Ordering::Release);
-        self.live.store(true, Ordering::Release);
+        self.set_live(true);
         Ok(g)
     }
 
-    fn doorbell(&self, which: Slot) -> &AtomicU32 {
+    /// Marks the queue live or destroyed, in the flag the worker reads and in the
+    /// state word a GPU engine reads.
+    fn set_live(&self, live: bool) {
+        let state = if live { homi::uapi::HOMI_QUEUE_LIVE } else { homi::uapi::HOMI_QUEUE_DEAD };
+        self.doorbell(Slot::State).store(state, Ordering::Release);
+        self.live.store(live, Ordering::Release);
+    }
+
+    pub(crate) fn doorbell(&self, which: Slot) -> &AtomicU32 {
         // SAFETY: a 4-aligned slot at the start of the doorbell page, alive with `self`.
         unsafe { AtomicU32::from_ptr(self.db.ptr().add(4 * which as usize).cast()) }
     }
 
     /// The host's view of the doorbells.
-    fn host_doorbells(&self, shadow: bool) -> (Doorbell, Doorbell) {
+    pub(crate) fn host_doorbells(&self, shadow: bool) -> (Doorbell, Doorbell) {
         let at = |s: Slot| self.doorbell(s).as_ptr().cast::<u8>();
         if shadow {
             (
@@ -146,7 +154,7 @@ impl Queue {
 
 /// The doorbell page's slots.
 #[derive(Clone, Copy)]
-enum Slot {
+pub(crate) enum Slot {
     /// The MMIO doorbells.
     SqTail,
     CqHead,
@@ -155,6 +163,8 @@ enum Slot {
     CqShadow,
     SqEventIdx,
     CqEventIdx,
+    /// `HOMI_QUEUE_LIVE` or `HOMI_QUEUE_DEAD`, as a status page slot reads.
+    State,
 }
 
 /// What the worker leaves in an MMIO SQ doorbell once it has taken the write, so the
@@ -243,6 +253,26 @@ impl SoftController {
 
     /// Creates a queue pair of `depth` entries.
     pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
+        let q = self.create_queue(depth)?;
+        let (sq_db, cq_db) = q.host_doorbells(self.inner.cfg.shadow_doorbells);
+        let raw = RawQueue {
+            qid: q.qid,
+            depth,
+            generation: q.generation.load(Ordering::Acquire),
+            sq: q.sq.ptr(),
+            cq: q.cq.ptr(),
+            sq_db,
+            cq_db,
+            max_transfer: self.inner.cfg.max_transfer,
+        };
+        // SAFETY: the rings and doorbell page are zeroed host pages that `q` owns and
+        // the queue pair keeps alive through `Backing`; only this controller's worker
+        // touches them besides the queue pair.
+        Ok(unsafe { QueuePair::from_raw(raw, Box::new(Backing(q))) })
+    }
+
+    /// Creates a queue of `depth` entries and starts serving it.
+    pub(crate) fn create_queue(&self, depth: u32) -> Result<Arc<Queue>> {
         if depth < 2 || depth > self.inner.cfg.max_queue_entries {
             return Err(Error::Invalid("queue depth outside 2..=max_queue_entries"));
         }
@@ -261,23 +291,10 @@ impl SoftController {
             generation: AtomicU64::new(generation),
             ctrl: self.inner.clone(),
         });
+        q.set_live(true);
         queues.push(Arc::downgrade(&q));
         self.inner.queues_changed.store(true, Ordering::Release);
-        let (sq_db, cq_db) = q.host_doorbells(self.inner.cfg.shadow_doorbells);
-        let raw = RawQueue {
-            qid,
-            depth,
-            generation,
-            sq: q.sq.ptr(),
-            cq: q.cq.ptr(),
-            sq_db,
-            cq_db,
-            max_transfer: self.inner.cfg.max_transfer,
-        };
-        // SAFETY: the rings and doorbell page are zeroed host pages that `q` owns and
-        // the queue pair keeps alive through `Backing`; only this controller's worker
-        // touches them besides the queue pair.
-        Ok(unsafe { QueuePair::from_raw(raw, Box::new(Backing(q))) })
+        Ok(q)
     }
 
     /// Allocates `size` bytes the controller can reach.
@@ -296,9 +313,14 @@ impl SoftController {
     pub fn reset(&self) {
         let _serving = self.inner.serving.lock().unwrap_or_else(|e| e.into_inner());
         for q in self.inner.queues.lock().unwrap_or_else(|e| e.into_inner()).iter().filter_map(Weak::upgrade) {
-            q.live.store(false, Ordering::Release);
+            q.set_live(false);
         }
         self.inner.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The shape it was made with.
+    pub fn config(&self) -> SoftConfig {
+        self.inner.cfg
     }
 
     /// The controller generation.

@@ -79,6 +79,18 @@ pub enum Error {
     /// An argument does not fit what the device or the buffer allows.
     #[error("invalid argument: {0}")]
     Invalid(&'static str),
+    /// A file-system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// What the kernel answered.
+        source: std::io::Error,
+    },
+    /// A CUDA call failed (feature `cuda`).
+    #[cfg(feature = "cuda")]
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
 }
 
 /// Short for `std::result::Result<T, homi::Error>`.

@@ -34,6 +34,8 @@ mod controller;
 mod device;
 mod doorbell;
 mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 mod mapping;
 mod prp;
 mod queue;

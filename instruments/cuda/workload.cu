@@ -1,0 +1,82 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// GPU workloads over homi.cuh for checks and benchmarks: every thread is one
+// initiator with one command in flight at a time, on queue (thread % nq).
+
+#include <homi.cuh>
+#include "homi_pattern.cuh"
+
+// counters: [0] commands ok, [1] commands failed, [2] first failure (status or
+// negative HOMI_GPU_*), [3] data mismatches.
+__device__ void record(unsigned long long *counters, int st) {
+    if (st == 0) {
+        atomicAdd(&counters[0], 1ull);
+    } else {
+        atomicAdd(&counters[1], 1ull);
+        atomicCAS(&counters[2], 0ull, (unsigned long long)(long long)st);
+    }
+}
+
+// Fills `len` bytes of `buf` with the pattern of namespace bytes from `ns_off`.
+extern "C" __global__ void homi_fill(unsigned char *buf, unsigned long long len, unsigned long long ns_off) {
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x * 8ull;
+    for (unsigned long long o = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) * 8ull; o < len; o += stride)
+        *(unsigned long long *)(buf + o) = homi_pattern(1u, ns_off + o);
+}
+
+// Counts the 8-byte words of `buf` that differ from the pattern into counters[3].
+extern "C" __global__ void homi_verify(const unsigned char *buf, unsigned long long len, unsigned long long ns_off,
+                                       unsigned long long *counters) {
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x * 8ull;
+    unsigned long long bad = 0;
+    for (unsigned long long o = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) * 8ull; o < len; o += stride)
+        bad += *(const unsigned long long *)(buf + o) != homi_pattern(1u, ns_off + o);
+    if (bad)
+        atomicAdd(&counters[3], bad);
+}
+
+// Moves `chunks` chunks of `io` bytes between the namespace (from LBA 0) and the
+// same offsets of `mem`: chunk c goes to the thread c % threads. write != 0 writes.
+extern "C" __global__ void homi_transfer(struct homi_queue *qs, unsigned int nq, const struct homi_dma *mem,
+                                         unsigned long long chunks, unsigned int io, unsigned int write,
+                                         unsigned long long *counters) {
+    unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    unsigned long long threads = (unsigned long long)gridDim.x * blockDim.x;
+    struct homi_queue *q = &qs[t % nq];
+    unsigned int nblocks = io >> q->lba_shift;
+    for (unsigned long long c = t; c < chunks; c += threads) {
+        unsigned char *at = mem->base + c * io;
+        unsigned long long lba = c * nblocks;
+        int st = write ? homi_write(q, 1u, lba, nblocks, mem, at) : homi_read(q, 1u, lba, nblocks, mem, at);
+        record(counters, st);
+        if (st < 0)
+            return;
+    }
+}
+
+// Benchmark: each thread issues reads of `io` bytes into its own slot of `mem` until
+// `*stop` turns non-zero (or `max_ios` each), cycling over `span_blocks` blocks.
+extern "C" __global__ void homi_loop(struct homi_queue *qs, unsigned int nq, const struct homi_dma *mem,
+                                     unsigned int io, unsigned long long span_blocks, unsigned long long max_ios,
+                                     const volatile unsigned int *stop, unsigned long long *counters) {
+    unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    struct homi_queue *q = &qs[t % nq];
+    unsigned int nblocks = io >> q->lba_shift;
+    unsigned char *at = mem->base + (t * io) % mem->len;
+    unsigned long long lba = (t * nblocks) % span_blocks;
+    unsigned long long ok = 0;
+    for (unsigned long long i = 0; i < max_ios; i++) {
+        if ((i & 15ull) == 0 && *stop)
+            break;
+        int st = homi_read(q, 1u, lba, nblocks, mem, at);
+        if (st != 0) {
+            record(counters, st);
+            break;
+        }
+        ok++;
+        lba += 7919ull * nblocks;
+        if (lba + nblocks > span_blocks)
+            lba %= span_blocks - nblocks + 1;
+    }
+    atomicAdd(&counters[0], ok);
+}

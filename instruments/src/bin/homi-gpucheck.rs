@@ -1,0 +1,188 @@
+//! `homi-gpucheck`: the device engine (homi.cuh) checked on a GPU against the test
+//! instruments, since the GPU machines have no NVMe and the VMs no GPU.
+//!
+//! - Round trips: GPU threads write `--bytes` of a pattern through homi queues, read
+//!   it all back and check every word on the GPU, at several queue depths and queue
+//!   counts: against the software controller (rings in host memory mapped into the
+//!   GPU, with and without shadow doorbells) and the GPU-resident controller (rings
+//!   in GPU memory).
+//! - Failures surface as errors, not hangs: a controller reset (dead queues), a lost
+//!   completion (timeout).
+//!
+//! Prints one line per check and `N passed, N failed, N skipped`. Without a CUDA
+//! driver every check is reported skipped.
+
+use std::time::{Duration, Instant};
+
+use homi::gpu::{Gpu, GpuQueues, GPU_DEAD, GPU_TIMEOUT};
+use homi::{Result, PAGE};
+use homi_instruments::gpu_ctrl::{GpuController, GpuCtrlConfig};
+use homi_instruments::gpu_work::{Counts, Workload};
+use homi_instruments::{Fault, SoftConfig, SoftController};
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn check(&mut self, name: &str, r: Result<String>) {
+        match r {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("ok - {name} ({detail})");
+            }
+            Err(e) => {
+                self.failed += 1;
+                println!("not ok - {name}: {e}");
+            }
+        }
+    }
+}
+
+/// The round-trip shapes: (initiators per queue, queues, I/O bytes).
+const SHAPES: [(u32, usize, u32); 4] = [(1, 1, 128 << 10), (8, 2, 8 << 10), (32, 4, 4 << 10), (1024, 8, 16 << 10)];
+
+fn verdict(c: Counts, bytes: u64, io: u32, t: Instant) -> Result<String> {
+    let want = 2 * bytes / u64::from(io);
+    if c.failed != 0 || c.mismatches != 0 || c.ok != want {
+        return Err(homi::Error::Invalid(Box::leak(
+            format!("{} ok of {want}, {} failed (first {}), {} words mismatched", c.ok, c.failed, c.first_failure, c.mismatches)
+                .into_boxed_str(),
+        )));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    Ok(format!("{want} commands, {} MiB each way, 0 mismatches, {:.2} s, {:.2} GB/s", bytes >> 20, secs, 2.0 * bytes as f64 / secs / 1e9))
+}
+
+fn fail(msg: String) -> homi::Error {
+    homi::Error::Invalid(Box::leak(msg.into_boxed_str()))
+}
+
+fn soft_round_trip(gpu: &Gpu, w: &Workload, bytes: u64, shadow: bool, (qd, nq, io): (u32, usize, u32)) -> Result<String> {
+    let ctrl = SoftController::new(SoftConfig { blocks: bytes / 512, shadow_doorbells: shadow, ..SoftConfig::default() });
+    let qs = ctrl.gpu_queues(gpu, nq, qd + 1, Duration::from_secs(30))?;
+    let mem = ctrl.gpu_alloc(gpu, bytes as usize)?;
+    let t = Instant::now();
+    let c = w.round_trip(&qs, &mem, bytes, io, qd * nq as u32)?;
+    verdict(c, bytes, io, t)
+}
+
+fn gpu_ctrl_round_trip(gpu: &Gpu, w: &Workload, bytes: u64, (qd, nq, io): (u32, usize, u32)) -> Result<String> {
+    let cfg = GpuCtrlConfig { pattern: true, blocks: bytes / 512, ..GpuCtrlConfig::default() };
+    let (mut ctrl, qs) = GpuController::start(gpu, cfg, nq, qd + 1, Duration::from_secs(30))?;
+    let mem = ctrl.alloc(bytes as usize)?;
+    let t = Instant::now();
+    let c = w.round_trip(&qs, &mem, bytes, io, qd * nq as u32);
+    let stats = ctrl.stop()?;
+    let c = c?;
+    if stats.mismatches != 0 {
+        return Err(fail(format!("the controller saw {} writes differ from the pattern", stats.mismatches)));
+    }
+    verdict(c, bytes, io, t)
+}
+
+/// Runs a read loop, does `act` in the middle, and expects every initiator to stop
+/// with `want` rather than hang.
+fn surfaces(w: &Workload, qs: &GpuQueues, mem: &homi::gpu::GpuBuffer, want: i32, act: impl FnOnce() -> Result<()>) -> Result<String> {
+    let (c, took) = w.read_loop(qs, mem, 4096, 64, 1 << 16, Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        act()
+    })?;
+    if c.first_failure != i64::from(want) {
+        return Err(fail(format!("first failure {} (want {want}); {} reads ok, {} failed", c.first_failure, c.ok, c.failed)));
+    }
+    if took > Duration::from_secs(8) {
+        return Err(fail(format!("initiators took {took:?} to give up")));
+    }
+    Ok(format!("{} reads ok before, every initiator returned {want}, kernel done in {took:.2?}", c.ok))
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut bytes: u64 = 1 << 30;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--bytes" => bytes = args.next().and_then(|v| v.parse().ok()).expect("--bytes N"),
+            other => panic!("unknown argument {other} (usage: homi-gpucheck [--bytes N])"),
+        }
+    }
+    let mut t = Tally::default();
+    let mut names: Vec<String> = Vec::new();
+    for shadow in [false, true] {
+        for (qd, nq, io) in SHAPES {
+            names.push(format!("soft controller, rings in host memory, shadow doorbells {}, QD {qd} x {nq} queues, {} KiB I/Os", if shadow { "on" } else { "off" }, io >> 10));
+        }
+    }
+    for (qd, nq, io) in SHAPES {
+        names.push(format!("GPU-resident controller, rings in GPU memory, QD {qd} x {nq} queues, {} KiB I/Os", io >> 10));
+    }
+    names.extend(["a reset surfaces as HOMI_GPU_DEAD (software controller)", "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)", "a lost completion surfaces as HOMI_GPU_TIMEOUT"].map(String::from));
+
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            for n in &names {
+                t.skipped += 1;
+                println!("skip - {n}: {e}");
+            }
+            println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
+            return;
+        }
+    };
+    println!("# {}", gpu.describe());
+    let w = match Workload::new(&gpu) {
+        Ok(w) => w,
+        Err(e) => {
+            println!("not ok - the device engine and workloads compile with NVRTC: {e}");
+            println!("0 passed, 1 failed, 0 skipped");
+            std::process::exit(1);
+        }
+    };
+    t.check("the device engine and workloads compile with NVRTC", Ok(gpu.describe()));
+    let mut names = names.into_iter();
+    for shadow in [false, true] {
+        for shape in SHAPES {
+            let n = names.next().expect("named");
+            t.check(&n, soft_round_trip(&gpu, &w, bytes, shadow, shape));
+        }
+    }
+    for shape in SHAPES {
+        let n = names.next().expect("named");
+        t.check(&n, gpu_ctrl_round_trip(&gpu, &w, bytes, shape));
+    }
+    let n = names.next().expect("named");
+    t.check(&n, (|| {
+        let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+        let qs = ctrl.gpu_queues(&gpu, 4, 64, Duration::from_secs(30))?;
+        let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
+        surfaces(&w, &qs, &mem, GPU_DEAD, || {
+            ctrl.reset();
+            Ok(())
+        })
+    })());
+    let n = names.next().expect("named");
+    t.check(&n, (|| {
+        let (mut ctrl, qs) = GpuController::start(&gpu, GpuCtrlConfig::default(), 4, 64, Duration::from_secs(30))?;
+        let mem = ctrl.alloc(64 * PAGE)?;
+        let r = surfaces(&w, &qs, &mem, GPU_DEAD, || ctrl.kill_queues());
+        ctrl.stop()?;
+        r
+    })());
+    let n = names.next().expect("named");
+    t.check(&n, (|| {
+        let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+        let qs = ctrl.gpu_queues(&gpu, 1, 64, Duration::from_millis(500))?;
+        let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
+        surfaces(&w, &qs, &mem, GPU_TIMEOUT, || {
+            ctrl.inject(Fault::Drop { count: 1 });
+            Ok(())
+        })
+    })());
+    println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
+    if t.failed > 0 {
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,190 @@
+//! GPU workloads over the device engine (`cuda/workload.cu`): data round trips that
+//! check every byte on the GPU, and a read loop for benchmarks. Used by
+//! `homi-gpucheck` and `homi perf --path gpu`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use homi::gpu::{DeviceMemory, Gpu, GpuBuffer, GpuError, GpuQueues, HostMapping};
+use homi::{Error, HostPages, Result, PAGE};
+
+use crate::gpu_ctrl::with_pattern;
+
+const WORKLOAD_CU: &str = include_str!("../cuda/workload.cu");
+
+/// What a round trip or a loop counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Commands that completed successfully.
+    pub ok: u64,
+    /// Commands that failed.
+    pub failed: u64,
+    /// The first failure: an NVMe status, or a negative `HOMI_GPU_*`.
+    pub first_failure: i64,
+    /// 8-byte words that differed from the pattern.
+    pub mismatches: u64,
+}
+
+/// The workload kernels, compiled for one GPU.
+pub struct Workload {
+    gpu: Gpu,
+    stream: Arc<CudaStream>,
+    fill: CudaFunction,
+    verify: CudaFunction,
+    transfer: CudaFunction,
+    looper: CudaFunction,
+    counters: DeviceMemory,
+}
+
+/// Threads per block, and blocks, for `threads` initiators: one block up to 256,
+/// else whole blocks of 256.
+fn shape(threads: u32) -> Result<LaunchConfig> {
+    if threads == 0 || (threads > 256 && threads % 256 != 0) {
+        return Err(Error::Invalid("GPU initiators: 1..=256, or a multiple of 256"));
+    }
+    let block = threads.min(256);
+    Ok(LaunchConfig { grid_dim: (threads / block, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 })
+}
+
+impl Workload {
+    /// Compiles the kernels.
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        let module = gpu.compile(&with_pattern(WORKLOAD_CU))?;
+        let f = |name| gpu.function(&module, name);
+        Ok(Self {
+            gpu: gpu.clone(),
+            stream: gpu.context().new_stream().map_err(GpuError::driver("cuStreamCreate"))?,
+            fill: f("homi_fill")?,
+            verify: f("homi_verify")?,
+            transfer: f("homi_transfer")?,
+            looper: f("homi_loop")?,
+            counters: DeviceMemory::zeroed(gpu, 32)?,
+        })
+    }
+
+    /// Waits for the stream, at most `limit`: a kernel that does not finish is a hang,
+    /// reported as [`Error::Timeout`] (the caller should exit; the kernel keeps the GPU).
+    fn wait(&self, limit: Duration) -> Result<()> {
+        let ev = self.stream.record_event(None).map_err(GpuError::driver("cuEventRecord"))?;
+        let start = Instant::now();
+        while !ev.is_complete() {
+            if start.elapsed() > limit {
+                return Err(Error::Timeout(limit));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.stream.synchronize().map_err(GpuError::driver("kernel"))
+    }
+
+    fn counts(&self) -> Result<Counts> {
+        let mut c = [0u64; 4];
+        self.counters.read(0, &mut c)?;
+        Ok(Counts { ok: c[0], failed: c[1], first_failure: c[2] as i64, mismatches: c[3] })
+    }
+
+    /// Fills `len` bytes of `mem` with the pattern, or counts where they differ.
+    fn pattern(&self, verify: bool, mem: &GpuBuffer, len: u64) -> Result<()> {
+        let (base, cnt) = (mem.dev_ptr(), self.counters.dev_ptr());
+        let off = 0u64;
+        let cfg = LaunchConfig { grid_dim: (1024, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = self.stream.launch_builder(if verify { &self.verify } else { &self.fill });
+        b.arg(&base).arg(&len).arg(&off);
+        if verify {
+            b.arg(&cnt);
+        }
+        // SAFETY: the arguments match `homi_fill`/`homi_verify`; `mem` holds `len` bytes.
+        unsafe { b.launch(cfg) }.map_err(GpuError::driver("launch homi_fill/homi_verify"))?;
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// Writes `bytes` of the pattern from `mem` to the namespace in chunks of `io`,
+    /// clears `mem`, reads it all back, and checks every word on the GPU. `threads`
+    /// initiators, each with one command in flight.
+    pub fn round_trip(&self, qs: &GpuQueues, mem: &GpuBuffer, bytes: u64, io: u32, threads: u32) -> Result<Counts> {
+        if bytes > mem.len() as u64 || io == 0 || bytes % u64::from(io) != 0 || io as usize % PAGE != 0 {
+            return Err(Error::Invalid("round trip: whole 4096-aligned chunks inside the buffer"));
+        }
+        let cfg = shape(threads)?;
+        self.counters.write(0, &[0u64; 4])?;
+        self.pattern(false, mem, bytes)?;
+        for write in [1u32, 0] {
+            if write == 0 {
+                mem.write_at(0, &vec![0u8; bytes as usize])?;
+            }
+            let (qp, nq, desc, chunks, cnt) = (qs.device_handle(), qs.len() as u32, mem.desc(), bytes / u64::from(io), self.counters.dev_ptr());
+            // SAFETY: the arguments match `homi_transfer`; the queues and `mem` outlive
+            // the wait below.
+            unsafe {
+                self.stream
+                    .launch_builder(&self.transfer)
+                    .arg(&qp)
+                    .arg(&nq)
+                    .arg(&desc)
+                    .arg(&chunks)
+                    .arg(&io)
+                    .arg(&write)
+                    .arg(&cnt)
+                    .launch(cfg)
+            }
+            .map_err(GpuError::driver("launch homi_transfer"))?;
+            self.wait(Duration::from_secs(300))?;
+        }
+        self.pattern(true, mem, bytes)?;
+        self.counts()
+    }
+
+    /// Reads of `io` bytes from `threads` initiators for `secs` (each thread its own
+    /// `io` slot of `mem`, cycling over `span_blocks`), or until `during` returns; the
+    /// counts and the time the kernel ran.
+    pub fn read_loop(
+        &self,
+        qs: &GpuQueues,
+        mem: &GpuBuffer,
+        io: u32,
+        threads: u32,
+        span_blocks: u64,
+        run_for: Duration,
+        during: impl FnOnce() -> Result<()>,
+    ) -> Result<(Counts, Duration)> {
+        if (mem.len() as u64) < u64::from(threads) * u64::from(io) {
+            return Err(Error::Invalid("read loop: one io-sized slot per initiator"));
+        }
+        let cfg = shape(threads)?;
+        self.counters.write(0, &[0u64; 4])?;
+        let page = HostPages::new(PAGE);
+        // SAFETY: `page` outlives the mapping (declared before it, dropped after).
+        let stop = unsafe { HostMapping::new(&self.gpu, page.ptr(), PAGE, 0)? };
+        let (qp, nq, desc, max_ios, sp, cnt) =
+            (qs.device_handle(), qs.len() as u32, mem.desc(), u64::MAX, stop.dev_ptr(), self.counters.dev_ptr());
+        let start = Instant::now();
+        // SAFETY: the arguments match `homi_loop`; everything named outlives the wait.
+        unsafe {
+            self.stream
+                .launch_builder(&self.looper)
+                .arg(&qp)
+                .arg(&nq)
+                .arg(&desc)
+                .arg(&io)
+                .arg(&span_blocks)
+                .arg(&max_ios)
+                .arg(&sp)
+                .arg(&cnt)
+                .launch(cfg)
+        }
+        .map_err(GpuError::driver("launch homi_loop"))?;
+        let done = self.stream.record_event(None).map_err(GpuError::driver("cuEventRecord"))?;
+        let outcome = during();
+        while start.elapsed() < run_for && !done.is_complete() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: a live, 4-aligned word of `page`, read by the kernel.
+        unsafe { std::ptr::write_volatile(page.ptr().cast::<u32>(), 1) };
+        let waited = self.wait(Duration::from_secs(60));
+        let took = start.elapsed();
+        drop(stop);
+        waited?;
+        outcome?;
+        Ok((self.counts()?, took))
+    }
+}

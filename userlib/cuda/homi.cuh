@@ -1,0 +1,384 @@
+// SPDX-License-Identifier: MIT OR Apache-2.0
+//
+// homi.cuh: device-initiated NVMe I/O on homi queue pairs, from any CUDA thread.
+//
+// The host side (Rust, `homi::gpu`) creates the queues, places their rings, maps the
+// doorbells into the GPU and fills one `struct homi_queue` per queue in GPU memory.
+// Kernels include this header (NVRTC: `homi::gpu::Gpu::compile`) and call
+//
+//     int st = homi_read(q, nsid, lba, nblocks, mem, dst);
+//     int st = homi_write(q, nsid, lba, nblocks, mem, src);
+//
+// from any number of threads at once. The call returns when the command completed:
+// 0 on success, the NVMe status (Status Code Type << 8 | Status Code) on an error
+// completion, or a negative HOMI_GPU_* error. Once a queue reports a negative error
+// (reset, unbind, timeout, corruption) it stays broken for every caller: the host
+// destroys or rearms it.
+//
+// How a command goes out (one queue, many threads):
+//   1. Tickets: the threads of a warp that target the same queue take consecutive
+//      tickets with one atomic. Ticket t uses SQ slot t % depth and command id
+//      t % depth, so a completion names its slot.
+//   2. Room: slot t % depth must be free (its previous command was reaped and its
+//      thread let it go) and ticket t - depth + 1 must have completed, so the SQ
+//      never holds depth entries and at most depth - 1 commands are in flight (the CQ
+//      cannot overflow).
+//   3. The thread writes its 64-byte entry (PRP list, if any, in the queue's own
+//      list pages), then marks the slot ready with a release store.
+//   4. In-order publication: whoever holds the SQ lock moves the published tail over
+//      every consecutive ready slot and rings the doorbell once for all of them.
+//   5. Completions: whoever holds the CQ lock reaps every new entry by phase tag,
+//      stores each status in its slot, marks the slot completed, and writes the CQ
+//      head doorbell once per batch. Each thread waits on its own slot.
+//
+// Memory ordering: ring and PRP stores are made visible system-wide
+// (`fence.sc.sys`) before the doorbell store; doorbells are stored with
+// `st.mmio.relaxed.sys`, as the PTX ISA prescribes for MMIO (not `volatile`). With
+// shadow doorbells the new value goes to the shadow slot, a system fence follows, and
+// the MMIO register is written only when the event index asks for it.
+
+#ifndef HOMI_CUH
+#define HOMI_CUH
+
+#include "homi_layout.cuh"
+
+// Negative results of the device calls.
+#define HOMI_GPU_TIMEOUT (-1)  // no completion within the queue's timeout
+#define HOMI_GPU_DEAD (-2)     // the queue was destroyed (reset, unbind) or stopped
+#define HOMI_GPU_INVALID (-3)  // bad arguments: nothing was submitted
+#define HOMI_GPU_CORRUPT (-4)  // a completion named a command not in flight
+
+// `struct homi_queue::flags`
+#define HOMI_GPU_MMIO_DOORBELLS 1u  // doorbells are MMIO registers (st.mmio)
+
+// Memory the controller can reach, as the GPU addresses it: `len` bytes at `base`,
+// whose 4096-byte page i the controller sees at `pages[i]`.
+struct homi_dma {
+    unsigned char *base;
+    const unsigned long long *pages;
+    unsigned long long len;
+};
+
+// One queue pair. The host fills the first part and zeroes the engine's state; the
+// layout is shared with `homi::gpu::QueueDesc` (Rust), field for field.
+struct homi_queue {
+    unsigned char *sq;              // depth 64-byte entries
+    unsigned char *cq;              // depth 16-byte entries
+    unsigned int *sq_db;            // SQ tail doorbell
+    unsigned int *cq_db;            // CQ head doorbell
+    unsigned int *sq_shadow;        // shadow slots, or null
+    unsigned int *cq_shadow;
+    const unsigned int *sq_eventidx;  // event index slots, or null
+    const unsigned int *cq_eventidx;
+    const unsigned int *state;      // HOMI_QUEUE_* of the queue (status page), or null
+    unsigned long long *prp_lists;  // depth pages of PRP list entries (GPU address)
+    const unsigned long long *prp_lists_dma;  // per slot: its page as the controller sees it
+    unsigned int *turn;             // per slot: 2r free for round r, 2r+1 completed
+    unsigned int *ready;            // per slot: ticket + 1 once its entry is written
+    unsigned int *status;           // per slot: the completion's status field
+    unsigned int depth;
+    unsigned int qid;
+    unsigned int flags;             // HOMI_GPU_*
+    unsigned int max_transfer;      // bytes
+    unsigned int lba_shift;         // log2 of the namespace's block size
+    unsigned int reserved;
+    unsigned long long timeout_ns;  // per wait
+    // Engine state, zero at start.
+    unsigned long long sq_ticket;     // next ticket
+    unsigned long long sq_published;  // tickets published to the controller
+    unsigned int sq_lock;
+    unsigned int cq_lock;
+    unsigned int cq_head;
+    unsigned int cq_phase;          // the phase tag of entries not yet reaped, xor 1
+    int error;                      // sticky negative HOMI_GPU_* once broken
+    unsigned int pad;
+};
+static_assert(sizeof(struct homi_queue) == 184, "struct homi_queue is shared with homi::gpu::QueueDesc");
+static_assert(sizeof(struct homi_dma) == 24, "struct homi_dma is shared with homi::gpu::GpuBuffer");
+
+// ---- memory access helpers ----------------------------------------------------
+
+__device__ __forceinline__ unsigned long long homi_globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void homi_mmio_store(unsigned int *reg, unsigned int v) {
+    asm volatile("st.mmio.relaxed.sys.global.u32 [%0], %1;" ::"l"(reg), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void homi_store_sys(unsigned int *p, unsigned int v) {
+    asm volatile("st.relaxed.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ unsigned int homi_load_sys(const unsigned int *p) {
+    unsigned int v;
+    asm volatile("ld.relaxed.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ unsigned int homi_load_acquire(const unsigned int *p) {
+    unsigned int v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ unsigned long long homi_load_acquire64(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void homi_store_release(unsigned int *p, unsigned int v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void homi_store_release64(unsigned long long *p, unsigned long long v) {
+    asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ bool homi_try_lock(unsigned int *lock) {
+    if (homi_load_sys(lock) != 0)
+        return false;
+    if (atomicCAS(lock, 0u, 1u) != 0)
+        return false;
+    __threadfence();
+    return true;
+}
+
+__device__ __forceinline__ void homi_unlock(unsigned int *lock) {
+    homi_store_release(lock, 0u);
+}
+
+// NVMe's shadow doorbell rule: whether moving from `old` to `v` passed `ei`.
+__device__ __forceinline__ bool homi_need_event(unsigned int ei, unsigned int v, unsigned int old) {
+    return (unsigned short)(v - ei - 1) < (unsigned short)(v - old);
+}
+
+// Publishes `v` on a doorbell; stores to rings must be visible system-wide already.
+__device__ __forceinline__ void homi_doorbell(const struct homi_queue *q, unsigned int *db, unsigned int *shadow,
+                                              const unsigned int *ei, unsigned int v, unsigned int old) {
+    if (shadow) {
+        homi_store_sys(shadow, v);
+        __threadfence_system();
+        if (!homi_need_event(homi_load_sys(ei), v, old))
+            return;
+    }
+    if (q->flags & HOMI_GPU_MMIO_DOORBELLS)
+        homi_mmio_store(db, v);
+    else
+        homi_store_sys(db, v);
+}
+
+// ---- queue state ----------------------------------------------------------------
+
+__device__ __forceinline__ int homi_fail(struct homi_queue *q, int err) {
+    atomicCAS(&q->error, 0, err);
+    return *(volatile int *)&q->error;
+}
+
+// The queue's error, looking at the status page now and then.
+__device__ __forceinline__ int homi_broken(struct homi_queue *q, unsigned int spins) {
+    int e = *(volatile int *)&q->error;
+    if (e)
+        return e;
+    if (q->state && (spins & 63) == 63 && homi_load_sys(q->state) != HOMI_QUEUE_LIVE)
+        return homi_fail(q, HOMI_GPU_DEAD);
+    return 0;
+}
+
+// Reaps every completion there is, if no other thread is reaping.
+__device__ void homi_reap(struct homi_queue *q) {
+    if (!homi_try_lock(&q->cq_lock))
+        return;
+    unsigned int head = *(volatile unsigned int *)&q->cq_head;
+    unsigned int phase = *(volatile unsigned int *)&q->cq_phase ^ 1u;
+    unsigned int n = 0;
+    for (;;) {
+        // Command id, phase tag and status arrive in one dword: one load sees them
+        // together.
+        unsigned int dw3 = homi_load_sys((const unsigned int *)(q->cq + 16u * head + 12u));
+        if (((dw3 >> 16) & 1u) != phase)
+            break;
+        unsigned int cid = dw3 & 0xffffu;
+        if (cid >= q->depth) {
+            homi_fail(q, HOMI_GPU_CORRUPT);
+            break;
+        }
+        if ((homi_load_acquire(&q->turn[cid]) & 1u) != 0) {
+            homi_fail(q, HOMI_GPU_CORRUPT);  // already completed: not in flight
+            break;
+        }
+        q->status[cid] = dw3 >> 17;
+        __threadfence();
+        atomicAdd(&q->turn[cid], 1u);  // odd: completed
+        if (++head == q->depth) {
+            head = 0;
+            phase ^= 1u;
+        }
+        n++;
+    }
+    if (n) {
+        unsigned int old = *(volatile unsigned int *)&q->cq_head;
+        *(volatile unsigned int *)&q->cq_head = head;
+        *(volatile unsigned int *)&q->cq_phase = phase ^ 1u;
+        homi_doorbell(q, q->cq_db, q->cq_shadow, q->cq_eventidx, head, old);
+    }
+    homi_unlock(&q->cq_lock);
+}
+
+// Moves the published SQ tail over every consecutive ready entry, with one doorbell.
+__device__ void homi_publish(struct homi_queue *q) {
+    if (!homi_try_lock(&q->sq_lock))
+        return;
+    unsigned long long from = *(volatile unsigned long long *)&q->sq_published;
+    unsigned long long to = from;
+    while (homi_load_acquire(&q->ready[to % q->depth]) == (unsigned int)(to + 1))
+        to++;
+    if (to != from) {
+        __threadfence_system();
+        homi_doorbell(q, q->sq_db, q->sq_shadow, q->sq_eventidx, (unsigned int)(to % q->depth),
+                      (unsigned int)(from % q->depth));
+        homi_store_release64(&q->sq_published, to);
+    }
+    homi_unlock(&q->sq_lock);
+}
+
+// ---- commands -------------------------------------------------------------------
+
+// Fills the PRP entries for `len` bytes at `off` of `mem`; returns false when the
+// range does not fit the memory or one PRP list page. The list, if any, goes to
+// the slot's own list page.
+__device__ __forceinline__ bool homi_prps(const struct homi_queue *q, const struct homi_dma *mem,
+                                          unsigned long long off, unsigned int len, unsigned int slot,
+                                          unsigned long long *prp1, unsigned long long *prp2) {
+    if (len == 0 || off >= mem->len || len > mem->len - off || (off & 3u))
+        return false;
+    unsigned long long page = off / HOMI_PAGE;
+    unsigned int in_page = (unsigned int)(off % HOMI_PAGE);
+    *prp1 = mem->pages[page] + in_page;
+    unsigned int first = HOMI_PAGE - in_page;
+    if (len <= first) {
+        *prp2 = 0;
+        return true;
+    }
+    unsigned int rest = len - first;
+    unsigned int more = (rest + HOMI_PAGE - 1) / HOMI_PAGE;
+    if (more == 1) {
+        *prp2 = mem->pages[page + 1];
+        return true;
+    }
+    if (more > HOMI_PRP_LIST_ENTRIES)
+        return false;
+    unsigned long long *list = q->prp_lists + (unsigned long long)slot * HOMI_PRP_LIST_ENTRIES;
+    for (unsigned int i = 0; i < more; i++)
+        list[i] = mem->pages[page + 1 + i];
+    *prp2 = q->prp_lists_dma[slot];
+    return true;
+}
+
+// Takes a ticket; the threads of a warp that name the same queue share one atomic.
+__device__ __forceinline__ unsigned long long homi_ticket(struct homi_queue *q) {
+    unsigned int peers = __match_any_sync(__activemask(), (unsigned long long)q);
+    unsigned int lane = threadIdx.x & 31u;
+    int leader = __ffs(peers) - 1;
+    unsigned long long base = 0;
+    if ((int)lane == leader)
+        base = atomicAdd(&q->sq_ticket, (unsigned long long)__popc(peers));
+    base = __shfl_sync(peers, base, leader);
+    return base + __popc(peers & ((1u << lane) - 1u));
+}
+
+// Submits one command and waits for it. `cdw` are command dwords 10..15.
+__device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int nsid, const unsigned int cdw[6],
+                       const struct homi_dma *mem, unsigned long long off, unsigned int len) {
+    int e = homi_broken(q, 0);
+    if (e)
+        return e;
+    if (len > q->max_transfer)
+        return HOMI_GPU_INVALID;
+    unsigned long long t = homi_ticket(q);
+    unsigned int depth = q->depth;
+    unsigned int slot = (unsigned int)(t % depth);
+    unsigned int round = (unsigned int)(t / depth);
+    unsigned long long deadline = homi_globaltimer() + q->timeout_ns;
+    // Room: our slot free, and ticket t - depth + 1 completed.
+    unsigned int spins = 0;
+    for (;;) {
+        bool free = homi_load_acquire(&q->turn[slot]) == 2u * round;
+        bool room = t + 1 < depth ||
+                    homi_load_acquire(&q->turn[(t + 1) % depth]) + 1u >= 2u * (unsigned int)((t + 1) / depth);
+        if (free && room)
+            break;
+        if ((e = homi_broken(q, ++spins)))
+            return e;
+        homi_reap(q);
+        if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
+            return homi_fail(q, HOMI_GPU_TIMEOUT);
+    }
+    unsigned long long prp1 = 0, prp2 = 0;
+    bool ok = mem == 0 || homi_prps(q, mem, off, len, slot, &prp1, &prp2);
+    // A ticket must be published even when its arguments are bad: send a Flush of
+    // namespace 0 instead (refused by the controller, it touches nothing), and report
+    // the arguments.
+    unsigned int op = ok ? opcode : HOMI_OPC_FLUSH;
+    uint4 *sqe = (uint4 *)(q->sq + 64u * slot);
+    sqe[0] = make_uint4(op | (slot << 16), ok ? nsid : 0u, 0, 0);
+    sqe[1] = make_uint4(0, 0, (unsigned int)prp1, (unsigned int)(prp1 >> 32));
+    sqe[2] = ok ? make_uint4((unsigned int)prp2, (unsigned int)(prp2 >> 32), cdw[0], cdw[1])
+                : make_uint4(0, 0, 0, 0);
+    sqe[3] = ok ? make_uint4(cdw[2], cdw[3], cdw[4], cdw[5]) : make_uint4(0, 0, 0, 0);
+    __threadfence();
+    homi_store_release(&q->ready[slot], (unsigned int)(t + 1));
+    spins = 0;
+    for (;;) {
+        if (homi_load_acquire64(&q->sq_published) > t)
+            break;
+        homi_publish(q);
+        if ((e = homi_broken(q, ++spins)))
+            return e;
+    }
+    deadline = homi_globaltimer() + q->timeout_ns;
+    spins = 0;
+    while (homi_load_acquire(&q->turn[slot]) != 2u * round + 1u) {
+        homi_reap(q);
+        if ((e = homi_broken(q, ++spins)))
+            return e;
+        if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
+            return homi_fail(q, HOMI_GPU_TIMEOUT);
+    }
+    unsigned int status = *(volatile unsigned int *)&q->status[slot];
+    homi_store_release(&q->turn[slot], 2u * round + 2u);
+    if (!ok)
+        return HOMI_GPU_INVALID;
+    return (int)(status & 0x7ffu);  // SCT << 8 | SC
+}
+
+// Reads `nblocks` blocks at `lba` of namespace `nsid` into `dst`, inside `mem`.
+__device__ __forceinline__ int homi_read(struct homi_queue *q, unsigned int nsid, unsigned long long lba,
+                                         unsigned int nblocks, const struct homi_dma *mem, void *dst) {
+    if (nblocks == 0 || nblocks > 65536u)
+        return HOMI_GPU_INVALID;
+    unsigned long long off = (unsigned long long)((unsigned char *)dst - mem->base);
+    unsigned int cdw[6] = {(unsigned int)lba, (unsigned int)(lba >> 32), nblocks - 1u, 0, 0, 0};
+    return homi_io(q, HOMI_OPC_READ, nsid, cdw, mem, off, nblocks << q->lba_shift);
+}
+
+// Writes `nblocks` blocks at `lba` of namespace `nsid` from `src`, inside `mem`.
+__device__ __forceinline__ int homi_write(struct homi_queue *q, unsigned int nsid, unsigned long long lba,
+                                          unsigned int nblocks, const struct homi_dma *mem, const void *src) {
+    if (nblocks == 0 || nblocks > 65536u)
+        return HOMI_GPU_INVALID;
+    unsigned long long off = (unsigned long long)((const unsigned char *)src - mem->base);
+    unsigned int cdw[6] = {(unsigned int)lba, (unsigned int)(lba >> 32), nblocks - 1u, 0, 0, 0};
+    return homi_io(q, HOMI_OPC_WRITE, nsid, cdw, mem, off, nblocks << q->lba_shift);
+}
+
+// A Flush of namespace `nsid`.
+__device__ __forceinline__ int homi_flush(struct homi_queue *q, unsigned int nsid) {
+    unsigned int cdw[6] = {0, 0, 0, 0, 0, 0};
+    return homi_io(q, HOMI_OPC_FLUSH, nsid, cdw, 0, 0, 0);
+}
+
+#endif  // HOMI_CUH
