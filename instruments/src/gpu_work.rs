@@ -35,6 +35,9 @@ pub struct Workload {
     transfer: CudaFunction,
     looper: CudaFunction,
     counters: DeviceMemory,
+    /// The read loop's stop word, mapped once: registering host memory while a
+    /// GPU-resident controller runs could wait for it forever.
+    stop: (HostMapping, HostPages),
 }
 
 /// Threads per block, and blocks, for `threads` initiators: one block up to 256,
@@ -60,6 +63,11 @@ impl Workload {
             transfer: f("homi_transfer")?,
             looper: f("homi_loop")?,
             counters: DeviceMemory::zeroed(gpu, 32)?,
+            stop: {
+                let page = HostPages::new(PAGE);
+                // SAFETY: `page` lives beside the mapping and drops after it.
+                (unsafe { HostMapping::new(gpu, page.ptr(), PAGE, 0)? }, page)
+            },
         })
     }
 
@@ -152,11 +160,11 @@ impl Workload {
         }
         let cfg = shape(threads)?;
         self.counters.write(0, &[0u64; 4])?;
-        let page = HostPages::new(PAGE);
-        // SAFETY: `page` outlives the mapping (declared before it, dropped after).
-        let stop = unsafe { HostMapping::new(&self.gpu, page.ptr(), PAGE, 0)? };
+        let stop = self.stop.1.ptr().cast::<u32>();
+        // SAFETY: a live, 4-aligned word of the stop page; no kernel reads it now.
+        unsafe { std::ptr::write_volatile(stop, 0) };
         let (qp, nq, desc, max_ios, sp, cnt) =
-            (qs.device_handle(), qs.len() as u32, mem.desc(), u64::MAX, stop.dev_ptr(), self.counters.dev_ptr());
+            (qs.device_handle(), qs.len() as u32, mem.desc(), u64::MAX, self.stop.0.dev_ptr(), self.counters.dev_ptr());
         let start = Instant::now();
         // SAFETY: the arguments match `homi_loop`; everything named outlives the wait.
         unsafe {
@@ -178,11 +186,10 @@ impl Workload {
         while start.elapsed() < run_for && !done.is_complete() {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // SAFETY: a live, 4-aligned word of `page`, read by the kernel.
-        unsafe { std::ptr::write_volatile(page.ptr().cast::<u32>(), 1) };
+        // SAFETY: as above; the kernel reads it.
+        unsafe { std::ptr::write_volatile(stop, 1) };
         let waited = self.wait(Duration::from_secs(60));
         let took = start.elapsed();
-        drop(stop);
         waited?;
         outcome?;
         Ok((self.counts()?, took))
