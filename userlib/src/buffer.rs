@@ -194,8 +194,9 @@ impl DmaBuffer {
         Ok(Self { ptr, len, dma: pages[0], pages: Some(pages), owner: Owner::Imported { id: r.id, shared, _map: cpu } })
     }
 
-    /// The module's id of this buffer or registration, for ring placement.
-    pub(crate) fn memory_id(&self) -> Option<u32> {
+    /// The module's id of this buffer or registration (`sq_memory`/`cq_memory` of
+    /// ring placement through the raw ABI); `None` on the software controller.
+    pub fn id(&self) -> Option<u32> {
         match &self.owner {
             Owner::Module { id, .. } | Owner::Registered { id, .. } | Owner::Imported { id, .. } => Some(*id),
             Owner::Host { .. } => None,

@@ -61,7 +61,7 @@ impl RingMem {
 impl RingPlacement {
     fn request(&self, depth: u32) -> Result<HomiQpair> {
         let mut q = HomiQpair { depth, ..Default::default() };
-        let id = |b: &DmaBuffer| b.memory_id().ok_or(Error::Invalid("rings go in memory of a real controller"));
+        let id = |b: &DmaBuffer| b.id().ok_or(Error::Invalid("rings go in memory of a real controller"));
         if let Some((b, off)) = &self.sq {
             q.flags |= HOMI_QPAIR_SQ_IN_MEMORY;
             (q.sq_memory, q.sq_memory_offset) = (id(b)?, *off);
