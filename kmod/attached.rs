@@ -28,6 +28,7 @@ use crate::memory::{
     Registration,
     Waiting, //
 };
+// Placement checks and the per-file object limit are in `placement.rs`.
 use crate::queue::{
     Gate,
     QueuePair,
@@ -175,7 +176,7 @@ impl Attached {
         // Room was reserved above: none of these pushes can fail and drop its value.
         for z in mem::take(&mut self.zombies) {
             let _ = qids.push(z.qid, GFP_KERNEL);
-            for r in z.rings {
+            for r in z.rings.into_iter().flatten() {
                 let _ = held.push(r, GFP_KERNEL);
             }
         }
@@ -183,7 +184,7 @@ impl Attached {
             let _ = held.push(Held::new(Memory::Coherent(b.mem)), GFP_KERNEL);
         }
         for r in mem::take(&mut self.regs) {
-            let _ = held.push(Held::new(Memory::Pinned(r.pinned)), GFP_KERNEL);
+            let _ = held.push(Held::new(r.mem), GFP_KERNEL);
         }
         for w in mem::take(&mut self.waiting) {
             let _ = held.push(w.held, GFP_KERNEL);

@@ -229,7 +229,8 @@ impl Drop for DmaRegion {
 ///
 /// # Invariants
 ///
-/// `pages` holds `pages.len()` pages pinned with `pin_user_pages_fast`; `sgt` was
+/// `pages` holds `pages.len()` pages pinned with `pin_user_pages_fast` (with
+/// `FOLL_PCI_P2PDMA` if `p2p`); `sgt` was
 /// built over them and mapped with `dma_map_sgtable(dev, .., DMA_BIDIRECTIONAL)`.
 /// Drop undoes both, in reverse order, exactly once, before `dev` is released. The
 /// pages are charged to the pinning process by `_charge`.
@@ -237,6 +238,8 @@ pub(crate) struct Pinned {
     dev: DevRef,
     pages: KVVec<*mut bindings::page>,
     sgt: KBox<bindings::sg_table>,
+    /// The pages are peer-to-peer memory, pinned with `FOLL_PCI_P2PDMA`.
+    p2p: bool,
     _charge: MmCharge,
 }
 
@@ -256,20 +259,29 @@ impl Pinned {
         let charge = MmCharge::new(n * PAGE_SIZE)?;
         // The page array can be large (a 1 GiB registration is 2 MiB of pointers).
         let mut pages = KVVec::from_elem(core::ptr::null_mut(), n, GFP_KERNEL)?;
-        // SAFETY: `pages` has room for `n` entries; the kernel checks the user range.
-        let got = unsafe {
-            bindings::pin_user_pages_fast(
-                addr as usize,
-                n_c,
-                bindings::FOLL_WRITE | bindings::FOLL_LONGTERM,
-                pages.as_mut_ptr(),
-            )
-        };
-        if got != n_c {
+        // Host memory is pinned long-term (migrated out of movable zones first). Peer-to-peer
+        // memory (another device's BAR published through P2PDMA, e.g. an NVMe CMB) refuses
+        // that (its pgmap must stay removable) and needs `FOLL_PCI_P2PDMA`: tried second.
+        let mut p2p = false;
+        let mut got = 0;
+        for flags in [
+            bindings::FOLL_WRITE | bindings::FOLL_LONGTERM,
+            bindings::FOLL_WRITE | bindings::FOLL_PCI_P2PDMA,
+        ] {
+            // SAFETY: `pages` has room for `n` entries; the kernel checks the user range.
+            got = unsafe {
+                bindings::pin_user_pages_fast(addr as usize, n_c, flags, pages.as_mut_ptr())
+            };
+            if got == n_c {
+                p2p = flags & bindings::FOLL_PCI_P2PDMA != 0;
+                break;
+            }
             if got > 0 {
                 // SAFETY: exactly `got` pages were pinned above.
                 unsafe { bindings::unpin_user_pages(pages.as_mut_ptr(), got as usize) };
             }
+        }
+        if got != n_c {
             return Err(if got < 0 {
                 Error::from_errno(got)
             } else {
@@ -320,6 +332,13 @@ impl Pinned {
             // SAFETY: the table was allocated above and is not mapped.
             unsafe { bindings::sg_free_table(&mut *sgt) };
             unpin(&mut pages);
+            if ret == -(bindings::EREMOTEIO as i32) {
+                refuse!(
+                    "register: peer-to-peer memory the controller cannot reach (P2PDMA finds \
+                     no path between the provider and the controller); refused\n"
+                );
+                return Err(glue::errno(bindings::EXDEV));
+            }
             return Err(Error::from_errno(ret));
         }
         PINNED_PAGES.fetch_add(n as u64, Ordering::Relaxed);
@@ -328,6 +347,7 @@ impl Pinned {
             dev,
             pages,
             sgt,
+            p2p,
             _charge: charge,
         };
         // The controller writes this memory with no sync call in between: a mapping
@@ -392,9 +412,14 @@ impl Drop for Pinned {
                 0,
             );
             bindings::sg_free_table(&mut *self.sgt);
-            // The controller may have written any page: mark them dirty, so the page
-            // cache or swap does not drop what it wrote.
-            bindings::unpin_user_pages_dirty_lock(self.pages.as_mut_ptr(), n, true);
+            if self.p2p {
+                // Device memory: nothing to write back.
+                bindings::unpin_user_pages(self.pages.as_mut_ptr(), n);
+            } else {
+                // The controller may have written any page: mark them dirty, so the page
+                // cache or swap does not drop what it wrote.
+                bindings::unpin_user_pages_dirty_lock(self.pages.as_mut_ptr(), n, true);
+            }
         }
         PINNED_PAGES.fetch_sub(n as u64, Ordering::Relaxed);
     }

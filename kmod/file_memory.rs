@@ -1,15 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
 //! The memory ioctls of a file: ALLOC and FREE of module buffers, REGISTER and
-//! UNREGISTER of user memory. What is let go while a queue may still reach it is
+//! UNREGISTER of user memory (REGISTER_DMABUF is in `dmabuf.rs`). What is let go while a queue may still reach it is
 //! parked (see `memory.rs`).
 
 use kernel::{alloc::KVVec, prelude::*, uaccess::UserSlice};
 
-use crate::attached::{
-    Attached,
-    MAX_OBJECTS_PER_FILE, //
-};
 use crate::dma::{
     DmaRegion,
     Pinned, //
@@ -39,9 +35,7 @@ impl FileState {
             return Err(EINVAL);
         }
         self.with_attached(|a| {
-            if a.buffers.len() + a.regs.len() >= MAX_OBJECTS_PER_FILE {
-                return Err(EMFILE);
-            }
+            a.check_room()?;
             a.buffers.reserve(1, GFP_KERNEL)?;
             let mem = DmaRegion::alloc(&a.c.ctrl.dev_ref()?, req.size as usize)?;
             let b = Buffer {
@@ -72,6 +66,7 @@ impl FileState {
                 .iter()
                 .position(|b| b.id == req.id)
                 .ok_or(ENOENT)?;
+            a.check_not_placed(req.id)?;
             let lives = a.prepare_park()?;
             let b = a.buffers.remove(i).map_err(|_| ENOENT)?;
             zap(self.mapping, b.pgoff, b.mem.size());
@@ -91,51 +86,65 @@ impl FileState {
         {
             return Err(EINVAL);
         }
-        let pages = usize::try_from(req.len / page).map_err(|_| EINVAL)?;
         // Pinning and copying the addresses out can take the mmap lock, which mmap and
         // faults hold while they take `inner`: so check under `inner`, pin and copy
         // without it, and take it again to record the registration.
-        let check = |a: &Attached| {
-            if a.buffers.len() + a.regs.len() >= MAX_OBJECTS_PER_FILE {
-                return Err(EMFILE);
-            }
-            Ok(())
-        };
-        let (dev, ctrl) = self.with_attached(|a| {
-            check(a)?;
-            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key()))
+        let (dev, ctrl, id) = self.with_attached(|a| {
+            a.check_room()?;
+            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key(), a.next_id()))
         })?;
         let pinned = Pinned::new(&dev, req.addr, req.len)?;
-        // Recorded before any address reaches user space: once one does, commands may
-        // use it, and only UNREGISTER (or close) may let the pages go.
-        let id = self.with_attached(|a| {
+        self.record_registration(ctrl, id, Memory::Pinned(pinned))?;
+        self.copy_out_addrs(id, req.dma_addrs, req.len)?;
+        Ok(HomiRegister { id, ..*req })
+    }
+
+    /// Records registration `id` (its id taken by the check before the memory was
+    /// pinned or imported) in the file attached to controller `ctrl`. Recorded before
+    /// any address reaches user space: once one does, commands may use it, and only
+    /// UNREGISTER (or close) may let the memory go.
+    pub(crate) fn record_registration(&self, ctrl: usize, id: u32, mem: Memory) -> Result {
+        self.with_attached(|a| {
             // Another thread may have registered meanwhile, or the file was re-attached.
             if a.c.ctrl.key() != ctrl {
                 return Err(ENODEV);
             }
-            check(a)?;
+            a.check_room()?;
             a.regs.reserve(1, GFP_KERNEL)?;
-            let id = a.next_id();
             // Room was reserved above.
-            a.regs.push(Registration { id, pinned }, GFP_KERNEL)?;
-            Ok(id)
-        })?;
-        let mut w = UserSlice::new(UserPtr::from_addr(req.dma_addrs as usize), pages * 8).writer();
+            a.regs.push(Registration { id, mem }, GFP_KERNEL)?;
+            Ok(())
+        })
+    }
+
+    /// Copies registration `id`'s page addresses (`len` bytes' worth) to the user array
+    /// at `to`, with `inner` released (the copy can fault). On failure the registration
+    /// is let go as UNREGISTER does: some addresses may have reached user space.
+    pub(crate) fn copy_out_addrs(&self, id: u32, to: u64, len: u64) -> Result {
+        let pages = usize::try_from(len / PAGE_SIZE as u64)?;
+        let mut w = UserSlice::new(UserPtr::from_addr(to as usize), pages * 8).writer();
         let copied = self.with_attached(|a| {
             let r = a.regs.iter().find(|r| r.id == id).ok_or(ENOENT)?;
             let mut addrs = KVVec::with_capacity(pages, GFP_KERNEL)?;
-            r.pinned
-                .for_each_page_dma(|addr| Ok(addrs.push(addr, GFP_KERNEL)?))?;
+            match &r.mem {
+                Memory::Pinned(p) => {
+                    p.for_each_page_dma(|addr| Ok(addrs.push(addr, GFP_KERNEL)?))?
+                }
+                Memory::DmaBuf(d) => {
+                    for addr in d.addrs() {
+                        addrs.push(*addr, GFP_KERNEL)?;
+                    }
+                }
+                Memory::Coherent(_) => return Err(EINVAL),
+            }
             Ok(addrs)
         });
-        // Copied out with `inner` released (the copy can fault).
         let written = copied.and_then(|addrs| addrs.iter().try_for_each(|addr| w.write(addr)));
         if let Err(e) = written {
-            // Some addresses may have reached user space: let go as UNREGISTER does.
             let _ = self.unregister(&HomiId { id, flags: 0 });
             return Err(e);
         }
-        Ok(HomiRegister { id, ..*req })
+        Ok(())
     }
 
     pub(crate) fn unregister(&self, req: &HomiId) -> Result {
@@ -144,9 +153,10 @@ impl FileState {
         }
         self.with_attached(|a| {
             let i = a.regs.iter().position(|r| r.id == req.id).ok_or(ENOENT)?;
+            a.check_not_placed(req.id)?;
             let lives = a.prepare_park()?;
             let r = a.regs.remove(i).map_err(|_| ENOENT)?;
-            a.park(Memory::Pinned(r.pinned), lives);
+            a.park(r.mem, lives);
             Ok(())
         })
     }

@@ -48,9 +48,10 @@ impl FileState {
     }
 
     pub(crate) fn create_qpair(&self, req: &HomiQpair) -> Result<HomiQpair> {
-        if req.flags != 0 || req.reserved != 0 {
+        if req.reserved != 0 {
             return Err(EINVAL);
         }
+        let (want_sq, want_cq) = crate::placement::wanted(req)?;
         self.with_attached(|a| {
             let c = a.c.clone();
             let mqes = (c.ctrl.cap() & 0xffff) as u32 + 1;
@@ -89,7 +90,18 @@ impl FileState {
                     );
                 }
             })?;
-            let mut q = match QueuePair::new(&c, &range, qid, req.depth, slot) {
+            let dev = c.ctrl.dev_ref()?;
+            let rings = a
+                .ring(&dev, want_sq, req.depth as usize * 64)
+                .and_then(|sq| Ok((sq, a.ring(&dev, want_cq, req.depth as usize * 16)?)));
+            let rings = match rings {
+                Ok(r) => r,
+                Err(e) => {
+                    c.release_qid(qid);
+                    return Err(e);
+                }
+            };
+            let mut q = match QueuePair::new(&c, &range, qid, req.depth, slot, rings) {
                 Ok(q) => q,
                 Err(e) => {
                     c.release_qid(qid);
@@ -146,12 +158,26 @@ impl FileState {
     }
 
     pub(crate) fn rearm_qpair(&self, req: &HomiQpair) -> Result<HomiQpair> {
-        if req.flags != 0 || req.reserved != 0 {
+        if req.flags != 0
+            || req.reserved != 0
+            || req.sq_memory != 0
+            || req.cq_memory != 0
+            || req.sq_memory_offset != 0
+            || req.cq_memory_offset != 0
+        {
             return Err(EINVAL);
         }
         self.with_attached(|a| {
             let c = a.c.clone();
             let i = Self::find_queue(a, req.qid)?;
+            if a.placement_revoked(a.queues[i].placements()) {
+                refuse!(
+                    "rearm_qpair: qid {}'s rings are in a dma-buf its exporter revoked; \
+                     destroy it\n",
+                    req.qid
+                );
+                return Err(glue::errno(bindings::ENXIO));
+            }
             let q = &mut a.queues[i];
             if q.live && !q.reset_since(c.epoch()) {
                 return Err(EBUSY);

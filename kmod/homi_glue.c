@@ -21,6 +21,8 @@
 #include "homi_glue.h"
 
 MODULE_IMPORT_NS("NVME_TARGET_PASSTHRU");
+/* dma_buf_dynamic_attach() and the rest of the importer API (REGISTER_DMABUF). */
+MODULE_IMPORT_NS("DMA_BUF");
 #ifdef HOMI_USER_QUEUES
 MODULE_IMPORT_NS("NVME_PCI_USER_QUEUES");
 #endif

@@ -37,12 +37,14 @@ use kernel::{
 mod admin;
 mod attached;
 mod dma;
+mod dmabuf;
 mod file;
 mod file_memory;
 mod file_queues;
 mod glue;
 mod mapping;
 mod memory;
+mod placement;
 mod queue;
 mod registry;
 mod status;
@@ -111,7 +113,8 @@ abi_bytes!(
     HomiQpair,
     HomiId,
     HomiAlloc,
-    HomiRegister
+    HomiRegister,
+    HomiRegisterDmabuf
 );
 
 // The ABI file encodes ioctl numbers with its own `_IOC`; the kernel's encoder must agree,
@@ -128,6 +131,7 @@ const _: () = {
     assert!(HOMI_IOCTL_REGISTER == _IOWR::<HomiRegister>(IOCTL_TYPE, 0x08));
     assert!(HOMI_IOCTL_UNREGISTER == _IOW::<HomiId>(IOCTL_TYPE, 0x09));
     assert!(HOMI_IOCTL_LIST_QPAIRS == _IOWR::<HomiList>(IOCTL_TYPE, 0x0a));
+    assert!(HOMI_IOCTL_REGISTER_DMABUF == _IOWR::<HomiRegisterDmabuf>(IOCTL_TYPE, 0x0b));
 };
 
 module! {
@@ -247,6 +251,7 @@ impl MiscDevice for HomiDev {
             HOMI_IOCTL_FREE => me.free(&read_arg(arg)?).map(|()| 0),
             HOMI_IOCTL_REGISTER => write_arg(arg, &me.register(&read_arg(arg)?)?),
             HOMI_IOCTL_UNREGISTER => me.unregister(&read_arg(arg)?).map(|()| 0),
+            HOMI_IOCTL_REGISTER_DMABUF => write_arg(arg, &me.register_dmabuf(&read_arg(arg)?)?),
             HOMI_IOCTL_LIST_QPAIRS => {
                 let mut l: HomiList = read_arg(arg)?;
                 l.count = file::list_qpairs(&l)?;

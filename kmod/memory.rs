@@ -21,6 +21,8 @@ use crate::dma::{
     DmaRegion,
     Pinned, //
 };
+use crate::dmabuf::Imported;
+use crate::mapping::PAGE_SIZE;
 
 /// Bytes in quarantine, module-wide (INFO's `quarantined_bytes`).
 pub(crate) static QUARANTINED: AtomicU64 = AtomicU64::new(0);
@@ -32,10 +34,11 @@ pub(crate) struct Buffer {
     pub(crate) pgoff: u64,
 }
 
-/// A registration from REGISTER: pinned user pages.
+/// A registration: pinned user pages (REGISTER, host or peer-to-peer memory) or an
+/// imported dma-buf (REGISTER_DMABUF).
 pub(crate) struct Registration {
     pub(crate) id: u32,
-    pub(crate) pinned: Pinned,
+    pub(crate) mem: Memory,
 }
 
 /// Memory the controller may reach.
@@ -44,6 +47,8 @@ pub(crate) enum Memory {
     Coherent(DmaRegion),
     /// Pinned user pages.
     Pinned(Pinned),
+    /// A range of a dma-buf, attached, pinned and mapped.
+    DmaBuf(Imported),
 }
 
 impl Memory {
@@ -51,6 +56,57 @@ impl Memory {
         match self {
             Memory::Coherent(m) => m.size(),
             Memory::Pinned(p) => p.bytes(),
+            Memory::DmaBuf(d) => d.bytes(),
+        }
+    }
+
+    /// The controller-visible address of `len` bytes at `offset`, if they lie inside and
+    /// are contiguous for the controller (where a ring can be placed).
+    pub(crate) fn contiguous(&self, offset: u64, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len as u64)?;
+        if end > self.bytes() as u64 || offset % PAGE_SIZE as u64 != 0 || len == 0 {
+            return None;
+        }
+        let first = usize::try_from(offset).ok()? / PAGE_SIZE;
+        let n = len.div_ceil(PAGE_SIZE);
+        let (mut i, mut base, mut ok) = (0usize, None, true);
+        // Fed each page's address in order; stops (with an error) past the ring's last.
+        let mut check = |a: u64| -> Result {
+            if i >= first {
+                let b = *base.get_or_insert(a);
+                if a != b + ((i - first) * PAGE_SIZE) as u64 {
+                    ok = false;
+                    return Err(EINVAL);
+                }
+            }
+            i += 1;
+            if i >= first + n {
+                return Err(EAGAIN);
+            }
+            Ok(())
+        };
+        match self {
+            Memory::Coherent(m) => return Some(m.dma() + offset),
+            Memory::Pinned(p) => {
+                let _ = p.for_each_page_dma(&mut check);
+            }
+            Memory::DmaBuf(d) if !d.revoked() => {
+                let _ = d.addrs().iter().try_for_each(|a| check(*a));
+            }
+            Memory::DmaBuf(_) => return None,
+        }
+        (ok && i >= first + n).then_some(base).flatten()
+    }
+
+    /// Whether the exporter revoked it (a dma-buf moved despite its pin).
+    pub(crate) fn revoked(&self) -> bool {
+        matches!(self, Memory::DmaBuf(d) if d.revoked())
+    }
+
+    /// After a revocation, lets a dma-buf's mapping go (no queue may reach it).
+    pub(crate) fn unmap_revoked(&self) {
+        if let Memory::DmaBuf(d) = self {
+            d.unmap();
         }
     }
 }

@@ -27,7 +27,6 @@ use crate::admin::{
     Created,
     Deleted, //
 };
-use crate::dma::DmaRegion;
 use crate::glue::{
     refuse,
     ShadowSlots, //
@@ -40,10 +39,8 @@ use crate::mapping::{
     PAGE_SHIFT,
     PAGE_SIZE, //
 };
-use crate::memory::{
-    Held,
-    Memory, //
-};
+use crate::memory::Held;
+use crate::placement::Ring;
 use crate::registry::{
     Controller,
     QidRange, //
@@ -84,10 +81,8 @@ pub(crate) struct QueuePair {
     depth: u32,
     /// Its slot in the status page.
     pub(crate) slot: u32,
-    sq: DmaRegion,
-    cq: DmaRegion,
-    sq_pgoff: u64,
-    cq_pgoff: u64,
+    sq: Ring,
+    cq: Ring,
     db_pgoff: u64,
     /// The BAR0 page holding this queue's doorbells, and the SQ tail doorbell's offset
     /// in it.
@@ -169,11 +164,13 @@ pub(crate) struct Zombie {
     pub(crate) qid: u16,
     pub(crate) born: u64,
     pub(crate) life: u64,
-    pub(crate) rings: [Held; 2],
+    /// Its rings in module memory; placed rings stay with the file's memory.
+    pub(crate) rings: [Option<Held>; 2],
 }
 
 impl QueuePair {
-    /// Allocates the rings of a queue pair on `qid`; it does not exist on the
+    /// A queue pair on `qid` with rings `sq` and `cq` (see
+    /// [`Attached::ring`](crate::attached::Attached)); it does not exist on the
     /// controller yet.
     pub(crate) fn new(
         c: &Controller,
@@ -181,18 +178,14 @@ impl QueuePair {
         qid: u16,
         depth: u32,
         slot: u32,
+        (sq, cq): (Ring, Ring),
     ) -> Result<Self> {
         let (bar, db_phys, db_offset) = doorbells(c, qid)?;
         let shadow = Shadow::new(c, range, qid)?;
-        let dev = c.ctrl.dev_ref()?;
-        let sq = DmaRegion::alloc(&dev, depth as usize * 64)?;
-        let cq = DmaRegion::alloc(&dev, depth as usize * 16)?;
         Ok(Self {
             qid,
             depth,
             slot,
-            sq_pgoff: take_pgoffs(sq.size()),
-            cq_pgoff: take_pgoffs(cq.size()),
             db_pgoff: take_pgoffs(PAGE_SIZE),
             db_phys,
             db_offset,
@@ -347,27 +340,25 @@ impl QueuePair {
 
     /// Revokes every mapping of the queue.
     pub(crate) fn zap(&self, mapping: usize) {
-        zap(mapping, self.sq_pgoff, self.sq.size());
-        zap(mapping, self.cq_pgoff, self.cq.size());
+        self.sq.zap(mapping);
+        self.cq.zap(mapping);
         self.zap_doorbells(mapping);
+    }
+
+    /// Whether a ring of it is placed in buffer or registration `id`.
+    pub(crate) fn placed_in(&self, id: u32) -> bool {
+        [self.sq.placed_in(), self.cq.placed_in()].contains(&Some(id))
+    }
+
+    /// The buffers or registrations its rings are placed in.
+    pub(crate) fn placements(&self) -> [Option<u32>; 2] {
+        [self.sq.placed_in(), self.cq.placed_in()]
     }
 
     /// The object at page offset `pgoff`, if it is one of this queue's: its extent, what
     /// backs page `pgoff`, and when a fault may map it.
     pub(crate) fn lookup(&self, pgoff: u64) -> Option<(Object, Backing, Gate)> {
-        let ring = |start: u64, mem: &DmaRegion| {
-            let i = usize::try_from(pgoff.checked_sub(start)?).ok()?;
-            let page = mem.page(i)?;
-            let obj = Object {
-                pgoff: start,
-                bytes: mem.size(),
-                writable: true,
-                mmio: false,
-            };
-            Some((obj, Backing::Kernel(page), Gate::Always))
-        };
-        if let Some(found) = ring(self.sq_pgoff, &self.sq).or_else(|| ring(self.cq_pgoff, &self.cq))
-        {
+        if let Some(found) = self.sq.lookup(pgoff).or_else(|| self.cq.lookup(pgoff)) {
             return Some(found);
         }
         // A doorbell page may be mapped while the queue is dead (a reset may catch a
@@ -403,10 +394,7 @@ impl QueuePair {
             qid: self.qid,
             born: self.born.unwrap_or(0),
             life: self.life,
-            rings: [
-                Held::new(Memory::Coherent(self.sq)),
-                Held::new(Memory::Coherent(self.cq)),
-            ],
+            rings: [self.sq.into_held(), self.cq.into_held()],
         }
     }
 
@@ -423,6 +411,14 @@ impl QueuePair {
             ),
             None => (0, 0, 0, 0, 0),
         };
+        let mut flags = flags;
+        let (sq_memory, cq_memory) = (self.sq.placed_at(), self.cq.placed_at());
+        if sq_memory.is_some() {
+            flags |= HOMI_QPAIR_SQ_IN_MEMORY;
+        }
+        if cq_memory.is_some() {
+            flags |= HOMI_QPAIR_CQ_IN_MEMORY;
+        }
         HomiQpair {
             depth: self.depth,
             flags,
@@ -430,8 +426,8 @@ impl QueuePair {
             sq_doorbell: self.db_offset,
             sq_size: self.sq.size() as u64,
             cq_size: self.cq.size() as u64,
-            sq_offset: self.sq_pgoff << PAGE_SHIFT,
-            cq_offset: self.cq_pgoff << PAGE_SHIFT,
+            sq_offset: self.sq.mmap_offset(),
+            cq_offset: self.cq.mmap_offset(),
             doorbell_offset: self.db_pgoff << PAGE_SHIFT,
             generation,
             shadow_offset,
@@ -439,7 +435,11 @@ impl QueuePair {
             shadow_sq,
             shadow_cq,
             status_slot: self.slot,
+            sq_memory: sq_memory.map_or(0, |(id, _)| id),
+            cq_memory: cq_memory.map_or(0, |(id, _)| id),
             reserved: 0,
+            sq_memory_offset: sq_memory.map_or(0, |(_, off)| off),
+            cq_memory_offset: cq_memory.map_or(0, |(_, off)| off),
         }
     }
 

@@ -90,7 +90,8 @@ impl GpuController {
         let module = gpu.compile(&with_pattern(GPU_CTRL_CU))?;
         let serve = gpu.function(&module, "homi_gctl_serve")?;
         let kill = gpu.function(&module, "homi_gctl_kill")?;
-        let (sq_len, cq_len) = ((depth as usize * 64).next_multiple_of(PAGE), (depth as usize * 16).next_multiple_of(PAGE));
+        let (sq_len, cq_len) =
+            ((depth as usize * 64).next_multiple_of(PAGE), (depth as usize * 16).next_multiple_of(PAGE));
         let per = sq_len + cq_len + PAGE;
         let rings = DeviceMemory::zeroed(gpu, n * per)?;
         let mut descs = Vec::with_capacity(n);
@@ -161,8 +162,10 @@ impl GpuController {
         let (tp, nq) = (self.table.dev_ptr(), self.n as u32);
         let other = self.gpu.context().new_stream().map_err(homi::gpu::GpuError::driver("cuStreamCreate"))?;
         // SAFETY: the arguments match `homi_gctl_kill`'s; the table lives in `self`.
-        unsafe { other.launch_builder(&self.kill).arg(&tp).arg(&nq).launch(LaunchConfig::for_num_elems(self.n as u32)) }
-            .map_err(homi::gpu::GpuError::driver("launch homi_gctl_kill"))?;
+        unsafe {
+            other.launch_builder(&self.kill).arg(&tp).arg(&nq).launch(LaunchConfig::for_num_elems(self.n as u32))
+        }
+        .map_err(homi::gpu::GpuError::driver("launch homi_gctl_kill"))?;
         other.synchronize().map_err(homi::gpu::GpuError::driver("cuStreamSynchronize"))
     }
 

@@ -26,9 +26,19 @@ pub struct Counts {
     pub mismatches: u64,
 }
 
+/// The shape of a read loop.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopShape {
+    /// Bytes per read.
+    pub io: u32,
+    /// GPU initiators, each with one read in flight.
+    pub threads: u32,
+    /// Blocks of namespace 1 the reads cycle over.
+    pub span_blocks: u64,
+}
+
 /// The workload kernels, compiled for one GPU.
 pub struct Workload {
-    gpu: Gpu,
     stream: Arc<CudaStream>,
     fill: CudaFunction,
     verify: CudaFunction,
@@ -56,7 +66,6 @@ impl Workload {
         let module = gpu.compile(&with_pattern(WORKLOAD_CU))?;
         let f = |name| gpu.function(&module, name);
         Ok(Self {
-            gpu: gpu.clone(),
             stream: gpu.context().new_stream().map_err(GpuError::driver("cuStreamCreate"))?,
             fill: f("homi_fill")?,
             verify: f("homi_verify")?,
@@ -120,7 +129,8 @@ impl Workload {
             if write == 0 {
                 mem.write_at(0, &vec![0u8; bytes as usize])?;
             }
-            let (qp, nq, desc, chunks, cnt) = (qs.device_handle(), qs.len() as u32, mem.desc(), bytes / u64::from(io), self.counters.dev_ptr());
+            let (qp, nq, desc, chunks, cnt) =
+                (qs.device_handle(), qs.len() as u32, mem.desc(), bytes / u64::from(io), self.counters.dev_ptr());
             // SAFETY: the arguments match `homi_transfer`; the queues and `mem` outlive
             // the wait below.
             unsafe {
@@ -142,19 +152,18 @@ impl Workload {
         self.counts()
     }
 
-    /// Reads of `io` bytes from `threads` initiators for `secs` (each thread its own
-    /// `io` slot of `mem`, cycling over `span_blocks`), or until `during` returns; the
-    /// counts and the time the kernel ran.
+    /// Reads of `l.io` bytes from `l.threads` initiators for `run_for` (each its own
+    /// `io` slot of `mem`, cycling over `l.span_blocks`), or until every initiator
+    /// gave up; `during` runs meanwhile. The counts and the time the kernel ran.
     pub fn read_loop(
         &self,
         qs: &GpuQueues,
         mem: &GpuBuffer,
-        io: u32,
-        threads: u32,
-        span_blocks: u64,
+        l: LoopShape,
         run_for: Duration,
         during: impl FnOnce() -> Result<()>,
     ) -> Result<(Counts, Duration)> {
+        let LoopShape { io, threads, span_blocks } = l;
         if (mem.len() as u64) < u64::from(threads) * u64::from(io) {
             return Err(Error::Invalid("read loop: one io-sized slot per initiator"));
         }

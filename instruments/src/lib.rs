@@ -13,9 +13,9 @@
 
 #[cfg(feature = "cuda")]
 pub mod gpu_ctrl;
-pub mod soft;
 #[cfg(feature = "cuda")]
 pub mod gpu_work;
+pub mod soft;
 #[cfg(feature = "cuda")]
 pub mod soft_gpu;
 

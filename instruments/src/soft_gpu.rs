@@ -42,9 +42,9 @@ impl SoftController {
                 cq: cq.dev_ptr(),
                 sq_db: at(Slot::SqTail),
                 cq_db: at(Slot::CqHead),
-                shadow: cfg.shadow_doorbells.then(|| {
-                    [at(Slot::SqShadow), at(Slot::CqShadow), at(Slot::SqEventIdx), at(Slot::CqEventIdx)]
-                }),
+                shadow: cfg
+                    .shadow_doorbells
+                    .then(|| [at(Slot::SqShadow), at(Slot::CqShadow), at(Slot::SqEventIdx), at(Slot::CqEventIdx)]),
                 state: at(Slot::State),
                 mmio_doorbells: false,
                 max_transfer: cfg.max_transfer as u32,

@@ -55,6 +55,15 @@ fn pci_bdf() -> anyhow::Result<String> {
     Ok(pci.file_name().context("pci address")?.to_string_lossy().into_owned())
 }
 
+/// Unbinds nvme0 from its driver, runs `check` while it is unbound, and binds it again.
+pub(crate) fn unbind_rebind(check: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let bdf = pci_bdf()?;
+    std::fs::write("/sys/bus/pci/drivers/nvme/unbind", &bdf).context("unbind")?;
+    let res = check();
+    rebind(&bdf)?;
+    res
+}
+
 fn rebind(bdf: &str) -> anyhow::Result<()> {
     std::fs::write("/sys/bus/pci/drivers/nvme/bind", bdf).context("bind")?;
     wait_for("nvme0 live again", || {

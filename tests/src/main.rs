@@ -6,6 +6,7 @@
 //! to count, and the run ends with `N passed, N failed`.
 
 mod common;
+mod dmabuf;
 mod fuzz;
 mod hardening;
 mod harness;
@@ -45,6 +46,15 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("helper") {
         let role = argv.get(2).map_or("", String::as_str);
+        if role == "dmabuf-holder" {
+            return match dmabuf::helper() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("helper: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         return match hardening::helper(role).and_then(|done| match done {
             Some(()) => Ok(()),
             None => queues::helper(role),

@@ -43,9 +43,10 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "paths" => crate::shapes::paths(kmod_path, h),
         "shadow" => crate::shapes::shadow(kmod_path, h),
         "placement" => crate::shapes::placement(kmod_path, h),
+        "dmabuf" => crate::dmabuf::dmabuf(kmod_path, h),
         other => bail!(
             "unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths, shadow, \
-             placement, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], fuzz[:SECONDS])"
+             placement, dmabuf, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], fuzz[:SECONDS])"
         ),
     }
 }

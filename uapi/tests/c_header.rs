@@ -52,6 +52,26 @@ fn expectations() -> Vec<(&'static str, u64)> {
         off!("homi_qpair", HomiQpair, shadow_sq),
         off!("homi_qpair", HomiQpair, shadow_cq),
         off!("homi_qpair", HomiQpair, status_slot),
+        off!("homi_qpair", HomiQpair, sq_memory),
+        off!("homi_qpair", HomiQpair, cq_memory),
+        off!("homi_qpair", HomiQpair, reserved),
+        off!("homi_qpair", HomiQpair, sq_memory_offset),
+        off!("homi_qpair", HomiQpair, cq_memory_offset),
+        (
+            "HOMI_QPAIR_SQ_IN_MEMORY",
+            u64::from(HOMI_QPAIR_SQ_IN_MEMORY),
+        ),
+        (
+            "HOMI_QPAIR_CQ_IN_MEMORY",
+            u64::from(HOMI_QPAIR_CQ_IN_MEMORY),
+        ),
+        size!("homi_register_dmabuf", HomiRegisterDmabuf),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, flags),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, offset),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, len),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, dma_addrs),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, id),
+        off!("homi_register_dmabuf", HomiRegisterDmabuf, reserved),
         ("HOMI_QPAIR_SHADOW", u64::from(HOMI_QPAIR_SHADOW)),
         ("HOMI_INFO_USER_QUEUES", u64::from(HOMI_INFO_USER_QUEUES)),
         ("HOMI_INFO_IOMMU", u64::from(HOMI_INFO_IOMMU)),
@@ -114,6 +134,10 @@ fn expectations() -> Vec<(&'static str, u64)> {
         ("HOMI_IOCTL_REGISTER", u64::from(HOMI_IOCTL_REGISTER)),
         ("HOMI_IOCTL_UNREGISTER", u64::from(HOMI_IOCTL_UNREGISTER)),
         ("HOMI_IOCTL_LIST_QPAIRS", u64::from(HOMI_IOCTL_LIST_QPAIRS)),
+        (
+            "HOMI_IOCTL_REGISTER_DMABUF",
+            u64::from(HOMI_IOCTL_REGISTER_DMABUF),
+        ),
     ]
 }
 

@@ -1,9 +1,10 @@
-//! Memory the controller can reach: module-owned DMA buffers.
+//! Memory the controller can reach: module-owned DMA buffers, registered process
+//! memory, and imported dma-bufs.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 
-use homi_uapi::{HomiAlloc, HomiId, HomiRegister};
+use homi_uapi::{HomiAlloc, HomiId, HomiRegister, HomiRegisterDmabuf};
 
 use crate::controller::Shared;
 use crate::mapping::Mapping;
@@ -15,7 +16,9 @@ use crate::{sys, Error, Result};
 /// On a real controller it is coherent DMA memory allocated by the module and mapped
 /// into this process, or process memory pinned and mapped for the controller
 /// ([`Controller::register`](crate::Controller::register), whose pages need not be
-/// contiguous: see [`page_addrs`](Self::page_addrs)); on the software controller,
+/// contiguous: see [`page_addrs`](Self::page_addrs)), or a range of an imported
+/// dma-buf ([`Controller::register_dmabuf`](crate::Controller::register_dmabuf)), which
+/// has a CPU pointer only if the caller asked to map it; on the software controller,
 /// page-aligned host memory whose "DMA address" is its virtual address.
 #[derive(Debug)]
 pub struct DmaBuffer {
@@ -29,10 +32,29 @@ pub struct DmaBuffer {
 
 #[derive(Debug)]
 enum Owner {
-    Module { _map: Mapping, id: u32, shared: Arc<Shared> },
-    Registered { id: u32, shared: Arc<Shared>, _mem: HostPages },
-    Host { _mem: HostPages },
-    External { _keep: Box<dyn std::any::Any + Send + Sync> },
+    Module {
+        _map: Mapping,
+        id: u32,
+        shared: Arc<Shared>,
+    },
+    /// Process memory: allocated here, or the caller's (`None`, kept mapped by it).
+    Registered {
+        id: u32,
+        shared: Arc<Shared>,
+        _mem: Option<HostPages>,
+    },
+    /// A dma-buf range, with the CPU mapping of it if one was asked for.
+    Imported {
+        id: u32,
+        shared: Arc<Shared>,
+        _map: Option<Mapping>,
+    },
+    Host {
+        _mem: HostPages,
+    },
+    External {
+        _keep: Box<dyn std::any::Any + Send + Sync>,
+    },
 }
 
 // SAFETY: the buffer is plain memory owned by `owner`; access goes through raw pointers
@@ -144,29 +166,75 @@ impl DmaBuffer {
     /// Allocates `size` bytes of page-aligned process memory and registers it: the
     /// module pins the pages and maps them for the controller through the DMA API.
     pub(crate) fn register(shared: Arc<Shared>, size: usize) -> Result<Self> {
-        if size == 0 || size % crate::prp::PAGE != 0 {
-            return Err(Error::Invalid("registered memory must be a non-zero multiple of 4096 bytes"));
-        }
         let mem = HostPages::new(size);
+        // SAFETY: `mem` is `size` bytes of process memory that lives in the buffer.
+        unsafe { Self::register_at(shared, mem.ptr(), size, Some(mem)) }
+    }
+
+    /// Registers `size` bytes at `ptr`, kept by `mem` if given.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be the start of `size` bytes of mapped process memory that stays
+    /// mapped for as long as the returned buffer lives.
+    pub(crate) unsafe fn register_at(
+        shared: Arc<Shared>,
+        ptr: *mut u8,
+        size: usize,
+        mem: Option<HostPages>,
+    ) -> Result<Self> {
+        if size == 0 || size % crate::prp::PAGE != 0 || ptr as usize % crate::prp::PAGE != 0 {
+            return Err(Error::Invalid("registered memory must be page-aligned and a non-zero multiple of 4096 bytes"));
+        }
         let mut pages = vec![0u64; size / crate::prp::PAGE].into_boxed_slice();
-        let mut r = HomiRegister {
-            addr: mem.ptr() as u64,
-            len: size as u64,
-            dma_addrs: pages.as_mut_ptr() as u64,
-            flags: 0,
-            id: 0,
-        };
-        // SAFETY: the fd is open; `r` names `size` bytes we own and room for one address
-        // per page.
-        unsafe { sys::homi_register(shared.fd().as_raw_fd(), &mut r) }
-            .map_err(|source| Error::Ioctl { op: "HOMI_IOCTL_REGISTER", source })?;
+        let mut r =
+            HomiRegister { addr: ptr as u64, len: size as u64, dma_addrs: pages.as_mut_ptr() as u64, flags: 0, id: 0 };
+        // SAFETY: the fd is open; `r` names `size` bytes of mapped memory (caller) and
+        // room for one address per page.
+        unsafe { sys::homi_register(shared.fd().as_raw_fd(), &mut r) }.map_err(|source| match source {
+            nix::Error::EXDEV => Error::Unreachable,
+            source => Error::Ioctl { op: "HOMI_IOCTL_REGISTER", source },
+        })?;
         Ok(Self {
-            ptr: mem.ptr(),
+            ptr,
             len: size,
             dma: pages[0],
             pages: Some(pages),
             owner: Owner::Registered { id: r.id, shared, _mem: mem },
         })
+    }
+
+    /// Imports `len` bytes at `offset` of the dma-buf `fd`, mapping them for the CPU too
+    /// if `map` (the exporter must support mmap, as udmabuf does).
+    pub(crate) fn import(shared: Arc<Shared>, fd: BorrowedFd<'_>, offset: u64, len: usize, map: bool) -> Result<Self> {
+        if len == 0 || len % crate::prp::PAGE != 0 || offset % crate::prp::PAGE as u64 != 0 {
+            return Err(Error::Invalid("a dma-buf range must be page-aligned and a non-zero multiple of 4096 bytes"));
+        }
+        let cpu = if map { Some(Mapping::new(fd, offset, len, true, "dma-buf")?) } else { None };
+        let mut pages = vec![0u64; len / crate::prp::PAGE].into_boxed_slice();
+        let mut r = HomiRegisterDmabuf {
+            fd: fd.as_raw_fd(),
+            offset,
+            len: len as u64,
+            dma_addrs: pages.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: the fd is open; `r` has room for one address per page.
+        unsafe { sys::homi_register_dmabuf(shared.fd().as_raw_fd(), &mut r) }.map_err(|source| match source {
+            nix::Error::EXDEV => Error::Unreachable,
+            source => Error::Ioctl { op: "HOMI_IOCTL_REGISTER_DMABUF", source },
+        })?;
+        let ptr = cpu.as_ref().map_or(std::ptr::null_mut(), Mapping::ptr);
+        Ok(Self { ptr, len, dma: pages[0], pages: Some(pages), owner: Owner::Imported { id: r.id, shared, _map: cpu } })
+    }
+
+    /// The module's id of this buffer or registration (`sq_memory`/`cq_memory` of
+    /// ring placement through the raw ABI); `None` for memory the module does not hold.
+    pub fn id(&self) -> Option<u32> {
+        match &self.owner {
+            Owner::Module { id, .. } | Owner::Registered { id, .. } | Owner::Imported { id, .. } => Some(*id),
+            Owner::Host { .. } | Owner::External { .. } => None,
+        }
     }
 
     /// The device address of each page, for registered memory (`None` when the
@@ -198,9 +266,15 @@ impl DmaBuffer {
         false
     }
 
-    /// The first byte, for callers that move data themselves.
+    /// The first byte, for callers that move data themselves; null for a dma-buf
+    /// imported without a CPU mapping (GPU memory).
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr
+    }
+
+    /// Whether the buffer has a CPU mapping ([`as_ptr`](Self::as_ptr) is not null).
+    pub fn is_mapped(&self) -> bool {
+        !self.ptr.is_null()
     }
 
     /// Copies `src` into the buffer at `offset`. Call it only while no command that
@@ -209,6 +283,9 @@ impl DmaBuffer {
         let end = offset.checked_add(src.len()).ok_or(Error::Invalid("range"))?;
         if end > self.len() {
             return Err(Error::Invalid("range beyond the buffer"));
+        }
+        if !self.is_mapped() {
+            return Err(Error::Invalid("the buffer has no CPU mapping"));
         }
         // SAFETY: the range is inside the mapping; no command touches it (caller's
         // contract), so nothing else writes it while we copy.
@@ -222,6 +299,9 @@ impl DmaBuffer {
         let end = offset.checked_add(dst.len()).ok_or(Error::Invalid("range"))?;
         if end > self.len() {
             return Err(Error::Invalid("range beyond the buffer"));
+        }
+        if !self.is_mapped() {
+            return Err(Error::Invalid("the buffer has no CPU mapping"));
         }
         // SAFETY: the range is inside the mapping; the device finished writing it
         // (caller's contract).
@@ -252,10 +332,11 @@ impl Drop for DmaBuffer {
     fn drop(&mut self) {
         match &self.owner {
             Owner::Module { id, shared, .. } => free(shared, *id),
-            Owner::Registered { id, shared, .. } => {
+            Owner::Registered { id, shared, .. } | Owner::Imported { id, shared, .. } => {
                 let req = HomiId { id: *id, flags: 0 };
                 // SAFETY: the fd is open and `req` is a valid `HomiId`. The pages are
-                // unpinned before `_mem` frees them (fields drop after this).
+                // unpinned (the dma-buf let go) before `_mem` or `_map` goes (fields drop
+                // after this).
                 if let Err(e) = unsafe { sys::homi_unregister(shared.fd().as_raw_fd(), &req) } {
                     tracing::warn!(id, error = %e, "HOMI_IOCTL_UNREGISTER failed");
                 }

@@ -1,7 +1,7 @@
 //! A controller attached through `/dev/homi`.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -128,7 +128,7 @@ impl Controller {
             nix::Error::EAGAIN => Error::NotLive,
             source => Error::Ioctl { op: "HOMI_IOCTL_CREATE_QPAIR", source },
         })?;
-        QueuePair::map(self.shared.clone(), q)
+        QueuePair::map(self.shared.clone(), q, [None, None])
     }
 
     /// Allocates `size` bytes of module-owned DMA memory (a multiple of 4096, at most
@@ -142,6 +142,40 @@ impl Controller {
     /// pages stay pinned until the buffer is dropped.
     pub fn register(&self, size: usize) -> Result<DmaBuffer> {
         DmaBuffer::register(self.shared.clone(), size)
+    }
+
+    /// Imports `len` bytes at `offset` of the dma-buf `fd` (GPU memory, a udmabuf,
+    /// another device's memory) for the controller: the module attaches it to the
+    /// controller's PCI device, pins and maps it, and returns one address per page.
+    /// The buffer has no CPU pointer ([`DmaBuffer::is_mapped`] is false); see
+    /// [`register_dmabuf_mapped`](Self::register_dmabuf_mapped). No `RLIMIT_MEMLOCK`
+    /// charge: it is not process memory. Fails with [`Error::Unreachable`] where the
+    /// exporter cannot place it for the controller.
+    pub fn register_dmabuf(&self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<DmaBuffer> {
+        DmaBuffer::import(self.shared.clone(), fd, offset, len, false)
+    }
+
+    /// As [`register_dmabuf`](Self::register_dmabuf), and maps the range for the CPU
+    /// through the dma-buf's own mmap (which udmabuf and system heap buffers support).
+    pub fn register_dmabuf_mapped(&self, fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<DmaBuffer> {
+        DmaBuffer::import(self.shared.clone(), fd, offset, len, true)
+    }
+
+    /// Registers `len` bytes of memory this process already has mapped at `ptr`
+    /// (page-aligned): process memory, or peer-to-peer memory such as another device's
+    /// BAR published through P2PDMA (`/sys/bus/pci/devices/*/p2pmem/allocate`). Fails
+    /// with [`Error::Unreachable`] where the controller cannot reach it.
+    ///
+    /// # Safety
+    ///
+    /// The memory must stay mapped for as long as the returned buffer lives.
+    pub unsafe fn register_memory(&self, ptr: *mut u8, len: usize) -> Result<DmaBuffer> {
+        // SAFETY: the caller's contract.
+        unsafe { DmaBuffer::register_at(self.shared.clone(), ptr, len, None) }
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The raw `/dev/homi` file, for ioctls this crate does not wrap.

@@ -46,6 +46,10 @@ pub enum Error {
         /// This library's minor version.
         lib_minor: u32,
     },
+    /// The memory lies where the controller cannot reach it: P2PDMA finds no
+    /// peer-to-peer path between its provider and the controller (`EXDEV`).
+    #[error("the controller cannot reach this memory (no peer-to-peer DMA path)")]
+    Unreachable,
     /// The controller has shadow doorbells (Doorbell Buffer Config) on, which a stock
     /// nvme-pci keeps private: MMIO-only queues cannot work.
     #[error("shadow doorbells (NVMe Doorbell Buffer Config) are active on this controller; a stock kernel cannot give homi queues on it (boot QEMU with dbcs=off, or use the user-queue patch)")]

@@ -37,6 +37,7 @@ mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 mod mapping;
+mod placement;
 mod prp;
 mod queue;
 pub(crate) mod sys;
@@ -48,5 +49,6 @@ pub use device::HomiDevice;
 pub use doorbell::{need_event, Doorbell, DoorbellStats};
 pub use error::{Error, Result};
 pub use homi_uapi as uapi;
+pub use placement::RingPlacement;
 pub use prp::PAGE;
 pub use queue::{Completion, QueueBacking, QueuePair, RawQueue};

@@ -25,6 +25,7 @@ use crate::command::{Command, Sqe, Status};
 use crate::controller::Shared;
 use crate::doorbell::{Doorbell, DoorbellStats};
 use crate::mapping::Mapping;
+use crate::placement::RingMem;
 use crate::prp::{self, Prps, PAGE};
 use crate::{sys, Error, Result};
 
@@ -118,7 +119,7 @@ pub struct RawQueue {
 /// Where the rings live.
 enum Backing {
     /// Mapped from `/dev/homi`: a real controller.
-    Kernel { _sq: Mapping, _cq: Mapping, db: Doorbells, shared: Arc<Shared>, slot: u32 },
+    Kernel { _sq: RingMem, _cq: RingMem, db: Doorbells, shared: Arc<Shared>, slot: u32 },
     /// Another controller, which keeps the rings alive.
     Other(Box<dyn QueueBacking>),
 }
@@ -226,12 +227,17 @@ impl QueuePair {
         Self::new(raw, Backing::Other(backing))
     }
 
-    pub(crate) fn map(shared: Arc<Shared>, q: HomiQpair) -> Result<Self> {
+    pub(crate) fn map(shared: Arc<Shared>, q: HomiQpair, placed: [Option<(Arc<DmaBuffer>, u64)>; 2]) -> Result<Self> {
         let qid = q.qid as u16;
+        let [sq_at, cq_at] = placed;
         let maps = (|| {
             let fd = shared.fd().as_fd();
-            let sq = Mapping::new(fd, q.sq_offset, q.sq_size as usize, true, "SQ ring")?;
-            let cq = Mapping::new(fd, q.cq_offset, q.cq_size as usize, true, "CQ ring")?;
+            let ring = |at: Option<(Arc<DmaBuffer>, u64)>, offset, size, what| match at {
+                Some((b, off)) => Ok(RingMem::Placed(b, off)),
+                None => Mapping::new(fd, offset, size, true, what).map(RingMem::Mapped),
+            };
+            let sq = ring(sq_at, q.sq_offset, q.sq_size as usize, "SQ ring")?;
+            let cq = ring(cq_at, q.cq_offset, q.cq_size as usize, "CQ ring")?;
             let db = Doorbells::map(&shared, &q)?;
             Ok::<_, Error>((sq, cq, db))
         })();
@@ -243,7 +249,13 @@ impl QueuePair {
             }
         };
         let (sq_db, cq_db) = db.doorbells(&shared, &q);
-        let (sqp, cqp) = (sq.ptr(), cq.ptr());
+        let (sqp, cqp) = match (sq.ptr(), cq.ptr()) {
+            (Ok(s), Ok(c)) => (s, c),
+            (Err(e), _) | (_, Err(e)) => {
+                destroy(&shared, qid);
+                return Err(e);
+            }
+        };
         let raw = RawQueue {
             qid,
             depth: q.depth,
@@ -534,7 +546,7 @@ impl QueuePair {
     /// forgotten.
     pub fn rearm(&mut self) -> Result<()> {
         match &mut self.backing {
-            Backing::Kernel { db, shared, slot, .. } => {
+            Backing::Kernel { db, shared, slot, _sq, _cq } => {
                 if shared.queue_state(*slot) != HOMI_QUEUE_DEAD {
                     return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
                 }
@@ -550,6 +562,9 @@ impl QueuePair {
                 (self.sq_db, self.cq_db) = new_db.doorbells(shared, &q);
                 *db = new_db;
                 self.generation = q.generation;
+                // The module zeroes only the rings it owns.
+                _sq.zero(self.depth as usize * 64);
+                _cq.zero(self.depth as usize * 16);
             }
             Backing::Other(b) => self.generation = b.rearm()?,
         }

@@ -142,7 +142,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     // One boot per controller shape; each runs its suites in order. Stock mode is
     // nvme-pci with user_queues=0 (the default) and no shadow doorbells.
     let boots = [
-        ("stock", base.clone(), "basic queues hardening stress unbind"),
+        ("stock", base.clone(), "basic queues hardening stress unbind dmabuf"),
         ("dbcs-on", dbcs.clone(), "dbcs"),
         ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
@@ -150,7 +150,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         (
             "iommu-2ctrl",
             VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
-            "shapes",
+            "shapes dmabuf",
         ),
         ("poll-queues", with(&base, "nvme.poll_queues=1 nvme.user_queues=4"), "paths"),
         ("many-queues", VmOptions { max_ioqpairs: 1100, ..base.clone() }, "manyq"),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use homi::gpu::{Gpu, GpuQueues, GPU_DEAD, GPU_TIMEOUT};
 use homi::{Result, PAGE};
 use homi_instruments::gpu_ctrl::{GpuController, GpuCtrlConfig};
-use homi_instruments::gpu_work::{Counts, Workload};
+use homi_instruments::gpu_work::{Counts, LoopShape, Workload};
 use homi_instruments::{Fault, SoftConfig, SoftController};
 
 #[derive(Default)]
@@ -49,20 +49,35 @@ fn verdict(c: Counts, bytes: u64, io: u32, t: Instant) -> Result<String> {
     let want = 2 * bytes / u64::from(io);
     if c.failed != 0 || c.mismatches != 0 || c.ok != want {
         return Err(homi::Error::Invalid(Box::leak(
-            format!("{} ok of {want}, {} failed (first {}), {} words mismatched", c.ok, c.failed, c.first_failure, c.mismatches)
-                .into_boxed_str(),
+            format!(
+                "{} ok of {want}, {} failed (first {}), {} words mismatched",
+                c.ok, c.failed, c.first_failure, c.mismatches
+            )
+            .into_boxed_str(),
         )));
     }
     let secs = t.elapsed().as_secs_f64();
-    Ok(format!("{want} commands, {} MiB each way, 0 mismatches, {:.2} s, {:.2} GB/s", bytes >> 20, secs, 2.0 * bytes as f64 / secs / 1e9))
+    Ok(format!(
+        "{want} commands, {} MiB each way, 0 mismatches, {:.2} s, {:.2} GB/s",
+        bytes >> 20,
+        secs,
+        2.0 * bytes as f64 / secs / 1e9
+    ))
 }
 
 fn fail(msg: String) -> homi::Error {
     homi::Error::Invalid(Box::leak(msg.into_boxed_str()))
 }
 
-fn soft_round_trip(gpu: &Gpu, w: &Workload, bytes: u64, shadow: bool, (qd, nq, io): (u32, usize, u32)) -> Result<String> {
-    let ctrl = SoftController::new(SoftConfig { blocks: bytes / 512, shadow_doorbells: shadow, ..SoftConfig::default() });
+fn soft_round_trip(
+    gpu: &Gpu,
+    w: &Workload,
+    bytes: u64,
+    shadow: bool,
+    (qd, nq, io): (u32, usize, u32),
+) -> Result<String> {
+    let ctrl =
+        SoftController::new(SoftConfig { blocks: bytes / 512, shadow_doorbells: shadow, ..SoftConfig::default() });
     let qs = ctrl.gpu_queues(gpu, nq, qd + 1, Duration::from_secs(30))?;
     let mem = ctrl.gpu_alloc(gpu, bytes as usize)?;
     let t = Instant::now();
@@ -86,13 +101,23 @@ fn gpu_ctrl_round_trip(gpu: &Gpu, w: &Workload, bytes: u64, (qd, nq, io): (u32, 
 
 /// Runs a read loop, does `act` in the middle, and expects every initiator to stop
 /// with `want` rather than hang.
-fn surfaces(w: &Workload, qs: &GpuQueues, mem: &homi::gpu::GpuBuffer, want: i32, act: impl FnOnce() -> Result<()>) -> Result<String> {
-    let (c, took) = w.read_loop(qs, mem, 4096, 64, 1 << 16, Duration::from_secs(10), || {
+fn surfaces(
+    w: &Workload,
+    qs: &GpuQueues,
+    mem: &homi::gpu::GpuBuffer,
+    want: i32,
+    act: impl FnOnce() -> Result<()>,
+) -> Result<String> {
+    let shape = LoopShape { io: 4096, threads: 64, span_blocks: 1 << 16 };
+    let (c, took) = w.read_loop(qs, mem, shape, Duration::from_secs(10), || {
         std::thread::sleep(Duration::from_millis(300));
         act()
     })?;
     if c.first_failure != i64::from(want) {
-        return Err(fail(format!("first failure {} (want {want}); {} reads ok, {} failed", c.first_failure, c.ok, c.failed)));
+        return Err(fail(format!(
+            "first failure {} (want {want}); {} reads ok, {} failed",
+            c.first_failure, c.ok, c.failed
+        )));
     }
     if took > Duration::from_secs(8) {
         return Err(fail(format!("initiators took {took:?} to give up")));
@@ -113,13 +138,27 @@ fn main() {
     let mut names: Vec<String> = Vec::new();
     for shadow in [false, true] {
         for (qd, nq, io) in SHAPES {
-            names.push(format!("soft controller, rings in host memory, shadow doorbells {}, QD {qd} x {nq} queues, {} KiB I/Os", if shadow { "on" } else { "off" }, io >> 10));
+            names.push(format!(
+                "soft controller, rings in host memory, shadow doorbells {}, QD {qd} x {nq} queues, {} KiB I/Os",
+                if shadow { "on" } else { "off" },
+                io >> 10
+            ));
         }
     }
     for (qd, nq, io) in SHAPES {
-        names.push(format!("GPU-resident controller, rings in GPU memory, QD {qd} x {nq} queues, {} KiB I/Os", io >> 10));
+        names.push(format!(
+            "GPU-resident controller, rings in GPU memory, QD {qd} x {nq} queues, {} KiB I/Os",
+            io >> 10
+        ));
     }
-    names.extend(["a reset surfaces as HOMI_GPU_DEAD (software controller)", "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)", "a lost completion surfaces as HOMI_GPU_TIMEOUT"].map(String::from));
+    names.extend(
+        [
+            "a reset surfaces as HOMI_GPU_DEAD (software controller)",
+            "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)",
+            "a lost completion surfaces as HOMI_GPU_TIMEOUT",
+        ]
+        .map(String::from),
+    );
 
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
@@ -154,33 +193,42 @@ fn main() {
         t.check(&n, gpu_ctrl_round_trip(&gpu, &w, bytes, shape));
     }
     let n = names.next().expect("named");
-    t.check(&n, (|| {
-        let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
-        let qs = ctrl.gpu_queues(&gpu, 4, 64, Duration::from_secs(30))?;
-        let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
-        surfaces(&w, &qs, &mem, GPU_DEAD, || {
-            ctrl.reset();
-            Ok(())
-        })
-    })());
+    t.check(
+        &n,
+        (|| {
+            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+            let qs = ctrl.gpu_queues(&gpu, 4, 64, Duration::from_secs(30))?;
+            let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
+            surfaces(&w, &qs, &mem, GPU_DEAD, || {
+                ctrl.reset();
+                Ok(())
+            })
+        })(),
+    );
     let n = names.next().expect("named");
-    t.check(&n, (|| {
-        let (mut ctrl, qs) = GpuController::start(&gpu, GpuCtrlConfig::default(), 4, 64, Duration::from_secs(30))?;
-        let mem = ctrl.alloc(64 * PAGE)?;
-        let r = surfaces(&w, &qs, &mem, GPU_DEAD, || ctrl.kill_queues());
-        ctrl.stop()?;
-        r
-    })());
+    t.check(
+        &n,
+        (|| {
+            let (mut ctrl, qs) = GpuController::start(&gpu, GpuCtrlConfig::default(), 4, 64, Duration::from_secs(30))?;
+            let mem = ctrl.alloc(64 * PAGE)?;
+            let r = surfaces(&w, &qs, &mem, GPU_DEAD, || ctrl.kill_queues());
+            ctrl.stop()?;
+            r
+        })(),
+    );
     let n = names.next().expect("named");
-    t.check(&n, (|| {
-        let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
-        let qs = ctrl.gpu_queues(&gpu, 1, 64, Duration::from_millis(500))?;
-        let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
-        surfaces(&w, &qs, &mem, GPU_TIMEOUT, || {
-            ctrl.inject(Fault::Drop { count: 1 });
-            Ok(())
-        })
-    })());
+    t.check(
+        &n,
+        (|| {
+            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+            let qs = ctrl.gpu_queues(&gpu, 1, 64, Duration::from_millis(500))?;
+            let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
+            surfaces(&w, &qs, &mem, GPU_TIMEOUT, || {
+                ctrl.inject(Fault::Drop { count: 1 });
+                Ok(())
+            })
+        })(),
+    );
     println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
     if t.failed > 0 {
         std::process::exit(1);

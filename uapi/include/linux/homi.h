@@ -12,7 +12,7 @@
 
 #define HOMI_IOCTL_TYPE 0xB9
 #define HOMI_ABI_MAJOR 0
-#define HOMI_ABI_MINOR 5
+#define HOMI_ABI_MINOR 6
 
 #define HOMI_FEAT_USER_QUEUES		(1ULL << 0)
 
@@ -68,6 +68,8 @@ struct homi_info {
 };
 
 #define HOMI_QPAIR_SHADOW		(1U << 0)
+#define HOMI_QPAIR_SQ_IN_MEMORY		(1U << 8)
+#define HOMI_QPAIR_CQ_IN_MEMORY		(1U << 9)
 
 struct homi_qpair {
 	__u32 depth;
@@ -85,7 +87,11 @@ struct homi_qpair {
 	__u32 shadow_sq;	/* SQ tail slot's byte offset in both pages */
 	__u32 shadow_cq;	/* CQ head slot's byte offset in both pages */
 	__u32 status_slot;	/* index in homi_status.queue_state */
+	__u32 sq_memory;	/* HOMI_QPAIR_SQ_IN_MEMORY: buffer/registration id */
+	__u32 cq_memory;	/* HOMI_QPAIR_CQ_IN_MEMORY: buffer/registration id */
 	__u32 reserved;
+	__u64 sq_memory_offset;	/* SQ ring's offset there, 4096-aligned */
+	__u64 cq_memory_offset;	/* CQ ring's offset there, 4096-aligned */
 };
 
 struct homi_id {
@@ -111,6 +117,16 @@ struct homi_register {
 	__u64 dma_addrs;
 	__u32 flags;
 	__u32 id;
+};
+
+struct homi_register_dmabuf {
+	__s32 fd;		/* a dma-buf fd */
+	__u32 flags;		/* must be 0 */
+	__u64 offset;		/* into the dma-buf, 4096-aligned */
+	__u64 len;		/* non-zero multiple of 4096, at most HOMI_REGISTER_MAX */
+	__u64 dma_addrs;	/* __u64[len / 4096], filled */
+	__u32 id;		/* out: the registration id */
+	__u32 reserved;
 };
 
 struct homi_list {
@@ -155,5 +171,6 @@ struct homi_status {
 #define HOMI_IOCTL_REGISTER	_IOWR(HOMI_IOCTL_TYPE, 0x08, struct homi_register)
 #define HOMI_IOCTL_UNREGISTER	_IOW(HOMI_IOCTL_TYPE, 0x09, struct homi_id)
 #define HOMI_IOCTL_LIST_QPAIRS	_IOWR(HOMI_IOCTL_TYPE, 0x0a, struct homi_list)
+#define HOMI_IOCTL_REGISTER_DMABUF _IOWR(HOMI_IOCTL_TYPE, 0x0b, struct homi_register_dmabuf)
 
 #endif /* _UAPI_LINUX_HOMI_H */

@@ -158,7 +158,13 @@ impl GpuBuffer {
     /// `len` bytes at GPU address `dev` must stay valid, and page `i` reachable by the
     /// controller at `pages[i]`, until `keep` is dropped; `pages` holds one address
     /// per 4096 bytes of `len`.
-    pub unsafe fn from_raw(gpu: &Gpu, dev: u64, len: usize, pages: Box<[u64]>, keep: Box<dyn Any + Send + Sync>) -> Result<Self> {
+    pub unsafe fn from_raw(
+        gpu: &Gpu,
+        dev: u64,
+        len: usize,
+        pages: Box<[u64]>,
+        keep: Box<dyn Any + Send + Sync>,
+    ) -> Result<Self> {
         if len == 0 || len % PAGE != 0 || pages.len() != len / PAGE {
             return Err(Error::Invalid("GPU buffer: one address per 4096-byte page"));
         }
@@ -231,6 +237,8 @@ impl GpuBuffer {
         }
         self.gpu.bind()?;
         // SAFETY: the range is inside the buffer (checked); `dst` is writable.
-        check("cuMemcpyDtoH", unsafe { sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), self.dev + offset as u64, dst.len()) })
+        check("cuMemcpyDtoH", unsafe {
+            sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), self.dev + offset as u64, dst.len())
+        })
     }
 }

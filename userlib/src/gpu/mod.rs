@@ -25,7 +25,9 @@ use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 pub use buffer::{DeviceMemory, GpuBuffer, HostMapping};
-pub use queues::{GpuQueues, QueueDesc, QueueRings, GPU_CORRUPT, GPU_DEAD, GPU_INVALID, GPU_MMIO_DOORBELLS, GPU_TIMEOUT};
+pub use queues::{
+    GpuQueues, QueueDesc, QueueRings, GPU_CORRUPT, GPU_DEAD, GPU_INVALID, GPU_MMIO_DOORBELLS, GPU_TIMEOUT,
+};
 
 use crate::{Opcode, Result, PAGE};
 
