@@ -80,3 +80,32 @@ extern "C" __global__ void homi_loop(struct homi_queue *qs, unsigned int nq, con
     }
     atomicAdd(&counters[0], ok);
 }
+
+// The ceiling of SQ entry stores, with no controller: each thread takes a ticket
+// (warp-aggregated, as homi.cuh does), writes a 64-byte entry at ticket % depth of
+// `ring` and fences system-wide, until `*stop` turns non-zero. counters[0] counts
+// entries written.
+extern "C" __global__ void homi_store_ceiling(unsigned char *ring, unsigned int depth, unsigned long long *ticket,
+                                              const volatile unsigned int *stop, unsigned long long *counters) {
+    unsigned long long n = 0;
+    for (;;) {
+        if ((n & 15ull) == 0 && *stop)
+            break;
+        unsigned int peers = __activemask();
+        unsigned int lane = threadIdx.x & 31u;
+        int leader = __ffs(peers) - 1;
+        unsigned long long base = 0;
+        if ((int)lane == leader)
+            base = atomicAdd(ticket, (unsigned long long)__popc(peers));
+        base = __shfl_sync(peers, base, leader);
+        unsigned long long t = base + __popc(peers & ((1u << lane) - 1u));
+        uint4 *sqe = (uint4 *)(ring + 64u * (unsigned int)(t % depth));
+        sqe[0] = make_uint4(HOMI_OPC_READ | ((unsigned int)(t % depth) << 16), 1u, 0, 0);
+        sqe[1] = make_uint4(0, 0, (unsigned int)t, (unsigned int)(t >> 32));
+        sqe[2] = make_uint4(0, 0, (unsigned int)t, 0);
+        sqe[3] = make_uint4(7u, 0, 0, 0);
+        __threadfence_system();
+        n++;
+    }
+    atomicAdd(&counters[0], n);
+}

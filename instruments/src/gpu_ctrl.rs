@@ -51,11 +51,19 @@ pub struct GpuCtrlConfig {
     pub lba_shift: u32,
     /// Largest transfer in bytes.
     pub max_transfer: u32,
+    /// Rings and doorbells in host memory mapped into the GPU rather than GPU memory.
+    pub host_rings: bool,
 }
 
 impl Default for GpuCtrlConfig {
     fn default() -> Self {
-        Self { pattern: false, blocks: 1 << 32, lba_shift: 9, max_transfer: (PAGE * (PAGE / 8 + 1)) as u32 }
+        Self {
+            pattern: false,
+            blocks: 1 << 32,
+            lba_shift: 9,
+            max_transfer: (PAGE * (PAGE / 8 + 1)) as u32,
+            host_rings: false,
+        }
     }
 }
 
@@ -93,11 +101,11 @@ impl GpuController {
         let (sq_len, cq_len) =
             ((depth as usize * 64).next_multiple_of(PAGE), (depth as usize * 16).next_multiple_of(PAGE));
         let per = sq_len + cq_len + PAGE;
-        let rings = DeviceMemory::zeroed(gpu, n * per)?;
+        let rings = Rings::new(gpu, n * per, cfg.host_rings)?;
         let mut descs = Vec::with_capacity(n);
         let mut qs = Vec::with_capacity(n);
         for i in 0..n {
-            let base = rings.dev_ptr() + (i * per) as u64;
+            let base = rings.dev + (i * per) as u64;
             let db = base + (sq_len + cq_len) as u64;
             let (sq_db, cq_db, state) = (db, db + 4, db + 8);
             qs.push(CtrlQueue {
@@ -125,7 +133,7 @@ impl GpuController {
                 mmio_doorbells: false,
                 max_transfer: cfg.max_transfer,
             });
-            rings.write((state - rings.dev_ptr()) as usize, &[homi::uapi::HOMI_QUEUE_LIVE])?;
+            rings.set_live((state - rings.dev) as usize)?;
         }
         let table = DeviceMemory::zeroed(gpu, n * std::mem::size_of::<CtrlQueue>())?;
         table.write(0, &qs)?;
@@ -189,6 +197,48 @@ impl GpuController {
 impl Drop for GpuController {
     fn drop(&mut self) {
         let _ = self.stop();
+    }
+}
+
+/// The rings and doorbells of a GPU-resident controller's queues.
+struct Rings {
+    dev: u64,
+    mem: RingMem,
+}
+
+enum RingMem {
+    Gpu(DeviceMemory),
+    /// Host memory mapped into the GPU; the mapping drops before the pages.
+    Host {
+        _map: HostMapping,
+        pages: HostPages,
+    },
+}
+
+impl Rings {
+    fn new(gpu: &Gpu, len: usize, host: bool) -> Result<Self> {
+        if host {
+            let pages = HostPages::new(len);
+            // SAFETY: `pages` lives beside the mapping and drops after it.
+            let map = unsafe { HostMapping::new(gpu, pages.ptr(), pages.len(), 0)? };
+            Ok(Self { dev: map.dev_ptr(), mem: RingMem::Host { _map: map, pages } })
+        } else {
+            let mem = DeviceMemory::zeroed(gpu, len)?;
+            Ok(Self { dev: mem.dev_ptr(), mem: RingMem::Gpu(mem) })
+        }
+    }
+
+    /// Marks the queue whose state word is at byte `off` live.
+    fn set_live(&self, off: usize) -> Result<()> {
+        let live = homi::uapi::HOMI_QUEUE_LIVE;
+        match &self.mem {
+            RingMem::Gpu(m) => m.write(off, &[live]),
+            RingMem::Host { pages: p, .. } => {
+                // SAFETY: `off` is a 4-aligned word inside the pages; no kernel runs yet.
+                unsafe { std::ptr::write_volatile(p.ptr().add(off).cast::<u32>(), live) };
+                Ok(())
+            }
+        }
     }
 }
 

@@ -39,11 +39,13 @@ pub struct LoopShape {
 
 /// The workload kernels, compiled for one GPU.
 pub struct Workload {
+    gpu: Gpu,
     stream: Arc<CudaStream>,
     fill: CudaFunction,
     verify: CudaFunction,
     transfer: CudaFunction,
     looper: CudaFunction,
+    ceiling: CudaFunction,
     counters: DeviceMemory,
     /// The read loop's stop word, mapped once: registering host memory while a
     /// GPU-resident controller runs could wait for it forever.
@@ -66,11 +68,13 @@ impl Workload {
         let module = gpu.compile(&with_pattern(WORKLOAD_CU))?;
         let f = |name| gpu.function(&module, name);
         Ok(Self {
+            gpu: gpu.clone(),
             stream: gpu.context().new_stream().map_err(GpuError::driver("cuStreamCreate"))?,
             fill: f("homi_fill")?,
             verify: f("homi_verify")?,
             transfer: f("homi_transfer")?,
             looper: f("homi_loop")?,
+            ceiling: f("homi_store_ceiling")?,
             counters: DeviceMemory::zeroed(gpu, 32)?,
             stop: {
                 let page = HostPages::new(PAGE);
@@ -202,5 +206,31 @@ impl Workload {
         waited?;
         outcome?;
         Ok((self.counts()?, took))
+    }
+
+    /// The ceiling of SQ entry stores into `ring` (GPU address of `depth` 64-byte
+    /// entries, in GPU or mapped host memory), with no controller: `threads` storers
+    /// for `run_for`. Entries written per second.
+    pub fn store_ceiling(&self, ring: u64, depth: u32, threads: u32, run_for: Duration) -> Result<f64> {
+        let cfg = shape(threads)?;
+        self.counters.write(0, &[0u64; 4])?;
+        let ticket = DeviceMemory::zeroed(&self.gpu, 8)?;
+        let stop = self.stop.1.ptr().cast::<u32>();
+        // SAFETY: a live, 4-aligned word of the stop page; no kernel reads it now.
+        unsafe { std::ptr::write_volatile(stop, 0) };
+        let (tp, sp, cnt) = (ticket.dev_ptr(), self.stop.0.dev_ptr(), self.counters.dev_ptr());
+        let start = Instant::now();
+        // SAFETY: the arguments match `homi_store_ceiling`; `ring` holds `depth`
+        // entries (caller), the rest lives past the wait.
+        unsafe {
+            self.stream.launch_builder(&self.ceiling).arg(&ring).arg(&depth).arg(&tp).arg(&sp).arg(&cnt).launch(cfg)
+        }
+        .map_err(GpuError::driver("launch homi_store_ceiling"))?;
+        std::thread::sleep(run_for);
+        // SAFETY: as above; the kernel reads it.
+        unsafe { std::ptr::write_volatile(stop, 1) };
+        self.wait(Duration::from_secs(60))?;
+        let secs = start.elapsed().as_secs_f64();
+        Ok(self.counts()?.ok as f64 / secs)
     }
 }

@@ -57,6 +57,7 @@ pub fn main(a: &BenchArgs) -> anyhow::Result<()> {
             nsid: 1,
             span: 256 << 20,
             json: false,
+            gpu: Default::default(),
         };
         eprintln!("bench: {} {} qd {qd} ...", name(&path), name(&rw));
         reports.push(perf::run(&args, false).with_context(|| format!("{} {} qd {qd}", name(&path), name(&rw)))?);

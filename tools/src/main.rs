@@ -3,6 +3,7 @@
 mod bench;
 mod io;
 mod perf;
+mod perf_gpu;
 
 use std::path::PathBuf;
 

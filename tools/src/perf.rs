@@ -5,7 +5,8 @@
 //! - `io_uring`: io_uring reads and writes with `O_DIRECT`, interrupt-driven;
 //! - `io_uring-poll`: the same with `IORING_SETUP_IOPOLL` (polled completions);
 //! - `passthru`: NVMe commands through io_uring `uring_cmd` on `/dev/ngXnY`;
-//! - `homi`: a homi queue pair per thread, polled.
+//! - `homi`: a homi queue pair per thread, polled;
+//! - `gpu`: homi queue pairs driven by CUDA threads (`perf_gpu`, feature `cuda`).
 //!
 //! The JSON report (`--json`) is one [`Report`] object; its fields are the schema.
 
@@ -41,6 +42,8 @@ pub enum IoPath {
     Passthru,
     /// homi queue pairs.
     Homi,
+    /// homi queue pairs driven from GPU kernels.
+    Gpu,
 }
 
 /// Access pattern.
@@ -102,6 +105,9 @@ pub struct PerfArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Options of `--path gpu`.
+    #[command(flatten)]
+    pub gpu: crate::perf_gpu::GpuOpts,
 }
 
 /// Latency statistics in microseconds.
@@ -448,6 +454,7 @@ fn engine(args: &PerfArgs, ctrl: Option<&Controller>, shift: u32) -> anyhow::Res
                 .with_context(|| format!("open {} (NVMe generic char device)", ng.display()))?;
             Box::new(Passthru { ring, file, slots: Slots::new(qd, args.bs), nsid: args.nsid, lba_shift: shift })
         }
+        IoPath::Gpu => bail!("--path gpu runs GPU kernels, not CPU workers"),
         IoPath::Homi => {
             let ctrl = ctrl.context("no controller")?;
             let qp = ctrl.create_qpair(args.qd + 1)?;
@@ -616,6 +623,9 @@ pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
 
 /// `homi perf`.
 pub fn main(args: &PerfArgs) -> anyhow::Result<()> {
+    if args.path == IoPath::Gpu {
+        return crate::perf_gpu::main(args);
+    }
     let r = run(args, !args.json && std::io::stderr().is_terminal())?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -720,6 +730,7 @@ mod tests {
             nsid: 1,
             span: 1 << 20,
             json: false,
+            gpu: Default::default(),
         };
         let err = |a: PerfArgs| validate(&a).unwrap_err().to_string();
         assert!(err(PerfArgs { bs: 1000, ..base.clone() }).contains("--bs"));

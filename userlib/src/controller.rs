@@ -29,6 +29,12 @@ impl Shared {
         self.dev.file()
     }
 
+    /// The status page's first byte (read-only, mapped for the life of `self`).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn status_page(&self) -> *mut u8 {
+        self.status.ptr()
+    }
+
     /// The controller generation, from the status page.
     pub(crate) fn generation(&self) -> u64 {
         // SAFETY: the status page is mapped for the life of `self` and the offset is

@@ -37,9 +37,9 @@ mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 mod mapping;
-mod placement;
+pub(crate) mod placement;
 mod prp;
-mod queue;
+pub(crate) mod queue;
 pub(crate) mod sys;
 
 pub use buffer::{DmaBuffer, HostPages};

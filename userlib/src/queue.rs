@@ -590,7 +590,7 @@ pub(crate) struct Doorbells {
 }
 
 impl Doorbells {
-    fn map(shared: &Shared, q: &HomiQpair) -> Result<Self> {
+    pub(crate) fn map(shared: &Shared, q: &HomiQpair) -> Result<Self> {
         let fd = shared.fd().as_fd();
         let mmio = Mapping::new(fd, q.doorbell_offset, PAGE, true, "doorbells")?;
         let shadow = if q.flags & HOMI_QPAIR_SHADOW != 0 {
@@ -604,7 +604,7 @@ impl Doorbells {
     }
 
     /// The SQ tail and CQ head doorbells the module's reply `q` describes.
-    fn doorbells(&self, shared: &Shared, q: &HomiQpair) -> (Doorbell, Doorbell) {
+    pub(crate) fn doorbells(&self, shared: &Shared, q: &HomiQpair) -> (Doorbell, Doorbell) {
         let sq_off = q.sq_doorbell as usize;
         let cq_off = sq_off + shared.doorbell_stride;
         // SAFETY: the module places both doorbells inside the doorbell page, and both
@@ -625,7 +625,7 @@ impl Doorbells {
     }
 }
 
-fn destroy(shared: &Shared, qid: u16) {
+pub(crate) fn destroy(shared: &Shared, qid: u16) {
     let req = HomiId { id: u32::from(qid), flags: 0 };
     // SAFETY: the fd is open and `req` is a valid `HomiId`.
     if let Err(e) = unsafe { sys::homi_destroy_qpair(shared.fd().as_raw_fd(), &req) } {

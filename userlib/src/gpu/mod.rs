@@ -16,6 +16,7 @@
 //! ([`layout_header`]).
 
 mod buffer;
+mod nvme;
 mod queues;
 
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use cudarc::driver::{sys, CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 pub use buffer::{DeviceMemory, GpuBuffer, HostMapping};
+pub use nvme::Placement;
 pub use queues::{
     GpuQueues, QueueDesc, QueueRings, GPU_CORRUPT, GPU_DEAD, GPU_INVALID, GPU_MMIO_DOORBELLS, GPU_TIMEOUT,
 };
