@@ -54,28 +54,50 @@ __device__ __forceinline__ unsigned long long gctl_addr(unsigned long long prp1,
     return base + (o - first) % HOMI_PAGE;
 }
 
-// Moves one command's data, the whole warp together; returns its status.
-__device__ unsigned int gctl_execute(const struct homi_gctl_queue *q, const unsigned int *sqe,
-                                     unsigned long long *mismatches) {
-    unsigned int lane = threadIdx.x & 31u;
-    unsigned int opc = sqe[0] & 0xffu;
+// One command's fields, as a lane loaded them from its SQ entry.
+struct gctl_cmd {
+    unsigned int dw0, nsid, nlb;
+    unsigned long long slba, prp1, prp2;
+};
+
+__device__ __forceinline__ struct gctl_cmd gctl_load_cmd(const unsigned char *sqe) {
+    uint4 a = *(const volatile uint4 *)(sqe);
+    uint4 c = *(const volatile uint4 *)(sqe + 16);
+    uint4 d = *(const volatile uint4 *)(sqe + 32);
+    uint4 e = *(const volatile uint4 *)(sqe + 48);
+    struct gctl_cmd m;
+    m.dw0 = a.x;
+    m.nsid = a.y;
+    m.prp1 = c.z | ((unsigned long long)c.w << 32);
+    m.prp2 = d.x | ((unsigned long long)d.y << 32);
+    m.slba = d.z | ((unsigned long long)d.w << 32);
+    m.nlb = (e.x & 0xffffu) + 1u;
+    return m;
+}
+
+// The status of a command before any data moves.
+__device__ __forceinline__ unsigned int gctl_check(const struct homi_gctl_queue *q, const struct gctl_cmd *m) {
+    unsigned int opc = m->dw0 & 0xffu;
     if (opc != HOMI_OPC_READ && opc != HOMI_OPC_WRITE)
         return 0;
-    if (sqe[1] != 1u)
+    if (m->nsid != 1u)
         return GCTL_INVALID_NS;
-    unsigned long long slba = sqe[10] | ((unsigned long long)sqe[11] << 32);
-    unsigned int nlb = (sqe[12] & 0xffffu) + 1u;
-    if (slba + nlb > q->blocks)
+    if (m->slba + m->nlb > q->blocks)
         return GCTL_LBA_RANGE;
-    if (!q->pattern)
-        return 0;
-    unsigned long long prp1 = sqe[6] | ((unsigned long long)sqe[7] << 32);
-    unsigned long long prp2 = sqe[8] | ((unsigned long long)sqe[9] << 32);
-    unsigned int len = nlb << q->lba_shift;
-    unsigned long long ns_off = slba << q->lba_shift;
+    return 0;
+}
+
+// Moves one command's data in pattern mode, the whole warp together (every lane
+// passes the same command); returns its status.
+__device__ unsigned int gctl_data(const struct homi_gctl_queue *q, const struct gctl_cmd *m,
+                                  unsigned long long *mismatches) {
+    unsigned int lane = threadIdx.x & 31u;
+    unsigned int opc = m->dw0 & 0xffu;
+    unsigned int len = m->nlb << q->lba_shift;
+    unsigned long long ns_off = m->slba << q->lba_shift;
     unsigned int bad = 0;
     for (unsigned int o = 8u * lane; o < len; o += 8u * 32u) {
-        unsigned long long *p = (unsigned long long *)gctl_addr(prp1, prp2, len, o);
+        unsigned long long *p = (unsigned long long *)gctl_addr(m->prp1, m->prp2, len, o);
         unsigned long long want = homi_pattern(1u, ns_off + o);
         if (opc == HOMI_OPC_READ)
             *p = want;
@@ -105,7 +127,8 @@ extern "C" __global__ void homi_gctl_serve(struct homi_gctl_queue *qs, unsigned 
     while (true) {
         unsigned int tail = gctl_load(q->sq_db);
         unsigned int avail = (tail + depth - sq_head) % depth;
-        if (avail == 0 || tail >= depth) {
+        // A destroyed queue (as by a reset) is served no more.
+        if (avail == 0 || tail >= depth || gctl_load(q->state) != HOMI_QUEUE_LIVE) {
             if ((++idle & 1023u) == 0 && *stop)
                 break;
             continue;
@@ -117,15 +140,31 @@ extern "C" __global__ void homi_gctl_serve(struct homi_gctl_queue *qs, unsigned 
         if (n == 0)
             continue;
         __syncwarp();
-        // Data first, one command at a time with the whole warp; then the completions,
-        // one lane each, after a fence so the data is visible before any phase tag.
+        // Each lane loads and checks its own command; in pattern mode the warp then
+        // moves each command's data together. Completions follow a fence, so data is
+        // visible before any phase tag.
+        struct gctl_cmd m = {};
         unsigned int my_status = 0, my_cid = 0;
-        for (unsigned int i = 0; i < n; i++) {
-            const unsigned int *sqe = (const unsigned int *)(q->sq + 64u * ((sq_head + i) % depth));
-            unsigned int st = gctl_execute(q, sqe, &q->mismatches);
-            if (lane == i) {
-                my_status = st;
-                my_cid = sqe[0] >> 16;
+        if (lane < n) {
+            m = gctl_load_cmd(q->sq + 64u * ((sq_head + lane) % depth));
+            my_status = gctl_check(q, &m);
+            my_cid = m.dw0 >> 16;
+        }
+        if (q->pattern) {
+            for (unsigned int i = 0; i < n; i++) {
+                struct gctl_cmd c;
+                c.dw0 = __shfl_sync(0xffffffffu, m.dw0, i);
+                c.nlb = __shfl_sync(0xffffffffu, m.nlb, i);
+                c.slba = __shfl_sync(0xffffffffu, m.slba, i);
+                c.prp1 = __shfl_sync(0xffffffffu, m.prp1, i);
+                c.prp2 = __shfl_sync(0xffffffffu, m.prp2, i);
+                unsigned int st = __shfl_sync(0xffffffffu, my_status, i);
+                unsigned int opc = c.dw0 & 0xffu;
+                if (st == 0 && (opc == HOMI_OPC_READ || opc == HOMI_OPC_WRITE)) {
+                    st = gctl_data(q, &c, &q->mismatches);
+                    if (lane == i)
+                        my_status = st;
+                }
             }
         }
         __threadfence();

@@ -1,13 +1,20 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
 // GPU workloads over homi.cuh for checks and benchmarks: every thread is one
-// initiator with one command in flight at a time, on queue (thread % nq).
+// initiator with one command in flight at a time. The threads of a warp share a
+// queue where they can (queue (thread / 32) % nq once there are 32 or more
+// initiators per queue, else thread % nq), as homi.cuh works best that way.
 
 #include <homi.cuh>
 #include "homi_pattern.cuh"
 
 // counters: [0] commands ok, [1] commands failed, [2] first failure (status or
 // negative HOMI_GPU_*), [3] data mismatches.
+__device__ __forceinline__ struct homi_queue *pick(struct homi_queue *qs, unsigned int nq, unsigned long long t,
+                                                   unsigned long long threads) {
+    return &qs[threads / nq >= 32 ? (t / 32) % nq : t % nq];
+}
+
 __device__ void record(unsigned long long *counters, int st) {
     if (st == 0) {
         atomicAdd(&counters[0], 1ull);
@@ -42,7 +49,7 @@ extern "C" __global__ void homi_transfer(struct homi_queue *qs, unsigned int nq,
                                          unsigned long long *counters) {
     unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
     unsigned long long threads = (unsigned long long)gridDim.x * blockDim.x;
-    struct homi_queue *q = &qs[t % nq];
+    struct homi_queue *q = pick(qs, nq, t, threads);
     unsigned int nblocks = io >> q->lba_shift;
     for (unsigned long long c = t; c < chunks; c += threads) {
         unsigned char *at = mem->base + c * io;
@@ -60,7 +67,7 @@ extern "C" __global__ void homi_loop(struct homi_queue *qs, unsigned int nq, con
                                      unsigned int io, unsigned long long span_blocks, unsigned long long max_ios,
                                      const volatile unsigned int *stop, unsigned long long *counters) {
     unsigned long long t = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    struct homi_queue *q = &qs[t % nq];
+    struct homi_queue *q = pick(qs, nq, t, (unsigned long long)gridDim.x * blockDim.x);
     unsigned int nblocks = io >> q->lba_shift;
     unsigned char *at = mem->base + (t * io) % mem->len;
     unsigned long long lba = (t * nblocks) % span_blocks;

@@ -188,39 +188,55 @@ __device__ __forceinline__ int homi_broken(struct homi_queue *q, unsigned int sp
     return 0;
 }
 
+// Entries the reaper and the publisher look at per round of loads: their loads are
+// issued together, so a batch costs about one memory latency rather than one each.
+#define HOMI_SCAN 8u
+
+__device__ __forceinline__ void homi_release_add(unsigned int *p, unsigned int v) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
 // Reaps every completion there is, if no other thread is reaping.
 __device__ void homi_reap(struct homi_queue *q) {
     if (!homi_try_lock(&q->cq_lock))
         return;
-    unsigned int head = *(volatile unsigned int *)&q->cq_head;
+    unsigned int depth = q->depth;
+    unsigned int old = *(volatile unsigned int *)&q->cq_head;
+    unsigned int head = old;
     unsigned int phase = *(volatile unsigned int *)&q->cq_phase ^ 1u;
-    unsigned int n = 0;
     for (;;) {
         // Command id, phase tag and status arrive in one dword: one load sees them
         // together.
-        unsigned int dw3 = homi_load_sys((const unsigned int *)(q->cq + 16u * head + 12u));
-        if (((dw3 >> 16) & 1u) != phase)
-            break;
-        unsigned int cid = dw3 & 0xffffu;
-        if (cid >= q->depth) {
-            homi_fail(q, HOMI_GPU_CORRUPT);
-            break;
+        unsigned int dw3[HOMI_SCAN];
+#pragma unroll
+        for (unsigned int i = 0; i < HOMI_SCAN; i++) {
+            unsigned int at = head + i >= depth ? head + i - depth : head + i;
+            dw3[i] = homi_load_sys((const unsigned int *)(q->cq + 16u * at + 12u));
         }
-        if ((homi_load_acquire(&q->turn[cid]) & 1u) != 0) {
-            homi_fail(q, HOMI_GPU_CORRUPT);  // already completed: not in flight
-            break;
+        unsigned int n = 0;
+#pragma unroll
+        for (unsigned int i = 0; i < HOMI_SCAN; i++) {
+            unsigned int p = head + i >= depth ? phase ^ 1u : phase;
+            if (n != i || ((dw3[i] >> 16) & 1u) != p)
+                continue;
+            unsigned int cid = dw3[i] & 0xffffu;
+            if (cid >= depth) {
+                homi_fail(q, HOMI_GPU_CORRUPT);
+                break;
+            }
+            q->status[cid] = dw3[i] >> 17;
+            homi_release_add(&q->turn[cid], 1u);  // odd: completed, status visible
+            n++;
         }
-        q->status[cid] = dw3 >> 17;
-        __threadfence();
-        atomicAdd(&q->turn[cid], 1u);  // odd: completed
-        if (++head == q->depth) {
-            head = 0;
+        head += n;
+        if (head >= depth) {
+            head -= depth;
             phase ^= 1u;
         }
-        n++;
+        if (n < HOMI_SCAN)
+            break;
     }
-    if (n) {
-        unsigned int old = *(volatile unsigned int *)&q->cq_head;
+    if (head != old) {
         *(volatile unsigned int *)&q->cq_head = head;
         *(volatile unsigned int *)&q->cq_phase = phase ^ 1u;
         homi_doorbell(q, q->cq_db, q->cq_shadow, q->cq_eventidx, head, old);
@@ -232,17 +248,36 @@ __device__ void homi_reap(struct homi_queue *q) {
 __device__ void homi_publish(struct homi_queue *q) {
     if (!homi_try_lock(&q->sq_lock))
         return;
+    unsigned int depth = q->depth;
     unsigned long long from = *(volatile unsigned long long *)&q->sq_published;
     unsigned long long to = from;
-    while (homi_load_acquire(&q->ready[to % q->depth]) == (unsigned int)(to + 1))
-        to++;
+    for (;;) {
+        unsigned int r[HOMI_SCAN];
+#pragma unroll
+        for (unsigned int i = 0; i < HOMI_SCAN; i++)
+            r[i] = homi_load_sys(&q->ready[(to + i) % depth]);
+        unsigned int n = 0;
+#pragma unroll
+        for (unsigned int i = 0; i < HOMI_SCAN; i++)
+            n += (n == i && r[i] == (unsigned int)(to + i + 1));
+        to += n;
+        if (n < HOMI_SCAN)
+            break;
+    }
     if (to != from) {
+        // Orders the entries, whose ready marks were seen above, before the doorbell.
         __threadfence_system();
-        homi_doorbell(q, q->sq_db, q->sq_shadow, q->sq_eventidx, (unsigned int)(to % q->depth),
-                      (unsigned int)(from % q->depth));
+        homi_doorbell(q, q->sq_db, q->sq_shadow, q->sq_eventidx, (unsigned int)(to % depth),
+                      (unsigned int)(from % depth));
         homi_store_release64(&q->sq_published, to);
     }
     homi_unlock(&q->sq_lock);
+}
+
+// A thread that found nothing to do yields its warp's issue slots for a moment, so
+// that the lanes of its warp that hold a lock (divergent paths) run.
+__device__ __forceinline__ void homi_backoff(unsigned int spins) {
+    __nanosleep(spins < 64u ? 32u : 256u);
 }
 
 // ---- commands -------------------------------------------------------------------
@@ -316,6 +351,7 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
         homi_reap(q);
         if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
             return homi_fail(q, HOMI_GPU_TIMEOUT);
+        homi_backoff(spins);
     }
     unsigned long long prp1 = 0, prp2 = 0;
     bool ok = mem == 0 || homi_prps(q, mem, off, len, slot, &prp1, &prp2);
@@ -336,17 +372,23 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
         if (homi_load_acquire64(&q->sq_published) > t)
             break;
         homi_publish(q);
+        if (homi_load_acquire64(&q->sq_published) > t)
+            break;
         if ((e = homi_broken(q, ++spins)))
             return e;
+        homi_backoff(spins);
     }
     deadline = homi_globaltimer() + q->timeout_ns;
     spins = 0;
     while (homi_load_acquire(&q->turn[slot]) != 2u * round + 1u) {
         homi_reap(q);
+        if (homi_load_acquire(&q->turn[slot]) == 2u * round + 1u)
+            break;
         if ((e = homi_broken(q, ++spins)))
             return e;
         if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
             return homi_fail(q, HOMI_GPU_TIMEOUT);
+        homi_backoff(spins);
     }
     unsigned int status = *(volatile unsigned int *)&q->status[slot];
     homi_store_release(&q->turn[slot], 2u * round + 2u);
