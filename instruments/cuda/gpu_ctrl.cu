@@ -60,11 +60,20 @@ struct gctl_cmd {
     unsigned long long slba, prp1, prp2;
 };
 
+__device__ __forceinline__ uint4 gctl_load16(const unsigned char *p) {
+    uint4 v;
+    asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p)
+                 : "memory");
+    return v;
+}
+
 __device__ __forceinline__ struct gctl_cmd gctl_load_cmd(const unsigned char *sqe) {
-    uint4 a = *(const volatile uint4 *)(sqe);
-    uint4 c = *(const volatile uint4 *)(sqe + 16);
-    uint4 d = *(const volatile uint4 *)(sqe + 32);
-    uint4 e = *(const volatile uint4 *)(sqe + 48);
+    uint4 a = gctl_load16(sqe);
+    uint4 c = gctl_load16(sqe + 16);
+    uint4 d = gctl_load16(sqe + 32);
+    uint4 e = gctl_load16(sqe + 48);
     struct gctl_cmd m;
     m.dw0 = a.x;
     m.nsid = a.y;

@@ -15,6 +15,11 @@ use homi::{Error, HostPages, Result, PAGE};
 pub const PATTERN_CUH: &str = include_str!("../cuda/homi_pattern.cuh");
 const GPU_CTRL_CU: &str = include_str!("../cuda/gpu_ctrl.cu");
 
+/// The controller's CUDA program.
+pub fn source() -> String {
+    with_pattern(GPU_CTRL_CU)
+}
+
 /// Source that uses `homi_pattern()`: `src` with the pattern header inlined.
 pub fn with_pattern(src: &str) -> String {
     src.replace("#include \"homi_pattern.cuh\"", PATTERN_CUH)
@@ -95,7 +100,7 @@ impl GpuController {
         if n == 0 || !(2..=65536).contains(&depth) {
             return Err(Error::Invalid("GPU controller: at least one queue, depth 2..=65536"));
         }
-        let module = gpu.compile(&with_pattern(GPU_CTRL_CU))?;
+        let module = gpu.compile(&source())?;
         let serve = gpu.function(&module, "homi_gctl_serve")?;
         let kill = gpu.function(&module, "homi_gctl_kill")?;
         let (sq_len, cq_len) =

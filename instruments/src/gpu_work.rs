@@ -13,6 +13,11 @@ use crate::gpu_ctrl::with_pattern;
 
 const WORKLOAD_CU: &str = include_str!("../cuda/workload.cu");
 
+/// The workloads' CUDA program.
+pub fn source() -> String {
+    with_pattern(WORKLOAD_CU)
+}
+
 /// What a round trip or a loop counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -65,7 +70,7 @@ fn shape(threads: u32) -> Result<LaunchConfig> {
 impl Workload {
     /// Compiles the kernels.
     pub fn new(gpu: &Gpu) -> Result<Self> {
-        let module = gpu.compile(&with_pattern(WORKLOAD_CU))?;
+        let module = gpu.compile(&source())?;
         let f = |name| gpu.function(&module, name);
         Ok(Self {
             gpu: gpu.clone(),

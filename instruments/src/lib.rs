@@ -20,3 +20,13 @@ pub mod soft;
 pub mod soft_gpu;
 
 pub use soft::{Fault, SoftConfig, SoftController};
+
+/// Every CUDA program of the instruments and the device engine, as compiled at run
+/// time, by name: for checks that they build.
+#[cfg(feature = "cuda")]
+pub fn cuda_sources() -> Vec<(&'static str, String)> {
+    vec![
+        ("cuda/gpu_ctrl.cu", gpu_ctrl::source()),
+        ("cuda/workload.cu (with homi.cuh)", gpu_work::source()),
+    ]
+}

@@ -125,13 +125,37 @@ fn surfaces(
     Ok(format!("{} reads ok before, every initiator returned {want}, kernel done in {took:.2?}", c.ok))
 }
 
+/// `--compile-only`: every CUDA source compiles with NVRTC for each architecture, no
+/// GPU needed.
+fn compile_only(archs: &[&str]) -> Tally {
+    let mut t = Tally::default();
+    for arch in archs {
+        for (name, src) in homi_instruments::cuda_sources() {
+            let n = format!("{name} compiles with NVRTC for {arch}");
+            match homi::gpu::compile_for_arch(&src, arch) {
+                Err(homi::Error::Gpu(homi::gpu::GpuError::NoCuda(lib))) => {
+                    t.skipped += 1;
+                    println!("skip - {n}: no {lib} on this machine");
+                }
+                r => t.check(&n, r.map(|_| "ok".into())),
+            }
+        }
+    }
+    t
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut bytes: u64 = 1 << 30;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--bytes" => bytes = args.next().and_then(|v| v.parse().ok()).expect("--bytes N"),
-            other => panic!("unknown argument {other} (usage: homi-gpucheck [--bytes N])"),
+            "--compile-only" => {
+                let t = compile_only(&["sm_80", "sm_90"]);
+                println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
+                std::process::exit(i32::from(t.failed > 0));
+            }
+            other => panic!("unknown argument {other} (usage: homi-gpucheck [--bytes N] [--compile-only])"),
         }
     }
     let mut t = Tally::default();

@@ -68,6 +68,29 @@ pub fn write_headers(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::write(dir.join("homi_layout.cuh"), layout_header())
 }
 
+/// Compiles `src` for `arch` (e.g. `sm_90`) with NVRTC alone, no GPU needed, with
+/// `homi.cuh` on the include path: a check that the sources build.
+pub fn compile_for_arch(src: &str, arch: &str) -> Result<cudarc::nvrtc::Ptx> {
+    // SAFETY: only tries to open the library.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(crate::Error::Gpu(GpuError::NoCuda("libnvrtc")));
+    }
+    let dir = std::env::temp_dir().join(format!("homi-cuda-{}-check", std::process::id()));
+    write_headers(&dir).map_err(|e| crate::Error::Io { op: "writing homi.cuh", source: e })?;
+    let r = compile_with(src, arch, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+fn compile_with(src: &str, arch: &str, include: &std::path::Path) -> Result<cudarc::nvrtc::Ptx> {
+    let opts = CompileOptions {
+        include_paths: vec![include.display().to_string()],
+        options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
+        ..Default::default()
+    };
+    compile_ptx_with_opts(src, opts).map_err(|e| crate::Error::Gpu(GpuError::Compile(e.to_string())))
+}
+
 /// Why a GPU call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
@@ -149,12 +172,7 @@ impl Gpu {
     /// loads it.
     pub fn compile(&self, src: &str) -> Result<Arc<CudaModule>> {
         let (ma, mi) = self.ctx.compute_capability().map_err(GpuError::driver("compute capability"))?;
-        let opts = CompileOptions {
-            include_paths: vec![self.include.display().to_string()],
-            options: vec![format!("--gpu-architecture=sm_{ma}{mi}"), "-std=c++17".into()],
-            ..Default::default()
-        };
-        let ptx = compile_ptx_with_opts(src, opts).map_err(|e| crate::Error::Gpu(GpuError::Compile(e.to_string())))?;
+        let ptx = compile_with(src, &format!("sm_{ma}{mi}"), &self.include)?;
         self.ctx.load_module(ptx).map_err(GpuError::driver("cuModuleLoadData"))
     }
 
