@@ -313,27 +313,36 @@ __device__ __forceinline__ bool homi_prps(const struct homi_queue *q, const stru
     return true;
 }
 
-// Takes a ticket; the threads of a warp that name the same queue share one atomic.
-__device__ __forceinline__ unsigned long long homi_ticket(struct homi_queue *q) {
+// Submits one command and waits for it. `cdw` are command dwords 10..15.
+//
+// The threads of a warp that name the same queue at once (its "peers") go through
+// every step together: one atomic takes their tickets, and in each wait they stay
+// converged (`__all_sync`) while one of them, the leader, does the queue's shared
+// work (publishing, reaping). No lane spins on a lock another lane of its warp holds.
+__device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int nsid, const unsigned int cdw[6],
+                       const struct homi_dma *mem, unsigned long long off, unsigned int len) {
     unsigned int peers = __match_any_sync(__activemask(), (unsigned long long)q);
     unsigned int lane = threadIdx.x & 31u;
     int leader = __ffs(peers) - 1;
-    unsigned long long base = 0;
-    if ((int)lane == leader)
-        base = atomicAdd(&q->sq_ticket, (unsigned long long)__popc(peers));
-    base = __shfl_sync(peers, base, leader);
-    return base + __popc(peers & ((1u << lane) - 1u));
-}
-
-// Submits one command and waits for it. `cdw` are command dwords 10..15.
-__device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int nsid, const unsigned int cdw[6],
-                       const struct homi_dma *mem, unsigned long long off, unsigned int len) {
-    int e = homi_broken(q, 0);
+    bool lead = (int)lane == leader;
+    // Bad sizes are refused before a ticket is taken, by each lane for itself; the
+    // others go on as peers.
+    bool sized = len <= q->max_transfer;
+    peers = __ballot_sync(peers, sized);
+    if (!sized)
+        return HOMI_GPU_INVALID;
+    leader = __ffs(peers) - 1;
+    lead = (int)lane == leader;
+    int e = 0;
+    if (lead)
+        e = homi_broken(q, 0);
+    e = __shfl_sync(peers, e, leader);
     if (e)
         return e;
-    if (len > q->max_transfer)
-        return HOMI_GPU_INVALID;
-    unsigned long long t = homi_ticket(q);
+    unsigned long long base = 0;
+    if (lead)
+        base = atomicAdd(&q->sq_ticket, (unsigned long long)__popc(peers));
+    unsigned long long t = __shfl_sync(peers, base, leader) + __popc(peers & ((1u << lane) - 1u));
     unsigned int depth = q->depth;
     unsigned int slot = (unsigned int)(t % depth);
     unsigned int round = (unsigned int)(t / depth);
@@ -344,13 +353,16 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
         bool free = homi_load_acquire(&q->turn[slot]) == 2u * round;
         bool room = t + 1 < depth ||
                     homi_load_acquire(&q->turn[(t + 1) % depth]) + 1u >= 2u * (unsigned int)((t + 1) / depth);
-        if (free && room)
+        if (__all_sync(peers, free && room))
             break;
-        if ((e = homi_broken(q, ++spins)))
+        if (lead) {
+            homi_reap(q);
+            e = homi_broken(q, ++spins);
+            if (!e && (spins & 255u) == 0 && homi_globaltimer() > deadline)
+                e = homi_fail(q, HOMI_GPU_TIMEOUT);
+        }
+        if ((e = __shfl_sync(peers, e, leader)))
             return e;
-        homi_reap(q);
-        if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
-            return homi_fail(q, HOMI_GPU_TIMEOUT);
         homi_backoff(spins);
     }
     unsigned long long prp1 = 0, prp2 = 0;
@@ -367,27 +379,34 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
     sqe[3] = ok ? make_uint4(cdw[2], cdw[3], cdw[4], cdw[5]) : make_uint4(0, 0, 0, 0);
     __threadfence();
     homi_store_release(&q->ready[slot], (unsigned int)(t + 1));
+    __syncwarp(peers);
     spins = 0;
     for (;;) {
-        if (homi_load_acquire64(&q->sq_published) > t)
+        if (lead)
+            homi_publish(q);
+        if (__all_sync(peers, homi_load_acquire64(&q->sq_published) > t))
             break;
-        homi_publish(q);
-        if (homi_load_acquire64(&q->sq_published) > t)
-            break;
-        if ((e = homi_broken(q, ++spins)))
+        if (lead)
+            e = homi_broken(q, ++spins);
+        if ((e = __shfl_sync(peers, e, leader)))
             return e;
         homi_backoff(spins);
     }
     deadline = homi_globaltimer() + q->timeout_ns;
     spins = 0;
-    while (homi_load_acquire(&q->turn[slot]) != 2u * round + 1u) {
-        homi_reap(q);
-        if (homi_load_acquire(&q->turn[slot]) == 2u * round + 1u)
+    for (;;) {
+        if (__all_sync(peers, homi_load_acquire(&q->turn[slot]) == 2u * round + 1u))
             break;
-        if ((e = homi_broken(q, ++spins)))
+        if (lead) {
+            homi_reap(q);
+            e = homi_broken(q, ++spins);
+            if (!e && (spins & 255u) == 0 && homi_globaltimer() > deadline)
+                e = homi_fail(q, HOMI_GPU_TIMEOUT);
+        }
+        if ((e = __shfl_sync(peers, e, leader)))
             return e;
-        if ((spins & 255u) == 0 && homi_globaltimer() > deadline)
-            return homi_fail(q, HOMI_GPU_TIMEOUT);
+        if (__all_sync(peers, homi_load_acquire(&q->turn[slot]) == 2u * round + 1u))
+            break;
         homi_backoff(spins);
     }
     unsigned int status = *(volatile unsigned int *)&q->status[slot];
