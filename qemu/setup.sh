@@ -86,7 +86,14 @@ if ! "$HOMI_TOOLS/bin/bindgen" --version 2>/dev/null | grep -q "$BINDGEN_VERSION
 	cargo install --quiet --locked --root "$HOMI_TOOLS" "bindgen-cli@$BINDGEN_VERSION"
 fi
 
+# NVRTC alone (no driver, no toolkit), for `homi-gpucheck --compile-only`.
+if [ ! -f "$HOMI_TOOLS/nvrtc/libnvrtc.so.13" ] || [ "$(cat "$HOMI_TOOLS/nvrtc/VERSION" 2>/dev/null)" != "$NVRTC_VERSION" ]; then
+	echo "setup: fetching NVRTC $NVRTC_VERSION (PyPI nvidia-cuda-nvrtc) into $HOMI_TOOLS/nvrtc"
+	python3 "$here/fetch-nvrtc.py" "$NVRTC_VERSION" "$HOMI_TOOLS/nvrtc" ||
+		echo "setup: warning: could not fetch NVRTC; the CUDA compile checks will report skipped" >&2
+fi
+
 for t in clang-19 ld.lld-19 llvm-ar-19 qemu-system-x86_64 busybox /usr/bin/rustc "$HOMI_TOOLS/bin/bindgen"; do
 	command -v "$t" >/dev/null || { echo "setup: missing after install: $t" >&2; exit 1; }
 done
-echo "setup: ok (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), rustc $rv, bindgen $BINDGEN_VERSION, clang-19)"
+echo "setup: ok (qemu $(qemu-system-x86_64 --version | head -1 | awk '{print $4}'), rustc $rv, bindgen $BINDGEN_VERSION, clang-19, NVRTC $NVRTC_VERSION)"

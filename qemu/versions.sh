@@ -7,6 +7,9 @@ KERNEL_SUITE=sid
 # The oldest /usr/bin/rustc minor version the 7.2 build accepts with our config.
 KERNEL_RUSTC_MINOR_MIN=85
 BINDGEN_VERSION=0.72.1
+# NVRTC (the CUDA run-time compiler) from PyPI's nvidia-cuda-nvrtc wheel: lets the
+# CUDA sources be compile-checked on machines without a GPU or a CUDA install.
+NVRTC_VERSION=13.0.88
 LLVM_SUFFIX=-19
 # Bump when kernel.sh changes how the kernel is built (not how it logs), so cached
 # builds made the old way are not reused.

@@ -25,8 +25,5 @@ pub use soft::{Fault, SoftConfig, SoftController};
 /// time, by name: for checks that they build.
 #[cfg(feature = "cuda")]
 pub fn cuda_sources() -> Vec<(&'static str, String)> {
-    vec![
-        ("cuda/gpu_ctrl.cu", gpu_ctrl::source()),
-        ("cuda/workload.cu (with homi.cuh)", gpu_work::source()),
-    ]
+    vec![("cuda/gpu_ctrl.cu", gpu_ctrl::source()), ("cuda/workload.cu (with homi.cuh)", gpu_work::source())]
 }

@@ -63,6 +63,18 @@ fn host(t: &mut Tally) {
     let clippy =
         crate::run_checked(cargo().args(["clippy", "--workspace", "--all-targets", "--quiet", "--", "-D", "warnings"]));
     t.result("host: cargo clippy -D warnings", &clippy);
+    let clippy = crate::run_checked(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--features",
+        CUDA_FEATURES,
+        "--",
+        "-D",
+        "warnings",
+    ]));
+    t.result("host: cargo clippy -D warnings, feature cuda (CUDA loaded at run time)", &clippy);
 
     let mut doc = cargo();
     doc.args([
@@ -77,11 +89,13 @@ fn host(t: &mut Tally) {
         "homi-instruments",
         "-p",
         "homi-cli",
+        "--features",
+        CUDA_FEATURES,
     ])
     .env("RUSTDOCFLAGS", "-D warnings");
     t.result("host: cargo doc, warnings denied", &crate::run_checked(&mut doc));
 
-    match cargo().args(["test", "--workspace"]).output() {
+    match cargo().args(["test", "--workspace", "--features", CUDA_FEATURES]).output() {
         Ok(o) => {
             let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
             let (p, f) = cargo_test_counts(&text);
@@ -95,6 +109,53 @@ fn host(t: &mut Tally) {
             t.add_counts("host: cargo test failure", p, f);
         }
         Err(e) => t.record("host: cargo test", false, &e.to_string()),
+    }
+    gpu(t);
+}
+
+/// The crates' `cuda` features, all on.
+const CUDA_FEATURES: &str = "homi/cuda,homi-instruments/cuda,homi-cli/cuda";
+
+/// The device engine and the GPU instruments: their CUDA sources compile with NVRTC
+/// alone (fetched by setup; no GPU needed), and `homi-gpucheck` runs its GPU checks,
+/// which report themselves skipped where there is no CUDA driver.
+fn gpu(t: &mut Tally) {
+    let build = crate::run_checked(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "homi-instruments",
+        "--features",
+        "cuda",
+        "--bin",
+        "homi-gpucheck",
+    ]));
+    if !t.result("host: homi-gpucheck builds (feature cuda)", &build) {
+        return;
+    }
+    let bin = repo_root().join("target/release/homi-gpucheck");
+    let nvrtc = crate::kbuild::cache_var("HOMI_TOOLS").map(|d| format!("{d}/nvrtc")).unwrap_or_default();
+    for (what, args) in [("compile", &["--compile-only"][..]), ("GPU", &[][..])] {
+        let mut cmd = Command::new(&bin);
+        cmd.args(args);
+        if what == "compile" {
+            cmd.env("LD_LIBRARY_PATH", &nvrtc);
+        }
+        match cmd.output() {
+            Ok(o) => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let n = t.add_tap(&text);
+                if n == 0 || (!o.status.success() && !text.contains("not ok")) {
+                    t.record(
+                        &format!("host: homi-gpucheck ({what}) reported its checks"),
+                        false,
+                        &String::from_utf8_lossy(&o.stderr),
+                    );
+                }
+            }
+            Err(e) => t.record(&format!("host: homi-gpucheck ({what}) runs"), false, &e.to_string()),
+        }
     }
 }
 

@@ -194,3 +194,27 @@ impl Drop for Gpu {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_header_carries_the_crate_definitions() {
+        let h = layout_header();
+        assert!(h.contains("#define HOMI_OPC_READ 2u"));
+        assert!(h.contains("#define HOMI_OPC_WRITE 1u"));
+        assert!(h.contains(&format!("#define HOMI_PAGE {}u", PAGE)));
+        assert!(h.contains(&format!("#define HOMI_QUEUE_LIVE {}u", homi_uapi::HOMI_QUEUE_LIVE)));
+        // homi.cuh asserts the struct sizes the Rust side uses.
+        assert!(HOMI_CUH.contains("sizeof(struct homi_queue) == 184"));
+        assert_eq!(std::mem::size_of::<QueueDesc>(), 184);
+    }
+
+    #[test]
+    fn no_cuda_is_an_error_not_a_panic() {
+        if !Gpu::available() {
+            assert!(matches!(Gpu::new(0), Err(crate::Error::Gpu(GpuError::NoCuda(_)))));
+        }
+    }
+}
