@@ -20,6 +20,16 @@ pub struct BenchArgs {
     /// The controller's char device.
     #[arg(long, default_value = "/dev/nvme0")]
     nvme: PathBuf,
+    /// Run the device-initiated sweeps (GPU threads; queue depth and I/O size) instead
+    /// of the CPU path matrix (needs the `cuda` feature and a GPU).
+    #[arg(long)]
+    gpu: bool,
+    /// With --gpu: the controller (see `homi perf --path gpu`).
+    #[arg(long, value_enum, default_value = "nvme")]
+    controller: crate::perf_gpu::GpuCtrl,
+    /// With --gpu: queue pairs.
+    #[arg(long, default_value_t = 128)]
+    queues: u32,
 }
 
 /// The matrix: every path on 4 KiB random reads at QD 1 and 32, and random writes at
@@ -42,6 +52,9 @@ pub fn name<T: serde::Serialize>(v: &T) -> String {
 }
 
 pub fn main(a: &BenchArgs) -> anyhow::Result<()> {
+    if a.gpu {
+        return gpu(a);
+    }
     std::fs::create_dir_all(&a.out)?;
     let mut reports: Vec<Report> = Vec::new();
     for (path, rw, qd) in matrix() {
@@ -107,6 +120,32 @@ pub fn main(a: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(a.out.join("results.md"), &table)?;
     print!("{table}");
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn gpu(a: &BenchArgs) -> anyhow::Result<()> {
+    let base = PerfArgs {
+        path: IoPath::Gpu,
+        rw: Rw::Randread,
+        bs: 4096,
+        qd: 1,
+        threads: 1,
+        runtime: a.runtime,
+        ios: None,
+        nvme: a.nvme.clone(),
+        nsid: 1,
+        span: 1 << 30,
+        json: false,
+        gpu: Default::default(),
+    };
+    crate::bench_gpu::run(&base, a.controller, a.queues, &a.out)?;
+    println!("wrote {}/gpu-sweep.{{json,csv}}, gpu-qd.svg, gpu-size.svg", a.out.display());
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu(_a: &BenchArgs) -> anyhow::Result<()> {
+    anyhow::bail!("this homi was built without the `cuda` feature: rebuild with `--features cuda` for --gpu")
 }
 
 /// A horizontal bar chart, one bar per entry.

@@ -1,6 +1,8 @@
 //! `homi`: the command-line tool for homi queues.
 
 mod bench;
+#[cfg(feature = "cuda")]
+mod bench_gpu;
 mod io;
 mod perf;
 mod perf_gpu;
@@ -52,7 +54,8 @@ enum Cmd {
     /// Run one I/O workload through one path (pread, io_uring, io_uring-poll,
     /// passthru, homi) and report IOPS, bandwidth, latency and CPU time per I/O.
     Perf(perf::PerfArgs),
-    /// Run a matrix of perf runs over every path; write JSON, CSV and an SVG chart.
+    /// Run a matrix of perf runs over every path, or (--gpu) the device-initiated
+    /// sweeps; write JSON, CSV and SVG charts.
     Bench(bench::BenchArgs),
 }
 

@@ -7,7 +7,8 @@
 //! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
 //! - `demo`: the main job, end to end;
 //! - `bench`: the engine's hot path against the software controller;
-//! - `perf`: every I/O path side by side in one VM (`homi bench`).
+//! - `perf`: every I/O path side by side in one VM (`homi bench`);
+//! - `gpu`: the binaries (feature `cuda`) and script to run on a GPU machine.
 
 mod bench;
 mod kbuild;
@@ -53,6 +54,10 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         runtime: f64,
     },
+    /// Build the GPU binaries (`homi`, `homi-gpucheck`, feature cuda) and
+    /// `tools/gpu-run.sh` into target/gpu: copy that folder to a GPU machine (no Rust
+    /// needed there) and run `./gpu-run.sh OUT`.
+    Gpu,
     /// MMIO doorbell writes per I/O with and without shadow doorbells, QD 1, 8, 32:
     /// one VM, one controller of each kind, nvme-pci user queues.
     Doorbells {
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Test(a) => test::run(&a),
         Cmd::Demo(o) => demo(&o),
         Cmd::Bench => bench::run(),
+        Cmd::Gpu => gpu_bundle(),
         Cmd::Perf { opts, runtime } => perf::run(&opts, runtime),
         Cmd::Doorbells { opts, runtime } => perf::doorbells(&opts, runtime),
     };
@@ -110,6 +116,33 @@ pub fn run_checked(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{what} failed: {status}");
     }
     Ok(())
+}
+
+/// `cargo xtask gpu`.
+fn gpu_bundle() -> anyhow::Result<i32> {
+    run_checked(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "homi-cli",
+        "-p",
+        "homi-instruments",
+        "--features",
+        "homi-cli/cuda,homi-instruments/cuda",
+    ]))?;
+    let root = repo_root();
+    let dir = root.join("target/gpu");
+    std::fs::create_dir_all(&dir)?;
+    for (from, to) in [
+        ("target/release/homi", "homi"),
+        ("target/release/homi-gpucheck", "homi-gpucheck"),
+        ("tools/gpu-run.sh", "gpu-run.sh"),
+    ] {
+        std::fs::copy(root.join(from), dir.join(to)).with_context(|| format!("copy {from}"))?;
+    }
+    println!("{}: copy it to a GPU machine and run ./gpu-run.sh OUT_DIR", dir.display());
+    Ok(0)
 }
 
 fn setup() -> anyhow::Result<i32> {
