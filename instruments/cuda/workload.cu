@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 //
 // GPU workloads over homi.cuh for checks and benchmarks: every thread is one
-// initiator with one command in flight at a time. The threads of a warp share a
-// queue where they can (queue (thread / 32) % nq once there are 32 or more
-// initiators per queue, else thread % nq), as homi.cuh works best that way.
+// initiator with one command in flight at a time. Consecutive threads share a queue
+// (threads / nq of them each), so the lanes of a warp name as few queues as they
+// can: homi.cuh works best that way.
 
 #include <homi.cuh>
 #include "homi_pattern.cuh"
@@ -12,7 +12,8 @@
 // negative HOMI_GPU_*), [3] data mismatches.
 __device__ __forceinline__ struct homi_queue *pick(struct homi_queue *qs, unsigned int nq, unsigned long long t,
                                                    unsigned long long threads) {
-    return &qs[threads / nq >= 32 ? (t / 32) % nq : t % nq];
+    unsigned long long per = threads / nq ? threads / nq : 1;
+    return &qs[(t / per) % nq];
 }
 
 __device__ void record(unsigned long long *counters, int st) {
