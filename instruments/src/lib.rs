@@ -16,6 +16,7 @@ pub mod gpu_ctrl;
 #[cfg(feature = "cuda")]
 pub mod gpu_work;
 pub mod soft;
+mod soft_memory;
 #[cfg(feature = "cuda")]
 pub mod soft_gpu;
 

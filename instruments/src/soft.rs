@@ -18,10 +18,11 @@
 //! logic is exercised against a controller that really sleeps.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
+use crate::soft_memory::{HostMemory, Memory};
 use homi::{
     DmaBuffer, Doorbell, Error, HostPages, Opcode, QueueBacking, QueuePair, RawQueue, Result, Sqe, Status, PAGE,
 };
@@ -79,8 +80,11 @@ const BLOCK: usize = 512;
 pub(crate) struct Queue {
     pub(crate) qid: u16,
     pub(crate) depth: u32,
-    pub(crate) sq: HostPages,
-    pub(crate) cq: HostPages,
+    /// The rings' addresses, as the controller's [`Memory`] reaches them.
+    pub(crate) sq: u64,
+    pub(crate) cq: u64,
+    /// What holds the rings.
+    pub(crate) _rings: Box<dyn std::any::Any + Send + Sync>,
     /// Doorbells, one u32 each at [`Slot`] offsets of one page.
     pub(crate) db: HostPages,
     live: AtomicBool,
@@ -116,8 +120,8 @@ impl Queue {
             return Err(Error::Invalid("rearm needs a queue that a reset destroyed"));
         }
         let _serving = self.ctrl.serving.lock().unwrap_or_else(|e| e.into_inner());
-        self.sq.zero();
-        self.cq.zero();
+        self.ctrl.mem.zero(self.sq, self.depth as usize * 64);
+        self.ctrl.mem.zero(self.cq, self.depth as usize * 16);
         self.db.zero();
         let g = self.ctrl.generation.load(Ordering::Acquire);
         self.generation.store(g, Ordering::Release);
@@ -172,8 +176,10 @@ pub(crate) enum Slot {
 const NOT_RUNG: u32 = u32::MAX;
 
 /// State shared by the controller handle, its worker thread and its queues.
-struct Inner {
+pub(crate) struct Inner {
     cfg: SoftConfig,
+    /// How rings, PRP lists and data are reached.
+    pub(crate) mem: Box<dyn Memory>,
     generation: AtomicU64,
     stop: AtomicBool,
     /// Every queue created; the worker serves those still alive.
@@ -189,7 +195,7 @@ struct Inner {
 /// A software NVMe controller with one namespace (nsid 1) of 512-byte blocks.
 /// A test instrument: see the module documentation.
 pub struct SoftController {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
     mode: Mode,
 }
 
@@ -210,7 +216,12 @@ impl std::fmt::Debug for SoftController {
 impl SoftController {
     /// Starts a controller and its worker thread.
     pub fn new(cfg: SoftConfig) -> Self {
-        let (inner, worker) = Self::parts(cfg);
+        Self::with_memory(cfg, Box::new(HostMemory))
+    }
+
+    /// Starts a controller that reaches memory through `mem`, and its worker thread.
+    pub(crate) fn with_memory(cfg: SoftConfig, mem: Box<dyn Memory>) -> Self {
+        let (inner, worker) = Self::parts(cfg, mem);
         let worker = std::thread::Builder::new()
             .name("homi-softctrl".into())
             .spawn(move || worker.run())
@@ -221,7 +232,7 @@ impl SoftController {
     /// A controller without a thread: commands run only when the owner calls
     /// [`serve`](Self::serve). For measuring the engine on one thread.
     pub fn new_inline(cfg: SoftConfig) -> Self {
-        let (inner, worker) = Self::parts(cfg);
+        let (inner, worker) = Self::parts(cfg, Box::new(HostMemory));
         Self { inner, mode: Mode::Inline(Mutex::new(worker)) }
     }
 
@@ -234,9 +245,10 @@ impl SoftController {
         }
     }
 
-    fn parts(cfg: SoftConfig) -> (Arc<Inner>, Worker) {
+    fn parts(cfg: SoftConfig, mem: Box<dyn Memory>) -> (Arc<Inner>, Worker) {
         let inner = Arc::new(Inner {
             cfg,
+            mem,
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             queues: Mutex::new(Vec::new()),
@@ -253,14 +265,16 @@ impl SoftController {
 
     /// Creates a queue pair of `depth` entries.
     pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
-        let q = self.create_queue(depth)?;
+        let (sq, cq) = (HostPages::new(depth as usize * 64), HostPages::new(depth as usize * 16));
+        let (sqp, cqp) = (sq.ptr(), cq.ptr());
+        let q = self.create_queue(depth, (sqp as u64, cqp as u64), Box::new((sq, cq)))?;
         let (sq_db, cq_db) = q.host_doorbells(self.inner.cfg.shadow_doorbells);
         let raw = RawQueue {
             qid: q.qid,
             depth,
             generation: q.generation.load(Ordering::Acquire),
-            sq: q.sq.ptr(),
-            cq: q.cq.ptr(),
+            sq: sqp,
+            cq: cqp,
             sq_db,
             cq_db,
             max_transfer: self.inner.cfg.max_transfer,
@@ -271,8 +285,14 @@ impl SoftController {
         Ok(unsafe { QueuePair::from_raw(raw, Box::new(Backing(q))) })
     }
 
-    /// Creates a queue of `depth` entries and starts serving it.
-    pub(crate) fn create_queue(&self, depth: u32) -> Result<Arc<Queue>> {
+    /// Creates a queue of `depth` entries on zeroed rings at `rings` (SQ, CQ: addresses
+    /// for the controller's [`Memory`], held by `keep`) and starts serving it.
+    pub(crate) fn create_queue(
+        &self,
+        depth: u32,
+        rings: (u64, u64),
+        keep: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Result<Arc<Queue>> {
         if depth < 2 || depth > self.inner.cfg.max_queue_entries {
             return Err(Error::Invalid("queue depth outside 2..=max_queue_entries"));
         }
@@ -284,8 +304,9 @@ impl SoftController {
         let q = Arc::new(Queue {
             qid,
             depth,
-            sq: HostPages::new(depth as usize * 64),
-            cq: HostPages::new(depth as usize * 16),
+            sq: rings.0,
+            cq: rings.1,
+            _rings: keep,
             db: HostPages::new(PAGE),
             live: AtomicBool::new(true),
             generation: AtomicU64::new(generation),
@@ -466,8 +487,10 @@ impl Worker {
 
     /// Executes the SQ entry at the head.
     fn serve_one(&mut self, s: &mut Served) {
-        // SAFETY: `sq_head < depth`, so the entry is inside the SQ pages.
-        let sqe = unsafe { std::ptr::read_volatile(s.q.sq.ptr().cast::<Sqe>().add(s.sq_head as usize)) };
+        let mut raw = [0u8; 64];
+        // `sq_head < depth`, so the entry is inside the SQ ring.
+        self.inner.mem.read(s.q.sq + 64 * u64::from(s.sq_head), &mut raw);
+        let sqe = Sqe(std::array::from_fn(|i| u32::from_le_bytes(raw[4 * i..4 * i + 4].try_into().expect("4 bytes"))));
         s.sq_head = (s.sq_head + 1) % s.q.depth;
         self.inner.commands.fetch_add(1, Ordering::Relaxed);
         let cid = (sqe.0[0] >> 16) as u16;
@@ -503,15 +526,10 @@ impl Worker {
 
     fn complete(&self, s: &mut Served, cid: u16, status: Status) {
         let q = &s.q;
-        // SAFETY: `cq_tail < depth`, so the 16-byte entry is inside the CQ pages; the
-        // host does not read it until the phase tag (written last) flips.
-        unsafe {
-            let e = q.cq.ptr().add(16 * s.cq_tail as usize);
-            std::ptr::write_volatile(e.cast::<u32>(), 0);
-            std::ptr::write_volatile(e.add(8).cast::<u32>(), s.sq_head | u32::from(q.qid) << 16);
-            std::ptr::write_volatile(e.add(12).cast::<u16>(), cid);
-            AtomicU16::from_ptr(e.add(14).cast()).store((status.0 << 1) | u16::from(s.phase), Ordering::Release);
-        }
+        // `cq_tail < depth`, so the entry is inside the CQ ring; the host does not read
+        // it until the phase tag (in the last dword) flips.
+        let dw3 = u32::from(cid) | u32::from((status.0 << 1) | u16::from(s.phase)) << 16;
+        self.inner.mem.post_cqe(q.cq + 16 * u64::from(s.cq_tail), [0, 0, s.sq_head | u32::from(q.qid) << 16, dw3]);
         s.cq_tail += 1;
         if s.cq_tail == q.depth {
             s.cq_tail = 0;
@@ -619,18 +637,16 @@ impl Worker {
                 if prp2 % 8 != 0 || prp2 == 0 {
                     return Err(Status::INVALID_FIELD);
                 }
-                let list = prp2 as *const u64;
-                let mut i = 0;
-                while rest > 0 {
-                    if i == LIST_ENTRIES {
-                        return Err(Status::INVALID_FIELD);
-                    }
-                    // SAFETY: the host built a list page at `prp2` (a virtual address on
-                    // this controller) with an entry for every page.
-                    let a = unsafe { std::ptr::read_volatile(list.add(i)) };
-                    segs.push((a, rest.min(PAGE)));
+                let entries = rest.div_ceil(PAGE);
+                if entries > LIST_ENTRIES {
+                    return Err(Status::INVALID_FIELD);
+                }
+                // The host built a list page at `prp2` with an entry for every page.
+                let mut list = vec![0u8; 8 * entries];
+                self.inner.mem.read(prp2, &mut list);
+                for e in list.chunks(8) {
+                    segs.push((u64::from_le_bytes(e.try_into().expect("8 bytes")), rest.min(PAGE)));
                     rest -= rest.min(PAGE);
-                    i += 1;
                 }
             }
         }
@@ -639,15 +655,10 @@ impl Worker {
             if addr == 0 {
                 return Err(Status::DATA_TRANSFER_ERROR);
             }
-            let host = addr as *mut u8;
-            // SAFETY: on this controller DMA addresses are host virtual addresses of
-            // buffers the engine keeps alive while the command is in flight.
-            unsafe {
-                if to_host {
-                    std::ptr::copy_nonoverlapping(data.as_ptr().add(off), host, n);
-                } else {
-                    std::ptr::copy_nonoverlapping(host, data.as_mut_ptr().add(off), n);
-                }
+            if to_host {
+                self.inner.mem.write(addr, &data[off..off + n]);
+            } else {
+                self.inner.mem.read(addr, &mut data[off..off + n]);
             }
             off += n;
         }
