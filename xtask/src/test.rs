@@ -152,6 +152,13 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
             VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
             "shapes dmabuf",
         ),
+        // Both controllers behind one PCIe switch and no IOMMU, a CMB on nvme1 only:
+        // P2PDMA maps it for nvme0 with bus addresses (see the README for the IOMMU case).
+        (
+            "p2p-switch",
+            VmOptions { second_controller: true, switch: true, second_cmb_size_mb: Some(16), ..base.clone() },
+            "dmabuf",
+        ),
         ("poll-queues", with(&base, "nvme.poll_queues=1 nvme.user_queues=4"), "paths"),
         ("many-queues", VmOptions { max_ioqpairs: 1100, ..base.clone() }, "manyq"),
         ("swiotlb-lockdown", with(&base, "swiotlb=force"), "swiotlb lockdown"),
