@@ -77,6 +77,18 @@ fn common_bridge(alloc: &Path) -> bool {
     shared > host.saturating_add(1)
 }
 
+/// A PCI device's BARs, `(start, end)` from sysfs.
+fn bars(dev: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+    Ok(std::fs::read_to_string(dev.join("resource"))?
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [s, e, _] if hex(s) != 0 => Some((hex(s), hex(e))),
+            _ => None,
+        })
+        .collect())
+}
+
 /// Whether an IOMMU translates DMA in this VM.
 fn iommu_on() -> bool {
     std::fs::read_dir("/sys/class/iommu").is_ok_and(|mut d| d.next().is_some())
@@ -466,7 +478,15 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
             // SAFETY: `cmb` stays mapped until after the buffer is dropped.
             match unsafe { ctrl.register_memory(cmb.ptr, 256 << 10) } {
                 Ok(b) => {
-                    ensure!(b.page_addrs().is_some_and(|p| p.len() == 64), "addresses");
+                    let pages = b.page_addrs().context("no addresses")?;
+                    ensure!(pages.len() == 64, "{} addresses", pages.len());
+                    if !iommu_on() {
+                        // Bus addresses (no offset on q35): each page must lie in a BAR
+                        // of the provider, or the data would land elsewhere.
+                        let bars = bars(alloc.parent().and_then(Path::parent).context("provider")?)?;
+                        let outside = pages.iter().find(|p| !bars.iter().any(|(s, e)| (*s..=*e).contains(*p)));
+                        ensure!(outside.is_none(), "address {outside:x?} not in the provider's BARs {bars:x?}");
+                    }
                     reachable = true;
                 }
                 Err(homi::Error::Unreachable) if must_map => {
