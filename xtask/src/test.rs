@@ -199,7 +199,7 @@ fn debug_kernel(args: &TestArgs, t: &mut Tally, bin: &std::path::Path) {
         ..args.opts.clone()
     };
     let script = format!(
-        "{}/homi-vmtest --kmod {} basic queues hardening unbind soak:{}:{} fuzz:{}\n",
+        "{}/homi-vmtest --kmod {} basic queues hardening unbind dmabuf soak:{}:{} fuzz:{}\n",
         bin.display(),
         ko.display(),
         args.soak_resets,
