@@ -162,7 +162,8 @@ pub fn dmabuf(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         udmabuf_checks(h)?;
     }
     placement_checks(h)?;
-    p2p_checks(h)?;
+    let cmb = p2p_checks(h)?;
+    cli_checks(h, cmb);
     h.check("dmabuf: nothing held afterwards, kernel log has no splat", || {
         wait_nothing_held()?;
         let bad = kmod::splats()?;
@@ -458,10 +459,42 @@ fn mem_id(_ctrl: &Controller, buf: &DmaBuffer) -> anyhow::Result<u32> {
     buf.id().context("no module id")
 }
 
-fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
+/// `homi read-into` (the CLI the demo runs): into a udmabuf, and into the CMB with the
+/// rings there too where P2P works; what it copies out must be what the kernel reads.
+fn cli_checks(h: &mut Harness, cmb: bool) {
+    let run = |into: &str, extra: &[&str], seed: u64| -> anyhow::Result<()> {
+        let (lba, len) = (LBA + 8192, 256 << 10);
+        let ns = &ns_path(0, 1)?;
+        kernel_write_at(ns, lba, &pattern(seed, len))?;
+        let out = std::env::temp_dir().join(format!("read-into-{into}"));
+        let cli = std::env::current_exe()?.with_file_name("homi");
+        let lba_s = lba.to_string();
+        let o = std::process::Command::new(cli)
+            .args(["read-into", "--into", into, "--lba", &lba_s, "--blocks", "512", "--file"])
+            .arg(&out)
+            .args(extra)
+            .output()?;
+        ensure!(o.status.success(), "homi read-into: {}", String::from_utf8_lossy(&o.stderr));
+        ensure!(std::fs::read(&out)? == kernel_read_at(ns, lba, len)?, "the file differs from the kernel's view");
+        Ok(())
+    };
+    if Path::new("/dev/udmabuf").exists() {
+        h.check("dmabuf: `homi read-into --into udmabuf` copies out what the kernel reads", || {
+            run("udmabuf", &[], 350)
+        });
+    }
+    if cmb {
+        h.check("dmabuf: `homi read-into --into cmb --rings-in-memory` copies out what the kernel reads", || {
+            run("cmb", &["--rings-in-memory"], 352)
+        });
+    }
+}
+
+/// The P2P checks; true when the CMB was reachable and the data checks ran.
+fn p2p_checks(h: &mut Harness) -> anyhow::Result<bool> {
     let Some(alloc) = p2pmem() else {
         h.skip("dmabuf: P2P memory (a CMB published through P2PDMA)", "no /sys/bus/pci/devices/*/p2pmem in this VM");
-        return Ok(());
+        return Ok(false);
     };
     // REGISTER of the CMB either maps it (P2PDMA finds a path) or refuses with EXDEV
     // and a log line naming why; QEMU's q35 host bridge is not on P2PDMA's list. Under
@@ -511,7 +544,7 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
             "P2PDMA finds no path between nvme1's CMB and nvme0 in this VM (EXDEV; q35's host bridge is \
              not on its list, or ACS redirects through it): the p2p-switch boot runs this",
         );
-        return Ok(());
+        return Ok(false);
     }
     h.check("dmabuf: data into the CMB and rings in the CMB match the kernel's view", || {
         let ctrl = Controller::open(NVME)?;
@@ -527,7 +560,7 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
         let mut pq = ctrl.create_qpair_placed(64, place)?;
         both_ways(&mut pq, &buf, LBA + 6144, 342)
     });
-    Ok(())
+    Ok(true)
 }
 
 /// `homi-vmtest helper dmabuf-holder`: rings and data in a udmabuf, reads in flight
