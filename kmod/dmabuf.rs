@@ -119,7 +119,7 @@ static IMPORTER: bindings::dma_buf_attach_ops = bindings::dma_buf_attach_ops {
 /// dma-buf's reservation lock. Drop unmaps, unpins, detaches and puts, in that order.
 pub(crate) struct Imported {
     /// The device attached to, kept until after the detach.
-    _dev: DevRef,
+    dev: DevRef,
     buf: NonNull<bindings::dma_buf>,
     attach: NonNull<bindings::dma_buf_attachment>,
     sgt: AtomicPtr<bindings::sg_table>,
@@ -264,7 +264,7 @@ impl Imported {
         };
         // INVARIANT: referenced, attached, pinned and mapped above.
         let mut me = Self {
-            _dev: dev.clone(),
+            dev: dev.clone(),
             buf,
             attach,
             sgt: AtomicPtr::new(sgt),
@@ -279,8 +279,8 @@ impl Imported {
     }
 
     /// Fills `addrs` with the address of each page of `len` bytes at `offset`: the
-    /// mapping's DMA segments split into pages. Refuses segments that are not
-    /// page-aligned.
+    /// mapping's DMA segments split into pages. Refuses segments that need CPU syncs
+    /// (as REGISTER does) and segments that are not page-aligned.
     fn collect(&self, offset: u64, len: u64, addrs: &mut KVVec<u64>) -> Result {
         let page = PAGE_SIZE as u64;
         // SAFETY: the mapping is live while `self` is and not revoked (nothing could
@@ -289,6 +289,17 @@ impl Imported {
         let (mut pos, end) = (0u64, offset + len);
         for sg in table.iter() {
             let (addr, seg) = (sg.dma_address(), sg.dma_len());
+            // The controller writes the memory with no sync call in between: a segment
+            // the exporter mapped through a swiotlb bounce buffer (or for a
+            // non-coherent device) would never show those writes to anyone.
+            // SAFETY: `dev` is live (we hold a reference); any address may be asked.
+            if unsafe { glue::homi_dma_needs_sync(self.dev.as_ptr().cast(), addr) } {
+                refuse!(
+                    "register_dmabuf: DMA to this dma-buf would need syncs (swiotlb bounce \
+                     buffering?); refused\n"
+                );
+                return Err(glue::errno(bindings::EOPNOTSUPP));
+            }
             if addr % page != 0 || seg % page != 0 {
                 refuse!(
                     "register_dmabuf: the exporter mapped a segment at {:#x} of {:#x} bytes, \

@@ -16,9 +16,9 @@ pub mod gpu_ctrl;
 #[cfg(feature = "cuda")]
 pub mod gpu_work;
 pub mod soft;
-mod soft_memory;
 #[cfg(feature = "cuda")]
 pub mod soft_gpu;
+mod soft_memory;
 
 pub use soft::{Fault, SoftConfig, SoftController};
 

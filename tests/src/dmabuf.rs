@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 use homi::uapi::*;
 use homi::{Command, Controller, DmaBuffer, QueuePair, RingPlacement};
 use nix::errno::Errno;
@@ -48,13 +48,50 @@ pub(crate) fn udmabuf(len: usize) -> anyhow::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The p2pmem `allocate` file of a device that published peer-to-peer memory.
-fn p2pmem() -> Option<std::path::PathBuf> {
+/// The p2pmem `allocate` file of a device other than nvme0 that published peer-to-peer
+/// memory (the second controller's CMB; nvme0 may publish its own, which it always
+/// reaches and which proves nothing).
+pub(crate) fn p2pmem() -> Option<std::path::PathBuf> {
+    let nvme0 = std::fs::canonicalize("/sys/class/nvme/nvme0/device").ok();
     std::fs::read_dir("/sys/bus/pci/devices")
         .ok()?
         .flatten()
+        .filter(|e| std::fs::canonicalize(e.path()).ok() != nvme0)
         .map(|e| e.path().join("p2pmem/allocate"))
         .find(|p| p.exists())
+}
+
+/// Whether nvme0 and the device publishing `alloc` share an upstream bridge (a switch
+/// port), which P2PDMA accepts without consulting its host bridge list.
+fn common_bridge(alloc: &Path) -> bool {
+    let (Ok(a), Some(Ok(b))) = (
+        std::fs::canonicalize("/sys/class/nvme/nvme0/device"),
+        alloc.parent().and_then(Path::parent).map(std::fs::canonicalize),
+    ) else {
+        return false;
+    };
+    // /sys/devices/pci0000:00/<root port>/<upstream port>/...: a shared component after
+    // the host bridge's is a shared bridge.
+    let shared = a.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let host = a.components().position(|c| c.as_os_str().to_string_lossy().starts_with("pci")).unwrap_or(usize::MAX);
+    shared > host.saturating_add(1)
+}
+
+/// A PCI device's BARs, `(start, end)` from sysfs.
+fn bars(dev: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0);
+    Ok(std::fs::read_to_string(dev.join("resource"))?
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [s, e, _] if hex(s) != 0 => Some((hex(s), hex(e))),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether an IOMMU translates DMA in this VM.
+fn iommu_on() -> bool {
+    std::fs::read_dir("/sys/class/iommu").is_ok_and(|mut d| d.next().is_some())
 }
 
 /// A shared mapping of `len` bytes of peer-to-peer memory, unmapped on drop.
@@ -125,7 +162,8 @@ pub fn dmabuf(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         udmabuf_checks(h)?;
     }
     placement_checks(h)?;
-    p2p_checks(h)?;
+    let cmb = p2p_checks(h)?;
+    cli_checks(h, cmb);
     h.check("dmabuf: nothing held afterwards, kernel log has no splat", || {
         wait_nothing_held()?;
         let bad = kmod::splats()?;
@@ -421,13 +459,47 @@ fn mem_id(_ctrl: &Controller, buf: &DmaBuffer) -> anyhow::Result<u32> {
     buf.id().context("no module id")
 }
 
-fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
+/// `homi read-into` (the CLI the demo runs): into a udmabuf, and into the CMB with the
+/// rings there too where P2P works; what it copies out must be what the kernel reads.
+fn cli_checks(h: &mut Harness, cmb: bool) {
+    let run = |into: &str, extra: &[&str], seed: u64| -> anyhow::Result<()> {
+        let (lba, len) = (LBA + 8192, 256 << 10);
+        let ns = &ns_path(0, 1)?;
+        kernel_write_at(ns, lba, &pattern(seed, len))?;
+        let out = std::env::temp_dir().join(format!("read-into-{into}"));
+        let cli = std::env::current_exe()?.with_file_name("homi");
+        let lba_s = lba.to_string();
+        let o = std::process::Command::new(cli)
+            .args(["read-into", "--into", into, "--lba", &lba_s, "--blocks", "512", "--file"])
+            .arg(&out)
+            .args(extra)
+            .output()?;
+        ensure!(o.status.success(), "homi read-into: {}", String::from_utf8_lossy(&o.stderr));
+        ensure!(std::fs::read(&out)? == kernel_read_at(ns, lba, len)?, "the file differs from the kernel's view");
+        Ok(())
+    };
+    if Path::new("/dev/udmabuf").exists() {
+        h.check("dmabuf: `homi read-into --into udmabuf` copies out what the kernel reads", || {
+            run("udmabuf", &[], 350)
+        });
+    }
+    if cmb {
+        h.check("dmabuf: `homi read-into --into cmb --rings-in-memory` copies out what the kernel reads", || {
+            run("cmb", &["--rings-in-memory"], 352)
+        });
+    }
+}
+
+/// The P2P checks; true when the CMB was reachable and the data checks ran.
+fn p2p_checks(h: &mut Harness) -> anyhow::Result<bool> {
     let Some(alloc) = p2pmem() else {
         h.skip("dmabuf: P2P memory (a CMB published through P2PDMA)", "no /sys/bus/pci/devices/*/p2pmem in this VM");
-        return Ok(());
+        return Ok(false);
     };
     // REGISTER of the CMB either maps it (P2PDMA finds a path) or refuses with EXDEV
-    // and a log line naming why; QEMU's q35 host bridge is not on P2PDMA's list.
+    // and a log line naming why; QEMU's q35 host bridge is not on P2PDMA's list. Under
+    // one switch with no IOMMU (no ACS redirection) it must map.
+    let must_map = common_bridge(&alloc) && !iommu_on();
     let mut reachable = false;
     h.check(
         "dmabuf: P2P memory (the second controller's CMB) pins with FOLL_PCI_P2PDMA: mapped, or EXDEV and logged",
@@ -439,8 +511,19 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
             // SAFETY: `cmb` stays mapped until after the buffer is dropped.
             match unsafe { ctrl.register_memory(cmb.ptr, 256 << 10) } {
                 Ok(b) => {
-                    ensure!(b.page_addrs().is_some_and(|p| p.len() == 64), "addresses");
+                    let pages = b.page_addrs().context("no addresses")?;
+                    ensure!(pages.len() == 64, "{} addresses", pages.len());
+                    if !iommu_on() {
+                        // Bus addresses (no offset on q35): each page must lie in a BAR
+                        // of the provider, or the data would land elsewhere.
+                        let bars = bars(alloc.parent().and_then(Path::parent).context("provider")?)?;
+                        let outside = pages.iter().find(|p| !bars.iter().any(|(s, e)| (*s..=*e).contains(*p)));
+                        ensure!(outside.is_none(), "address {outside:x?} not in the provider's BARs {bars:x?}");
+                    }
                     reachable = true;
+                }
+                Err(homi::Error::Unreachable) if must_map => {
+                    bail!("EXDEV although nvme0 and the CMB share an upstream bridge and no IOMMU is on")
                 }
                 Err(homi::Error::Unreachable) => {
                     let log = kmod::kernel_log()?;
@@ -458,9 +541,10 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
     if !reachable {
         h.skip(
             "dmabuf: data into the CMB and rings in the CMB match the kernel's view",
-            "P2PDMA finds no path between nvme1's CMB and nvme0 in this VM (EXDEV)",
+            "P2PDMA finds no path between nvme1's CMB and nvme0 in this VM (EXDEV; q35's host bridge is \
+             not on its list, or ACS redirects through it): the p2p-switch boot runs this",
         );
-        return Ok(());
+        return Ok(false);
     }
     h.check("dmabuf: data into the CMB and rings in the CMB match the kernel's view", || {
         let ctrl = Controller::open(NVME)?;
@@ -476,7 +560,7 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<()> {
         let mut pq = ctrl.create_qpair_placed(64, place)?;
         both_ways(&mut pq, &buf, LBA + 6144, 342)
     });
-    Ok(())
+    Ok(true)
 }
 
 /// `homi-vmtest helper dmabuf-holder`: rings and data in a udmabuf, reads in flight

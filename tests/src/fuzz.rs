@@ -31,6 +31,9 @@ use nix::unistd::{fork, ForkResult};
 
 use crate::harness::Harness;
 
+#[path = "fuzz_import.rs"]
+mod import;
+
 const NVME: &str = "/dev/nvme0";
 const THREADS: usize = 4;
 const FILES: usize = 6;
@@ -246,6 +249,8 @@ struct Shared {
     /// `PROT_NONE`: mapped, so nothing else lands there, yet unreadable.
     none: Mapping,
     max_depth: u32,
+    /// What REGISTER_DMABUF is handed.
+    import: import::ImportFds,
     deadline: Instant,
 }
 
@@ -298,7 +303,9 @@ impl Worker<'_> {
                 420..=519 => self.query(),
                 520..=599 => self.random_ioctl(),
                 600..=749 => self.map(),
-                750..=992 => self.reshape(),
+                750..=779 => self.register_dmabuf(),
+                780..=809 => self.placed_qpair(),
+                810..=992 => self.reshape(),
                 993..=996 => self.reopen(),
                 _ => self.fork(),
             }
@@ -757,6 +764,7 @@ fn run_all(secs: u64, seed: u64, stats: &mut Stats) -> anyhow::Result<()> {
         ro: view(PROT_READ)?,
         none: Mapping::anon(1, PROT_NONE)?,
         max_depth,
+        import: import::ImportFds::new()?,
         deadline: Instant::now() + Duration::from_secs(secs),
     };
     // Attached to the controller, to forged fds, or never.
@@ -806,7 +814,9 @@ pub fn fuzz(h: &mut Harness, secs: u64, seed: u64) -> anyhow::Result<()> {
     });
     h.check(&format!("fuzz: ran {calls} calls for {secs} s"), || {
         ensure!(calls >= 2000, "only {calls} calls");
-        for name in ["CREATE_QPAIR", "ALLOC", "REGISTER"] {
+        let udmabuf = std::path::Path::new("/dev/udmabuf").exists();
+        let names = ["CREATE_QPAIR", "ALLOC", "REGISTER", "CREATE_QPAIR(placed)", "REGISTER_DMABUF"];
+        for name in names.into_iter().filter(|n| udmabuf || *n != "REGISTER_DMABUF") {
             ensure!(stats.ok(name) > 0, "no {name} succeeded: no live objects were exercised");
         }
         Ok(())

@@ -483,6 +483,27 @@ pub fn swiotlb(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         let mut qp = ctrl.create_qpair(16)?;
         roundtrip(&ctrl, &mut qp, LBA, 60)
     });
+    if !Path::new("/dev/udmabuf").exists() {
+        h.skip("swiotlb: REGISTER_DMABUF of a udmabuf refused when DMA would bounce", "no /dev/udmabuf");
+        return Ok(());
+    }
+    h.check("swiotlb: REGISTER_DMABUF of a udmabuf refused when DMA would bounce, logged, nothing held", || {
+        let ctrl = Controller::open(NVME)?;
+        let fd = crate::dmabuf::udmabuf(256 << 10)?;
+        // The refusal's log line is rate-limited: let REGISTER's line above age out.
+        std::thread::sleep(Duration::from_secs(6));
+        match ctrl.register_dmabuf(std::os::fd::AsFd::as_fd(&fd), 0, 64 << 10) {
+            Err(Error::Ioctl { source: Errno::EOPNOTSUPP, .. }) => {}
+            other => bail!("REGISTER_DMABUF under swiotlb=force: {:?}", other.map(|_| "registered")),
+        }
+        ensure!(
+            kmod::kernel_log()?.contains("register_dmabuf: DMA to this dma-buf would need syncs"),
+            "no kernel log line names the refusal"
+        );
+        let i = ctrl.info()?;
+        ensure!(i.pinned_pages == 0 && i.dma_bytes == 0, "left held: {} pages, {} bytes", i.pinned_pages, i.dma_bytes);
+        Ok(())
+    });
     Ok(())
 }
 

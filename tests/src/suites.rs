@@ -63,7 +63,13 @@ fn basic(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
     if kmod::loaded("homi") {
-        bail!("homi is already loaded; the suite needs to load it itself");
+        // `cargo xtask vm` loads homi.ko before its command unless given --no-kmod.
+        let refs = std::fs::read_to_string("/sys/module/homi/refcnt").unwrap_or_default();
+        bail!(
+            "homi is already loaded (refcnt {}); the suite needs to load it itself (run it through \
+             `cargo xtask vm --no-kmod`)",
+            refs.trim()
+        );
     }
     let loaded = h.check("basic: homi.ko loads and creates /dev/homi", || {
         kmod::load(kmod_path, "")?;

@@ -3,6 +3,7 @@
 mod bench;
 #[cfg(feature = "cuda")]
 mod bench_gpu;
+mod import;
 mod io;
 mod perf;
 mod perf_gpu;
@@ -51,6 +52,9 @@ enum Cmd {
     Read(io::IoArgs),
     /// Write a file to an LBA range through a homi queue.
     Write(io::IoArgs),
+    /// Read an LBA range through a homi queue into a udmabuf or another device's CMB
+    /// (optionally with the rings there too), and copy what landed into a file.
+    ReadInto(import::ReadIntoArgs),
     /// Run one I/O workload through one path (pread, io_uring, io_uring-poll,
     /// passthru, homi) and report IOPS, bandwidth, latency and CPU time per I/O.
     Perf(perf::PerfArgs),
@@ -248,6 +252,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Queues { json } => queues(json),
         Cmd::Read(a) => io::run(&a, false),
         Cmd::Write(a) => io::run(&a, true),
+        Cmd::ReadInto(a) => import::run(&a),
         Cmd::Perf(a) => perf::main(&a),
         Cmd::Bench(a) => bench::main(&a),
     }

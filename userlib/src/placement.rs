@@ -92,6 +92,18 @@ impl Controller {
     /// Reserves a spare qid and creates a queue pair of `depth` entries whose rings are
     /// placed as `place` says, driven from the CPU: each placed ring needs a CPU mapping.
     pub fn create_qpair_placed(&self, depth: u32, place: RingPlacement) -> Result<QueuePair> {
+        // The module zeroes nothing it does not own: a CQ ring holding a former tenant's
+        // entries would show their phase tags as new completions.
+        for (ring, entry) in [(&place.sq, 64), (&place.cq, 16)] {
+            if let Some((b, off)) = ring {
+                let len = (depth as usize).saturating_mul(entry).next_multiple_of(crate::prp::PAGE);
+                let fits = usize::try_from(*off).ok().and_then(|o| o.checked_add(len)).is_some_and(|e| e <= b.len());
+                // Where it does not fit (or has no CPU mapping), CREATE_QPAIR refuses.
+                if fits && b.is_mapped() {
+                    b.write_at(*off as usize, &vec![0; len])?;
+                }
+            }
+        }
         let q = create(self.shared(), depth, &place)?;
         QueuePair::map(self.shared().clone(), q, [place.sq, place.cq])
     }

@@ -158,10 +158,14 @@ pub fn build_guest_binaries() -> anyhow::Result<PathBuf> {
 }
 
 /// The main job. The controller keeps QEMU's default, shadow doorbells on, and the
-/// guest kernel reserves nvme-pci user queues for homi.
+/// guest kernel reserves nvme-pci user queues for homi. A second controller with a CMB
+/// sits behind the same PCIe switch, so that nvme0 can write into its memory (P2P).
 fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
     let opts = &vm::VmOptions {
         dbcs: true,
+        second_controller: true,
+        switch: true,
+        second_cmb_size_mb: Some(opts.second_cmb_size_mb.unwrap_or(16)),
         append: format!("{} nvme.user_queues=4", opts.append).trim().to_string(),
         ..opts.clone()
     };
@@ -192,6 +196,17 @@ dd if=b of=/dev/nvme0n1 bs=1M seek=2 oflag=direct conv=fsync status=none
 $B/homi read --lba 4096 --blocks 2048 --file b.homi
 cmp b b.homi || {{ echo "   homi read something else"; exit 1; }}
 echo "   identical"
+echo "== 1 MiB read through a homi queue into a udmabuf (memfd pages imported with REGISTER_DMABUF)"
+head -c 1048576 /dev/urandom > d
+dd if=d of=/dev/nvme0n1 bs=1M seek=48 oflag=direct conv=fsync status=none
+dd if=/dev/nvme0n1 of=d.kernel bs=1M skip=48 count=1 iflag=direct status=none
+$B/homi read-into --into udmabuf --lba 98304 --blocks 2048 --file d.udmabuf
+cmp d.kernel d.udmabuf || {{ echo "   the udmabuf holds something else than the kernel reads"; exit 1; }}
+echo "   identical to the kernel's O_DIRECT view"
+echo "== the same 1 MiB into nvme1's CMB (peer-to-peer: both controllers behind one PCIe switch), rings there too"
+$B/homi read-into --into cmb --rings-in-memory --lba 98304 --blocks 2048 --file d.cmb
+cmp d.kernel d.cmb || {{ echo "   the CMB holds something else than the kernel reads"; exit 1; }}
+echo "   identical to the kernel's O_DIRECT view"
 echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
 $B/examples/readwrite /dev/nvme0
 echo "== while a process holds queues, homi queues names it"

@@ -213,6 +213,13 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
             VmOptions { iommu: true, second_controller: true, namespaces: 2, cmb_size_mb: 16, ..base.clone() },
             "shapes dmabuf",
         ),
+        // Both controllers behind one PCIe switch and no IOMMU, a CMB on nvme1 only:
+        // P2PDMA maps it for nvme0 with bus addresses (see the README for the IOMMU case).
+        (
+            "p2p-switch",
+            VmOptions { second_controller: true, switch: true, second_cmb_size_mb: Some(16), ..base.clone() },
+            "dmabuf",
+        ),
         ("poll-queues", with(&base, "nvme.poll_queues=1 nvme.user_queues=4"), "paths"),
         ("many-queues", VmOptions { max_ioqpairs: 1100, ..base.clone() }, "manyq"),
         ("swiotlb-lockdown", with(&base, "swiotlb=force"), "swiotlb lockdown"),
@@ -253,7 +260,7 @@ fn debug_kernel(args: &TestArgs, t: &mut Tally, bin: &std::path::Path) {
         ..args.opts.clone()
     };
     let script = format!(
-        "{}/homi-vmtest --kmod {} basic queues hardening unbind soak:{}:{} fuzz:{}\n",
+        "{}/homi-vmtest --kmod {} basic queues hardening unbind dmabuf soak:{}:{} fuzz:{}\n",
         bin.display(),
         ko.display(),
         args.soak_resets,

@@ -62,6 +62,15 @@ pub struct VmOptions {
     /// Shadow doorbells on the second controller (default: as `--dbcs`).
     #[arg(long, action = clap::ArgAction::Set)]
     pub second_dbcs: Option<bool>,
+    /// The second controller's CMB size in MiB (default: as `--cmb-size-mb`).
+    #[arg(long)]
+    pub second_cmb_size_mb: Option<u32>,
+    /// Put the controllers behind one emulated PCIe switch (a root port, an X3130
+    /// upstream port, a downstream port per controller), where P2PDMA lets one
+    /// controller reach another's CMB. Without it they sit on q35's root bus, whose
+    /// host bridge P2PDMA does not know.
+    #[arg(long)]
+    pub switch: bool,
     /// Put the controllers behind an emulated Intel IOMMU, in strict mode.
     #[arg(long)]
     pub iommu: bool,
@@ -233,14 +242,23 @@ fn boot_with(k: &Kernel, opts: &VmOptions, script: &str, name: &str, accel: Acce
         qemu.args(["-device", &format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}")]);
     }
     let controllers = if opts.second_controller { 2 } else { 1 };
+    if opts.switch {
+        qemu.args(["-device", "pcie-root-port,id=homirp,bus=pcie.0,chassis=1,slot=1"]);
+        qemu.args(["-device", "x3130-upstream,id=homiup,bus=homirp"]);
+    }
     for c in 0..controllers {
         let mut dev = format!(
             "nvme,id=nvme{c},serial=homi{c},max_ioqpairs={},dbcs={}",
             opts.max_ioqpairs,
             if (c == 0 && opts.dbcs) || (c == 1 && opts.second_dbcs.unwrap_or(opts.dbcs)) { "on" } else { "off" }
         );
-        if opts.cmb_size_mb > 0 {
-            dev += &format!(",cmb_size_mb={}", opts.cmb_size_mb);
+        if opts.switch {
+            qemu.args(["-device", &format!("xio3130-downstream,id=homidp{c},bus=homiup,chassis={},slot=0", c + 2)]);
+            dev += &format!(",bus=homidp{c}");
+        }
+        let cmb = if c == 1 { opts.second_cmb_size_mb.unwrap_or(opts.cmb_size_mb) } else { opts.cmb_size_mb };
+        if cmb > 0 {
+            dev += &format!(",cmb_size_mb={cmb}");
         }
         qemu.args(["-device", &dev]);
         for n in 1..=opts.namespaces {
