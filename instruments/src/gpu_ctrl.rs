@@ -248,7 +248,7 @@ impl Rings {
 }
 
 /// GPU memory whose controller addresses are its GPU addresses.
-fn identity_buffer(gpu: &Gpu, len: usize) -> Result<GpuBuffer> {
+pub(crate) fn identity_buffer(gpu: &Gpu, len: usize) -> Result<GpuBuffer> {
     let len = len.next_multiple_of(PAGE);
     let mem = DeviceMemory::zeroed(gpu, len)?;
     let base = mem.dev_ptr();

@@ -14,6 +14,10 @@ pub(crate) trait Memory: Send + Sync {
     /// Posts a 16-byte completion entry at `addr`, the dword with the phase tag (the
     /// last) becoming visible no earlier than the others.
     fn post_cqe(&self, addr: u64, cqe: [u32; 4]);
+    /// Whether addresses are GPU addresses (rings and data in GPU memory).
+    fn gpu(&self) -> bool {
+        false
+    }
     /// Zeroes `len` bytes at `addr`.
     fn zero(&self, addr: u64, len: usize) {
         let zeros = [0u8; 4096];

@@ -3,9 +3,10 @@
 //!
 //! - Round trips: GPU threads write `--bytes` of a pattern through homi queues, read
 //!   it all back and check every word on the GPU, at several queue depths and queue
-//!   counts: against the software controller (rings in host memory mapped into the
-//!   GPU, with and without shadow doorbells) and the GPU-resident controller (rings
-//!   in GPU memory).
+//!   counts: against the software controller with rings and data in host memory
+//!   mapped into the GPU, and in GPU memory (reached with CUDA copies), each with and
+//!   without shadow doorbells; and against the GPU-resident controller (rings in GPU
+//!   memory).
 //! - Failures surface as errors, not hangs: a controller reset (dead queues), a lost
 //!   completion (timeout).
 //!
@@ -44,6 +45,10 @@ impl Tally {
 
 /// The round-trip shapes: (initiators per queue, queues, I/O bytes).
 const SHAPES: [(u32, usize, u32); 4] = [(1, 1, 128 << 10), (8, 2, 8 << 10), (32, 4, 4 << 10), (1024, 8, 16 << 10)];
+/// The same depths and queue counts with larger I/Os, for the software controller
+/// with rings in GPU memory, whose every access is a CUDA copy.
+const GPU_MEMORY_SHAPES: [(u32, usize, u32); 4] =
+    [(1, 1, 128 << 10), (8, 2, 128 << 10), (32, 4, 64 << 10), (1024, 8, 128 << 10)];
 
 fn verdict(c: Counts, bytes: u64, io: u32, t: Instant) -> Result<String> {
     let want = 2 * bytes / u64::from(io);
@@ -206,10 +211,12 @@ fn main() {
     };
     t.check("the device engine and workloads compile with NVRTC", Ok(gpu.describe()));
     let mut names = names.into_iter();
-    for shadow in [false, true] {
-        for shape in SHAPES {
-            let n = names.next().expect("named");
-            t.check(&n, soft_round_trip(&gpu, &w, bytes, shadow, shape));
+    for (in_gpu, shapes) in [(false, SHAPES), (true, GPU_MEMORY_SHAPES)] {
+        for shadow in [false, true] {
+            for shape in shapes {
+                let n = names.next().expect("named");
+                t.check(&n, soft_round_trip(&gpu, &w, bytes, (in_gpu, shadow), shape));
+            }
         }
     }
     for shape in SHAPES {
