@@ -78,11 +78,11 @@ fn soft_round_trip(
     gpu: &Gpu,
     w: &Workload,
     bytes: u64,
-    shadow: bool,
+    (in_gpu, shadow): (bool, bool),
     (qd, nq, io): (u32, usize, u32),
 ) -> Result<String> {
-    let ctrl =
-        SoftController::new(SoftConfig { blocks: bytes / 512, shadow_doorbells: shadow, ..SoftConfig::default() });
+    let cfg = SoftConfig { blocks: bytes / 512, shadow_doorbells: shadow, ..SoftConfig::default() };
+    let ctrl = if in_gpu { SoftController::for_gpu_memory(cfg, gpu) } else { SoftController::new(cfg) };
     let qs = ctrl.gpu_queues(gpu, nq, qd + 1, Duration::from_secs(30))?;
     let mem = ctrl.gpu_alloc(gpu, bytes as usize)?;
     let t = Instant::now();
