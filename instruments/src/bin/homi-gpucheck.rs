@@ -149,6 +149,84 @@ fn compile_only(archs: &[&str]) -> Tally {
     t
 }
 
+/// One check of the run.
+#[derive(Clone, Copy)]
+enum Case {
+    /// A round trip through the software controller.
+    Soft {
+        in_gpu: bool,
+        shadow: bool,
+        shape: (u32, usize, u32),
+    },
+    /// A round trip through the GPU-resident controller.
+    GpuCtrl {
+        shape: (u32, usize, u32),
+    },
+    ResetSoft,
+    ResetGpuCtrl,
+    Timeout,
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (in_gpu, shapes) in [(false, SHAPES), (true, GPU_MEMORY_SHAPES)] {
+        for shadow in [false, true] {
+            v.extend(shapes.map(|shape| Case::Soft { in_gpu, shadow, shape }));
+        }
+    }
+    v.extend(SHAPES.map(|shape| Case::GpuCtrl { shape }));
+    v.extend([Case::ResetSoft, Case::ResetGpuCtrl, Case::Timeout]);
+    v
+}
+
+fn name(c: Case) -> String {
+    let shape = |(qd, nq, io): (u32, usize, u32)| format!("QD {qd} x {nq} queues, {} KiB I/Os", io >> 10);
+    match c {
+        Case::Soft { in_gpu, shadow, shape: sh } => format!(
+            "soft controller, rings and data in {} memory, shadow doorbells {}, {}",
+            if in_gpu { "GPU" } else { "host" },
+            if shadow { "on" } else { "off" },
+            shape(sh)
+        ),
+        Case::GpuCtrl { shape: sh } => format!("GPU-resident controller, rings in GPU memory, {}", shape(sh)),
+        Case::ResetSoft => "a reset surfaces as HOMI_GPU_DEAD (software controller)".into(),
+        Case::ResetGpuCtrl => "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)".into(),
+        Case::Timeout => "a lost completion surfaces as HOMI_GPU_TIMEOUT".into(),
+    }
+}
+
+fn run(c: Case, gpu: &Gpu, w: &Workload, bytes: u64) -> Result<String> {
+    match c {
+        Case::Soft { in_gpu, shadow, shape } => soft_round_trip(gpu, w, bytes, (in_gpu, shadow), shape),
+        Case::GpuCtrl { shape } => gpu_ctrl_round_trip(gpu, w, bytes, shape),
+        Case::ResetSoft => {
+            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+            let qs = ctrl.gpu_queues(gpu, 4, 64, Duration::from_secs(30))?;
+            let mem = ctrl.gpu_alloc(gpu, 64 * PAGE)?;
+            surfaces(w, &qs, &mem, GPU_DEAD, || {
+                ctrl.reset();
+                Ok(())
+            })
+        }
+        Case::ResetGpuCtrl => {
+            let (mut ctrl, qs) = GpuController::start(gpu, GpuCtrlConfig::default(), 4, 64, Duration::from_secs(30))?;
+            let mem = ctrl.alloc(64 * PAGE)?;
+            let r = surfaces(w, &qs, &mem, GPU_DEAD, || ctrl.kill_queues());
+            ctrl.stop()?;
+            r
+        }
+        Case::Timeout => {
+            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
+            let qs = ctrl.gpu_queues(gpu, 1, 64, Duration::from_millis(500))?;
+            let mem = ctrl.gpu_alloc(gpu, 64 * PAGE)?;
+            surfaces(w, &qs, &mem, GPU_TIMEOUT, || {
+                ctrl.inject(Fault::Drop { count: 1 });
+                Ok(())
+            })
+        }
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut bytes: u64 = 1 << 30;
@@ -164,37 +242,12 @@ fn main() {
         }
     }
     let mut t = Tally::default();
-    let mut names: Vec<String> = Vec::new();
-    for shadow in [false, true] {
-        for (qd, nq, io) in SHAPES {
-            names.push(format!(
-                "soft controller, rings in host memory, shadow doorbells {}, QD {qd} x {nq} queues, {} KiB I/Os",
-                if shadow { "on" } else { "off" },
-                io >> 10
-            ));
-        }
-    }
-    for (qd, nq, io) in SHAPES {
-        names.push(format!(
-            "GPU-resident controller, rings in GPU memory, QD {qd} x {nq} queues, {} KiB I/Os",
-            io >> 10
-        ));
-    }
-    names.extend(
-        [
-            "a reset surfaces as HOMI_GPU_DEAD (software controller)",
-            "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)",
-            "a lost completion surfaces as HOMI_GPU_TIMEOUT",
-        ]
-        .map(String::from),
-    );
-
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {
-            for n in &names {
+            for c in cases() {
                 t.skipped += 1;
-                println!("skip - {n}: {e}");
+                println!("skip - {}: {e}", name(c));
             }
             println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
             return;
@@ -210,56 +263,9 @@ fn main() {
         }
     };
     t.check("the device engine and workloads compile with NVRTC", Ok(gpu.describe()));
-    let mut names = names.into_iter();
-    for (in_gpu, shapes) in [(false, SHAPES), (true, GPU_MEMORY_SHAPES)] {
-        for shadow in [false, true] {
-            for shape in shapes {
-                let n = names.next().expect("named");
-                t.check(&n, soft_round_trip(&gpu, &w, bytes, (in_gpu, shadow), shape));
-            }
-        }
+    for c in cases() {
+        t.check(&name(c), run(c, &gpu, &w, bytes));
     }
-    for shape in SHAPES {
-        let n = names.next().expect("named");
-        t.check(&n, gpu_ctrl_round_trip(&gpu, &w, bytes, shape));
-    }
-    let n = names.next().expect("named");
-    t.check(
-        &n,
-        (|| {
-            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
-            let qs = ctrl.gpu_queues(&gpu, 4, 64, Duration::from_secs(30))?;
-            let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
-            surfaces(&w, &qs, &mem, GPU_DEAD, || {
-                ctrl.reset();
-                Ok(())
-            })
-        })(),
-    );
-    let n = names.next().expect("named");
-    t.check(
-        &n,
-        (|| {
-            let (mut ctrl, qs) = GpuController::start(&gpu, GpuCtrlConfig::default(), 4, 64, Duration::from_secs(30))?;
-            let mem = ctrl.alloc(64 * PAGE)?;
-            let r = surfaces(&w, &qs, &mem, GPU_DEAD, || ctrl.kill_queues());
-            ctrl.stop()?;
-            r
-        })(),
-    );
-    let n = names.next().expect("named");
-    t.check(
-        &n,
-        (|| {
-            let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
-            let qs = ctrl.gpu_queues(&gpu, 1, 64, Duration::from_millis(500))?;
-            let mem = ctrl.gpu_alloc(&gpu, 64 * PAGE)?;
-            surfaces(&w, &qs, &mem, GPU_TIMEOUT, || {
-                ctrl.inject(Fault::Drop { count: 1 });
-                Ok(())
-            })
-        })(),
-    );
     println!("{} passed, {} failed, {} skipped", t.passed, t.failed, t.skipped);
     if t.failed > 0 {
         std::process::exit(1);
