@@ -117,3 +117,25 @@ extern "C" __global__ void homi_store_ceiling(unsigned char *ring, unsigned int 
     }
     atomicAdd(&counters[0], n);
 }
+
+// The device engine's PRP rule, case by case, for comparison with the host's: case i
+// asks for lens[i] bytes at offs[i] of `mem`; out[i * 516 ..] receives ok, prp1,
+// prp2 and the list (up to 513 entries) from the PRP list page of slot i of `q`.
+extern "C" __global__ void homi_prp_cases(struct homi_queue *q, const struct homi_dma *mem,
+                                          const unsigned long long *offs, const unsigned int *lens, unsigned int n,
+                                          unsigned long long *out) {
+    unsigned int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n)
+        return;
+    unsigned long long *o = out + (unsigned long long)i * 516u;
+    unsigned long long prp1 = 0, prp2 = 0;
+    bool ok = homi_prps(q, mem, offs[i], lens[i], i, &prp1, &prp2);
+    o[0] = ok;
+    o[1] = prp1;
+    o[2] = prp2;
+    unsigned int first = HOMI_PAGE - (unsigned int)(prp1 % HOMI_PAGE);
+    unsigned int more = lens[i] > first ? (lens[i] - first + HOMI_PAGE - 1) / HOMI_PAGE : 0;
+    if (ok && more > 1)
+        for (unsigned int k = 0; k < more; k++)
+            o[3 + k] = q->prp_lists[(unsigned long long)i * HOMI_PRP_LIST_ENTRIES + k];
+}

@@ -51,6 +51,7 @@ pub struct Workload {
     transfer: CudaFunction,
     looper: CudaFunction,
     ceiling: CudaFunction,
+    prp_cases: CudaFunction,
     counters: DeviceMemory,
     /// The read loop's stop word, mapped once: registering host memory while a
     /// GPU-resident controller runs could wait for it forever.
@@ -80,6 +81,7 @@ impl Workload {
             transfer: f("homi_transfer")?,
             looper: f("homi_loop")?,
             ceiling: f("homi_store_ceiling")?,
+            prp_cases: f("homi_prp_cases")?,
             counters: DeviceMemory::zeroed(gpu, 32)?,
             stop: {
                 let page = HostPages::new(PAGE);
@@ -237,5 +239,71 @@ impl Workload {
         self.wait(Duration::from_secs(60))?;
         let secs = start.elapsed().as_secs_f64();
         Ok(self.counts()?.ok as f64 / secs)
+    }
+
+    /// The device engine's PRP entries for each `(offset, len)` of memory whose page
+    /// `i` the controller reaches at `pages[i]`: `None` where it refuses the range,
+    /// else PRP1, PRP2 (0 with a list) and the list, as [`homi::prp_entries`] gives
+    /// them.
+    pub fn prp_cases(&self, pages: &[u64], cases: &[(u64, u32)]) -> Result<Vec<Option<homi::PrpEntries>>> {
+        use homi::gpu::QueueRings;
+        let n = cases.len();
+        if n == 0 || n > 4096 || pages.is_empty() {
+            return Err(Error::Invalid("PRP cases: 1..=4096 cases over at least one page"));
+        }
+        // Only the PRP list pages of the queue are used; its rings are never touched.
+        let rings = QueueRings { depth: n.max(2) as u32, max_transfer: u32::MAX, ..Default::default() };
+        let lists = crate::gpu_ctrl::identity_buffer(&self.gpu, n.max(2) * PAGE)?;
+        let list_dma: Vec<u64> = lists.page_addrs().to_vec();
+        let qs = GpuQueues::new(&self.gpu, &[rings], lists, 9, Duration::from_secs(1), Box::new(()))?;
+        let backing = DeviceMemory::zeroed(&self.gpu, PAGE)?;
+        // SAFETY: the engine only reads the page table and length of this buffer,
+        // never its bytes; `backing` keeps a valid base address alive.
+        let mem = unsafe {
+            GpuBuffer::from_raw(&self.gpu, backing.dev_ptr(), pages.len() * PAGE, pages.into(), Box::new(backing))?
+        };
+        let offs: Vec<u64> = cases.iter().map(|c| c.0).collect();
+        let lens: Vec<u32> = cases.iter().map(|c| c.1).collect();
+        let (offs_d, lens_d) = (DeviceMemory::zeroed(&self.gpu, n * 8)?, DeviceMemory::zeroed(&self.gpu, n * 4)?);
+        offs_d.write(0, &offs)?;
+        lens_d.write(0, &lens)?;
+        let out = DeviceMemory::zeroed(&self.gpu, n * 516 * 8)?;
+        let (qp, desc, op, lp, nn, outp) =
+            (qs.device_handle(), mem.desc(), offs_d.dev_ptr(), lens_d.dev_ptr(), n as u32, out.dev_ptr());
+        // SAFETY: the arguments match `homi_prp_cases`; everything named lives past the
+        // wait.
+        unsafe {
+            self.stream
+                .launch_builder(&self.prp_cases)
+                .arg(&qp)
+                .arg(&desc)
+                .arg(&op)
+                .arg(&lp)
+                .arg(&nn)
+                .arg(&outp)
+                .launch(LaunchConfig::for_num_elems(n as u32))
+        }
+        .map_err(GpuError::driver("launch homi_prp_cases"))?;
+        self.wait(Duration::from_secs(30))?;
+        let mut raw = vec![0u64; n * 516];
+        out.read(0, &mut raw)?;
+        Ok((0..n)
+            .map(|i| {
+                let o = &raw[i * 516..(i + 1) * 516];
+                (o[0] != 0).then(|| {
+                    let (p1, p2) = (o[1], o[2]);
+                    let first = PAGE as u64 - p1 % PAGE as u64;
+                    let len = u64::from(cases[i].1);
+                    let more = if len > first { (len - first).div_ceil(PAGE as u64) as usize } else { 0 };
+                    if more > 1 {
+                        // A list: PRP2 must name slot i's list page.
+                        let p2 = if p2 == list_dma[i] { 0 } else { u64::MAX };
+                        (p1, p2, o[3..3 + more].to_vec())
+                    } else {
+                        (p1, p2, Vec::new())
+                    }
+                })
+            })
+            .collect())
     }
 }

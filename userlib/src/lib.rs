@@ -50,5 +50,5 @@ pub use doorbell::{need_event, Doorbell, DoorbellStats};
 pub use error::{Error, Result};
 pub use homi_uapi as uapi;
 pub use placement::RingPlacement;
-pub use prp::PAGE;
+pub use prp::{prp_entries, PrpEntries, PAGE};
 pub use queue::{Completion, QueueBacking, QueuePair, RawQueue};

@@ -87,6 +87,20 @@ pub(crate) fn span(layout: Layout<'_>, buf_len: usize, offset: usize, len: usize
     Ok(Prps::List { first, pages: Pages { layout, next: first_page + 1, left: pages } })
 }
 
+/// PRP1, PRP2 (0 when a list is needed) and the PRP list of one transfer.
+pub type PrpEntries = (u64, u64, Vec<u64>);
+
+/// The PRP entries of `len` bytes at `offset` of memory whose 4096-byte page `i` the
+/// controller reaches at `pages[i]`: PRP1, PRP2 (0 when a list is needed), and the
+/// list PRP2 must then point to (empty otherwise). The rule both engines follow; the
+/// device engine (`homi.cuh`) is checked against it on GPUs (`homi-gpucheck`).
+pub fn prp_entries(pages: &[u64], offset: usize, len: usize) -> Result<PrpEntries> {
+    match span(Layout::Pages(pages), pages.len() * PAGE, offset, len)? {
+        Prps::Direct(a, b) => Ok((a, b, Vec::new())),
+        Prps::List { first, pages } => Ok((first, 0, pages.collect())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

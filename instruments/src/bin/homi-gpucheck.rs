@@ -149,6 +149,30 @@ fn compile_only(archs: &[&str]) -> Tally {
     t
 }
 
+/// The device engine's PRP entries against the host's rule, over scattered pages,
+/// every alignment class, direct and listed transfers, the largest list and ranges
+/// both must refuse.
+fn prp_rule(w: &Workload) -> Result<String> {
+    let pages: Vec<u64> = (0..600u64).map(|i| 0x40_0000_0000 + ((i * 7919) % 600) * PAGE as u64).collect();
+    let mut cases = Vec::new();
+    for off in [0u64, 4, 512, 4092, 4096, 8192 + 2048, 2] {
+        for len in [0u32, 4, 512, 3584, 4096, 4097, 8192, 12288, 65536, 131072, 513 * 4096, 514 * 4096] {
+            cases.push((off, len));
+        }
+    }
+    cases.extend([(599 * PAGE as u64, 4096), (599 * PAGE as u64, 8192), (600 * PAGE as u64, 4096)]);
+    let got = w.prp_cases(&pages, &cases)?;
+    let mut agree = 0;
+    for (c, g) in cases.iter().zip(&got) {
+        let want = homi::prp_entries(&pages, c.0 as usize, c.1 as usize).ok();
+        if want != *g {
+            return Err(fail(format!("offset {} len {}: host {want:?}, device {g:?}", c.0, c.1)));
+        }
+        agree += 1;
+    }
+    Ok(format!("{agree} cases agree, {} of them refused by both", got.iter().filter(|g| g.is_none()).count()))
+}
+
 /// One check of the run.
 #[derive(Clone, Copy)]
 enum Case {
@@ -165,6 +189,7 @@ enum Case {
     ResetSoft,
     ResetGpuCtrl,
     Timeout,
+    PrpRule,
 }
 
 fn cases() -> Vec<Case> {
@@ -175,7 +200,7 @@ fn cases() -> Vec<Case> {
         }
     }
     v.extend(SHAPES.map(|shape| Case::GpuCtrl { shape }));
-    v.extend([Case::ResetSoft, Case::ResetGpuCtrl, Case::Timeout]);
+    v.extend([Case::ResetSoft, Case::ResetGpuCtrl, Case::Timeout, Case::PrpRule]);
     v
 }
 
@@ -192,6 +217,7 @@ fn name(c: Case) -> String {
         Case::ResetSoft => "a reset surfaces as HOMI_GPU_DEAD (software controller)".into(),
         Case::ResetGpuCtrl => "a reset surfaces as HOMI_GPU_DEAD (GPU-resident controller)".into(),
         Case::Timeout => "a lost completion surfaces as HOMI_GPU_TIMEOUT".into(),
+        Case::PrpRule => "the device engine builds the PRP entries homi::prp_entries gives, case for case".into(),
     }
 }
 
@@ -215,6 +241,7 @@ fn run(c: Case, gpu: &Gpu, w: &Workload, bytes: u64) -> Result<String> {
             ctrl.stop()?;
             r
         }
+        Case::PrpRule => prp_rule(w),
         Case::Timeout => {
             let ctrl = SoftController::new(SoftConfig { blocks: 1 << 16, ..SoftConfig::default() });
             let qs = ctrl.gpu_queues(gpu, 1, 64, Duration::from_millis(500))?;
