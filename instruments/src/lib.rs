@@ -22,6 +22,20 @@ mod soft_memory;
 
 pub use soft::{Fault, SoftConfig, SoftController};
 
+/// A deterministic byte pattern for `len` bytes, different for each `seed`: what the
+/// host checks write and expect back (an xorshift stream).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Every CUDA program of the instruments and the device engine, as compiled at run
 /// time, by name: for checks that they build.
 #[cfg(feature = "cuda")]

@@ -15,6 +15,7 @@ pub(crate) trait Memory: Send + Sync {
     /// last) becoming visible no earlier than the others.
     fn post_cqe(&self, addr: u64, cqe: [u32; 4]);
     /// Whether addresses are GPU addresses (rings and data in GPU memory).
+    #[cfg(feature = "cuda")]
     fn gpu(&self) -> bool {
         false
     }

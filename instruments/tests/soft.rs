@@ -5,21 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use homi::{Command, DmaBuffer, Error, Status, StatusType, PAGE};
-use homi_instruments::{Fault, SoftConfig, SoftController};
+use homi_instruments::{pattern, Fault, SoftConfig, SoftController};
 
 const T: Duration = Duration::from_secs(10);
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn buf(ctrl: &SoftController, len: usize) -> Arc<DmaBuffer> {
     Arc::new(ctrl.alloc(len))

@@ -85,17 +85,7 @@ pub(crate) fn errno_of(e: &Error) -> Option<Errno> {
 }
 
 /// A deterministic pattern for `len` bytes, different for each `seed`.
-pub(crate) fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub(crate) use homi_instruments::pattern;
 
 /// A namespace block device through the kernel, with O_DIRECT.
 pub(crate) fn kernel_ns_at(path: &str) -> anyhow::Result<File> {

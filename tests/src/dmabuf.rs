@@ -5,7 +5,7 @@
 //! reset, unbind and SIGKILL must leave nothing held; every refusal has its errno.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,32 +20,9 @@ use crate::hardening::wait_nothing_held;
 use crate::harness::Harness;
 use crate::kmod;
 
-/// `struct udmabuf_create` of `linux/udmabuf.h`.
-#[repr(C)]
-struct UdmabufCreate {
-    memfd: u32,
-    flags: u32,
-    offset: u64,
-    size: u64,
-}
-nix::ioctl_write_ptr!(udmabuf_create, b'u', 0x42, UdmabufCreate);
-const UDMABUF_FLAGS_CLOEXEC: u32 = 1;
-
-/// A udmabuf of `len` bytes over a fresh memfd (sealed against shrinking, as udmabuf
-/// requires).
+/// A udmabuf of `len` bytes over a fresh memfd.
 pub(crate) fn udmabuf(len: usize) -> anyhow::Result<OwnedFd> {
-    let memfd = nix::sys::memfd::memfd_create(c"homi-udmabuf", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)?;
-    nix::unistd::ftruncate(&memfd, len as i64)?;
-    // SAFETY: fcntl on an fd we own.
-    let rc = unsafe { nix::libc::fcntl(memfd.as_raw_fd(), nix::libc::F_ADD_SEALS, nix::libc::F_SEAL_SHRINK) };
-    ensure!(rc == 0, "F_ADD_SEALS: {}", std::io::Error::last_os_error());
-    let dev = File::open("/dev/udmabuf").context("open /dev/udmabuf")?;
-    let req =
-        UdmabufCreate { memfd: memfd.as_raw_fd() as u32, flags: UDMABUF_FLAGS_CLOEXEC, offset: 0, size: len as u64 };
-    // SAFETY: a valid request; the ioctl returns a new fd.
-    let fd = unsafe { udmabuf_create(dev.as_raw_fd(), &req) }.context("UDMABUF_CREATE")?;
-    // SAFETY: the ioctl handed us this new fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(homi::udmabuf(len)?)
 }
 
 /// The p2pmem `allocate` file of a device other than nvme0 that published peer-to-peer
@@ -92,39 +69,6 @@ fn bars(dev: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
 /// Whether an IOMMU translates DMA in this VM.
 fn iommu_on() -> bool {
     std::fs::read_dir("/sys/class/iommu").is_ok_and(|mut d| d.next().is_some())
-}
-
-/// A shared mapping of `len` bytes of peer-to-peer memory, unmapped on drop.
-struct P2pMem {
-    ptr: *mut u8,
-    len: usize,
-    _file: File,
-}
-
-impl P2pMem {
-    fn new(path: &Path, len: usize) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-        // SAFETY: a fresh shared mapping the kernel places.
-        let p = unsafe {
-            nix::libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                nix::libc::PROT_READ | nix::libc::PROT_WRITE,
-                nix::libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        ensure!(p != nix::libc::MAP_FAILED, "mmap {}: {}", path.display(), std::io::Error::last_os_error());
-        Ok(Self { ptr: p.cast(), len, _file: file })
-    }
-}
-
-impl Drop for P2pMem {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new`.
-        unsafe { nix::libc::munmap(self.ptr.cast(), self.len) };
-    }
 }
 
 fn reg_dmabuf(homi: &File, fd: i32, offset: u64, len: u64, addrs: &mut [u64]) -> Result<HomiRegisterDmabuf, Errno> {
@@ -505,11 +449,11 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<bool> {
         "dmabuf: P2P memory (the second controller's CMB) pins with FOLL_PCI_P2PDMA: mapped, or EXDEV and logged",
         || {
             let ctrl = Controller::open(NVME)?;
-            let cmb = P2pMem::new(&alloc, 256 << 10)?;
+            let cmb = homi::P2pMemory::map(&alloc, 256 << 10)?;
             // The refusal's log line is rate-limited: let the earlier checks' lines age out.
             std::thread::sleep(Duration::from_secs(6));
             // SAFETY: `cmb` stays mapped until after the buffer is dropped.
-            match unsafe { ctrl.register_memory(cmb.ptr, 256 << 10) } {
+            match unsafe { ctrl.register_memory(cmb.ptr(), 256 << 10) } {
                 Ok(b) => {
                     let pages = b.page_addrs().context("no addresses")?;
                     ensure!(pages.len() == 64, "{} addresses", pages.len());
@@ -548,14 +492,14 @@ fn p2p_checks(h: &mut Harness) -> anyhow::Result<bool> {
     }
     h.check("dmabuf: data into the CMB and rings in the CMB match the kernel's view", || {
         let ctrl = Controller::open(NVME)?;
-        let cmb = P2pMem::new(&alloc, 256 << 10)?;
+        let cmb = homi::P2pMemory::map(&alloc, 256 << 10)?;
         // SAFETY: `cmb` stays mapped until after `buf` is dropped (declared after it).
-        let buf = Arc::new(unsafe { ctrl.register_memory(cmb.ptr, 256 << 10) }?);
+        let buf = Arc::new(unsafe { ctrl.register_memory(cmb.ptr(), 256 << 10) }?);
         let mut qp = ctrl.create_qpair(64)?;
         both_ways(&mut qp, &buf, LBA + 6144, 340)?;
-        let ring_mem = P2pMem::new(&alloc, 128 << 10)?;
+        let ring_mem = homi::P2pMemory::map(&alloc, 128 << 10)?;
         // SAFETY: as above.
-        let rings = Arc::new(unsafe { ctrl.register_memory(ring_mem.ptr, 128 << 10) }?);
+        let rings = Arc::new(unsafe { ctrl.register_memory(ring_mem.ptr(), 128 << 10) }?);
         let place = RingPlacement { sq: Some((rings.clone(), 0)), cq: Some((rings, 64 << 10)) };
         let mut pq = ctrl.create_qpair_placed(64, place)?;
         both_ways(&mut pq, &buf, LBA + 6144, 342)

@@ -124,20 +124,7 @@ pub fn main(a: &BenchArgs) -> anyhow::Result<()> {
 
 #[cfg(feature = "cuda")]
 fn gpu(a: &BenchArgs) -> anyhow::Result<()> {
-    let base = PerfArgs {
-        path: IoPath::Gpu,
-        rw: Rw::Randread,
-        bs: 4096,
-        qd: 1,
-        threads: 1,
-        runtime: a.runtime,
-        ios: None,
-        nvme: a.nvme.clone(),
-        nsid: 1,
-        span: 1 << 30,
-        json: false,
-        gpu: Default::default(),
-    };
+    let base = crate::bench_gpu::base(a.runtime, a.nvme.clone());
     crate::bench_gpu::run(&base, a.controller, a.queues, &a.out)?;
     println!("wrote {}/gpu-sweep.{{json,csv}}, gpu-qd.svg, gpu-size.svg", a.out.display());
     Ok(())

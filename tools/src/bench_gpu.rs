@@ -41,6 +41,25 @@ fn placements(c: GpuCtrl) -> Vec<RingPlace> {
     }
 }
 
+/// The arguments every sweep run starts from: 4 KiB random reads over 1 GiB of
+/// namespace 1 of `nvme`, `runtime` seconds each.
+pub fn base(runtime: f64, nvme: std::path::PathBuf) -> PerfArgs {
+    PerfArgs {
+        path: IoPath::Gpu,
+        rw: Rw::Randread,
+        bs: 4096,
+        qd: 1,
+        threads: 1,
+        runtime,
+        ios: None,
+        nvme,
+        nsid: 1,
+        span: 1 << 30,
+        json: false,
+        gpu: GpuOpts::default(),
+    }
+}
+
 /// The sweep's runs, as `homi perf` arguments.
 pub fn grid(base: &PerfArgs, controller: GpuCtrl, queues: u32) -> Vec<(&'static str, PerfArgs)> {
     let mut runs = Vec::new();
@@ -172,20 +191,7 @@ mod tests {
 
     #[test]
     fn grid_sweeps_qd_and_size_per_placement() {
-        let base = PerfArgs {
-            path: IoPath::Gpu,
-            rw: Rw::Randread,
-            bs: 4096,
-            qd: 1,
-            threads: 1,
-            runtime: 1.0,
-            ios: None,
-            nvme: "/dev/nvme0".into(),
-            nsid: 1,
-            span: 1 << 30,
-            json: false,
-            gpu: GpuOpts::default(),
-        };
+        let base = base(1.0, "/dev/nvme0".into());
         let g = grid(&base, GpuCtrl::GpuNull, 128);
         assert_eq!(g.len(), 2 * (QDS.len() + SIZES.len()));
         assert!(g.iter().all(|(_, a)| a.path == IoPath::Gpu && a.gpu.queues == 128));

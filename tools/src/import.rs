@@ -4,9 +4,9 @@
 //! placed in that memory too, then copy what landed there into a file. Comparing that
 //! file with the kernel's view of the same blocks is the caller's check.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,63 +61,6 @@ const CHUNK: usize = 64 << 10;
 /// Poisons the memory before the reads, so that a read that lands nowhere shows.
 const POISON: u8 = 0xa5;
 
-/// `struct udmabuf_create` of `linux/udmabuf.h`.
-#[repr(C)]
-struct UdmabufCreate {
-    memfd: u32,
-    flags: u32,
-    offset: u64,
-    size: u64,
-}
-nix::ioctl_write_ptr!(udmabuf_create, b'u', 0x42, UdmabufCreate);
-
-/// A dma-buf of `len` bytes of fresh memfd pages (sealed against shrinking, as udmabuf
-/// requires).
-fn new_udmabuf(len: usize) -> anyhow::Result<OwnedFd> {
-    let memfd = nix::sys::memfd::memfd_create(c"homi-read-into", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)?;
-    nix::unistd::ftruncate(&memfd, i64::try_from(len)?)?;
-    nix::fcntl::fcntl(&memfd, nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_SHRINK))?;
-    let dev = File::open("/dev/udmabuf").context("open /dev/udmabuf (CONFIG_UDMABUF)")?;
-    let req = UdmabufCreate { memfd: memfd.as_raw_fd() as u32, flags: 1, offset: 0, size: len as u64 };
-    // SAFETY: `req` is a valid request; the ioctl returns a new fd (close-on-exec, flag 1).
-    let fd = unsafe { udmabuf_create(dev.as_raw_fd(), &req) }.context("UDMABUF_CREATE")?;
-    // SAFETY: the ioctl handed us this new fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// A shared mapping of a device's peer-to-peer memory, unmapped on drop.
-struct P2pMapping {
-    ptr: *mut u8,
-    len: usize,
-    _file: File,
-}
-
-impl P2pMapping {
-    fn new(allocate: &Path, len: usize) -> anyhow::Result<Self> {
-        let file = OpenOptions::new().read(true).write(true).open(allocate)?;
-        // SAFETY: a fresh shared mapping that the kernel places.
-        let p = unsafe {
-            nix::libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                nix::libc::PROT_READ | nix::libc::PROT_WRITE,
-                nix::libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        ensure!(p != nix::libc::MAP_FAILED, "mmap {}: {}", allocate.display(), std::io::Error::last_os_error());
-        Ok(Self { ptr: p.cast(), len, _file: file })
-    }
-}
-
-impl Drop for P2pMapping {
-    fn drop(&mut self) {
-        // SAFETY: mapped in `new`, not unmapped since.
-        unsafe { nix::libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// The PCI device (sysfs directory) providing peer-to-peer memory.
 fn provider(nvme: &Path, named: Option<&str>) -> anyhow::Result<PathBuf> {
     if let Some(n) = named {
@@ -169,15 +112,15 @@ pub fn run(a: &ReadIntoArgs) -> anyhow::Result<()> {
     // The memory, registered with the module; `_keep` outlives `mem` (declared first).
     let (_keep, mem, what): (Box<dyn std::any::Any>, DmaBuffer, String) = match a.into {
         Memory::Udmabuf => {
-            let fd = new_udmabuf(total)?;
+            let fd = homi::udmabuf(total)?;
             let mem = ctrl.register_dmabuf_mapped(fd.as_fd(), 0, total).context("REGISTER_DMABUF of a udmabuf")?;
             (Box::new(fd), mem, "a udmabuf (REGISTER_DMABUF)".into())
         }
         Memory::Cmb => {
             let dev = provider(&a.nvme, a.provider.as_deref())?;
-            let map = P2pMapping::new(&dev.join("p2pmem/allocate"), total)?;
+            let map = homi::P2pMemory::map(&dev.join("p2pmem/allocate"), total)?;
             // SAFETY: `map` stays mapped until after `mem` is dropped (`_keep`).
-            let mem = match unsafe { ctrl.register_memory(map.ptr, total) } {
+            let mem = match unsafe { ctrl.register_memory(map.ptr(), total) } {
                 Err(homi::Error::Unreachable) => bail!(
                     "REGISTER of {}'s p2pmem: EXDEV, P2PDMA finds no path to {} (see dmesg)",
                     dev.display(),

@@ -313,6 +313,21 @@ __device__ __forceinline__ bool homi_prps(const struct homi_queue *q, const stru
     return true;
 }
 
+// One round of a wait by the peers of a warp: the leader reaps, and finds whether the
+// queue broke or the wait timed out; every peer learns the verdict (0 to go on).
+__device__ __forceinline__ int homi_wait_round(struct homi_queue *q, bool lead, unsigned int peers, int leader,
+                                               unsigned int *spins, unsigned long long deadline) {
+    int e = 0;
+    ++*spins;
+    if (lead) {
+        homi_reap(q);
+        e = homi_broken(q, *spins);
+        if (!e && (*spins & 255u) == 0 && homi_globaltimer() > deadline)
+            e = homi_fail(q, HOMI_GPU_TIMEOUT);
+    }
+    return __shfl_sync(peers, e, leader);
+}
+
 // Submits one command and waits for it. `cdw` are command dwords 10..15.
 //
 // The threads of a warp that name the same queue at once (its "peers") go through
@@ -355,13 +370,7 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
                     homi_load_acquire(&q->turn[(t + 1) % depth]) + 1u >= 2u * (unsigned int)((t + 1) / depth);
         if (__all_sync(peers, free && room))
             break;
-        if (lead) {
-            homi_reap(q);
-            e = homi_broken(q, ++spins);
-            if (!e && (spins & 255u) == 0 && homi_globaltimer() > deadline)
-                e = homi_fail(q, HOMI_GPU_TIMEOUT);
-        }
-        if ((e = __shfl_sync(peers, e, leader)))
+        if ((e = homi_wait_round(q, lead, peers, leader, &spins, deadline)))
             return e;
         homi_backoff(spins);
     }
@@ -397,13 +406,7 @@ __device__ int homi_io(struct homi_queue *q, unsigned int opcode, unsigned int n
     for (;;) {
         if (__all_sync(peers, homi_load_acquire(&q->turn[slot]) == 2u * round + 1u))
             break;
-        if (lead) {
-            homi_reap(q);
-            e = homi_broken(q, ++spins);
-            if (!e && (spins & 255u) == 0 && homi_globaltimer() > deadline)
-                e = homi_fail(q, HOMI_GPU_TIMEOUT);
-        }
-        if ((e = __shfl_sync(peers, e, leader)))
+        if ((e = homi_wait_round(q, lead, peers, leader, &spins, deadline)))
             return e;
         if (__all_sync(peers, homi_load_acquire(&q->turn[slot]) == 2u * round + 1u))
             break;

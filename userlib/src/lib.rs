@@ -37,6 +37,7 @@ mod error;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 mod mapping;
+mod p2pmem;
 pub(crate) mod placement;
 mod prp;
 pub(crate) mod queue;
@@ -49,6 +50,7 @@ pub use device::HomiDevice;
 pub use doorbell::{need_event, Doorbell, DoorbellStats};
 pub use error::{Error, Result};
 pub use homi_uapi as uapi;
+pub use p2pmem::{udmabuf, P2pMemory};
 pub use placement::RingPlacement;
 pub use prp::{prp_entries, PrpEntries, PAGE};
 pub use queue::{Completion, QueueBacking, QueuePair, RawQueue};
