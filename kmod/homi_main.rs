@@ -212,6 +212,20 @@ fn write_arg<T: AsBytes>(arg: usize, val: &T) -> Result<isize> {
     Ok(0)
 }
 
+/// Writes the reply of a call that made an object (a queue pair, buffer or
+/// registration). If the reply cannot reach user space the caller never learns the id,
+/// so the object is let go at once, as its undoing call (`undo`) would.
+fn write_made<T: AsBytes>(
+    arg: usize,
+    reply: &T,
+    id: u32,
+    undo: impl FnOnce(&HomiId) -> Result,
+) -> Result<isize> {
+    write_arg(arg, reply).inspect_err(|_| {
+        let _ = undo(&HomiId { id, flags: 0 });
+    })
+}
+
 #[vtable]
 impl MiscDevice for HomiDev {
     type Ptr = Arc<FileState>;
@@ -244,14 +258,26 @@ impl MiscDevice for HomiDev {
             ),
             HOMI_IOCTL_ATTACH => me.attach(&read_arg(arg)?).map(|()| 0),
             HOMI_IOCTL_INFO => write_arg(arg, &me.info()?),
-            HOMI_IOCTL_CREATE_QPAIR => write_arg(arg, &me.create_qpair(&read_arg(arg)?)?),
+            HOMI_IOCTL_CREATE_QPAIR => {
+                let q = me.create_qpair(&read_arg(arg)?)?;
+                write_made(arg, &q, q.qid, |id| me.destroy_qpair(id))
+            }
             HOMI_IOCTL_DESTROY_QPAIR => me.destroy_qpair(&read_arg(arg)?).map(|()| 0),
             HOMI_IOCTL_REARM_QPAIR => write_arg(arg, &me.rearm_qpair(&read_arg(arg)?)?),
-            HOMI_IOCTL_ALLOC => write_arg(arg, &me.alloc(&read_arg(arg)?)?),
+            HOMI_IOCTL_ALLOC => {
+                let a = me.alloc(&read_arg(arg)?)?;
+                write_made(arg, &a, a.id, |id| me.free(id))
+            }
             HOMI_IOCTL_FREE => me.free(&read_arg(arg)?).map(|()| 0),
-            HOMI_IOCTL_REGISTER => write_arg(arg, &me.register(&read_arg(arg)?)?),
+            HOMI_IOCTL_REGISTER => {
+                let r = me.register(&read_arg(arg)?)?;
+                write_made(arg, &r, r.id, |id| me.unregister(id))
+            }
             HOMI_IOCTL_UNREGISTER => me.unregister(&read_arg(arg)?).map(|()| 0),
-            HOMI_IOCTL_REGISTER_DMABUF => write_arg(arg, &me.register_dmabuf(&read_arg(arg)?)?),
+            HOMI_IOCTL_REGISTER_DMABUF => {
+                let r = me.register_dmabuf(&read_arg(arg)?)?;
+                write_made(arg, &r, r.id, |id| me.unregister(id))
+            }
             HOMI_IOCTL_LIST_QPAIRS => {
                 let mut l: HomiList = read_arg(arg)?;
                 l.count = file::list_qpairs(&l)?;

@@ -174,6 +174,70 @@ pub fn queues(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
 
+    h.check("queues: a call whose reply cannot be written is undone (ALLOC, REGISTER, CREATE_QPAIR)", || {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        use std::num::NonZeroUsize;
+        let f = ctrl.homi_fd();
+        // One memfd page in two views: the argument is written through `rw` and passed
+        // as `ro`, which the module can read but not write its reply to.
+        let memfd = nix::sys::memfd::memfd_create(c"homi-ro-reply", nix::sys::memfd::MFdFlags::empty())?;
+        nix::unistd::ftruncate(&memfd, 4096)?;
+        let len = NonZeroUsize::new(4096).unwrap();
+        // SAFETY: fresh shared mappings of our memfd; unmapped below.
+        let (rw, ro) = unsafe {
+            (
+                mmap(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &memfd, 0)?,
+                mmap(None, len, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &memfd, 0)?,
+            )
+        };
+        let mut addrs = [0u64; 4];
+        let mem = Aligned::new(16384);
+        let reg =
+            HomiRegister { addr: mem.ptr as u64, len: 16384, dma_addrs: addrs.as_mut_ptr() as u64, flags: 0, id: 0 };
+        let result = (|| {
+            let call = |what: &str, req: u32, arg: &[u8]| -> anyhow::Result<()> {
+                // SAFETY: the rw view has a page of room; `arg` is one ABI struct.
+                unsafe { std::ptr::copy_nonoverlapping(arg.as_ptr(), rw.as_ptr().cast::<u8>(), arg.len()) };
+                // SAFETY: `ro` is a live mapping holding the argument.
+                let rc = unsafe { nix::libc::ioctl(f.as_raw_fd(), req as _, ro.as_ptr()) };
+                ensure!(
+                    rc == -1 && Errno::last() == Errno::EFAULT,
+                    "{what}: expected EFAULT, got {rc} ({})",
+                    Errno::last()
+                );
+                ensure!(
+                    info_counters(&ctrl)? == base,
+                    "{what}: left {:?} held (before: {base:?})",
+                    info_counters(&ctrl)?
+                );
+                Ok(())
+            };
+            let bytes = |p: *const u8, n: usize| {
+                // SAFETY: `p` points at a live ABI struct of `n` bytes.
+                unsafe { std::slice::from_raw_parts(p, n) }.to_vec()
+            };
+            let a = HomiAlloc { size: 4096, ..Default::default() };
+            call("ALLOC", HOMI_IOCTL_ALLOC, &bytes((&a as *const HomiAlloc).cast(), size_of::<HomiAlloc>()))?;
+            call(
+                "REGISTER",
+                HOMI_IOCTL_REGISTER,
+                &bytes((&reg as *const HomiRegister).cast(), size_of::<HomiRegister>()),
+            )?;
+            let q = HomiQpair { depth: 16, ..Default::default() };
+            call(
+                "CREATE_QPAIR",
+                HOMI_IOCTL_CREATE_QPAIR,
+                &bytes((&q as *const HomiQpair).cast(), size_of::<HomiQpair>()),
+            )
+        })();
+        // SAFETY: mapped above, unmapped once.
+        unsafe {
+            let _ = nix::sys::mman::munmap(rw, 4096);
+            let _ = nix::sys::mman::munmap(ro, 4096);
+        }
+        result
+    });
+
     h.check("queues: mmap rejects unknown offsets, private and writable status maps", || {
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
         use std::num::NonZeroUsize;
