@@ -84,6 +84,20 @@ pub(crate) fn errno_of(e: &Error) -> Option<Errno> {
     }
 }
 
+/// Opens the controller through homi, waiting out a reset in progress (the previous
+/// check may have left one running): at most 60 s.
+pub(crate) fn open_live() -> anyhow::Result<Controller> {
+    let t = std::time::Instant::now();
+    loop {
+        match Controller::open(NVME) {
+            Err(homi::Error::NotLive) if t.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 /// A deterministic pattern for `len` bytes, different for each `seed`.
 pub(crate) use homi_instruments::pattern;
 

@@ -733,7 +733,15 @@ fn fresh_info() -> anyhow::Result<HomiInfo> {
     let homi = OpenOptions::new().read(true).write(true).open(HomiDevice::default_path())?;
     let nvme = OpenOptions::new().read(true).write(true).open(NVME)?;
     let mut i = HomiInfo::default();
-    let attach = ioctl_on(homi.as_raw_fd(), HOMI_IOCTL_ATTACH, &mut HomiAttach { nvme_fd: nvme.as_raw_fd(), flags: 0 });
+    // A reset the previous suite started may still be running: wait it out (60 s).
+    let t = Instant::now();
+    let attach = loop {
+        let a = ioctl_on(homi.as_raw_fd(), HOMI_IOCTL_ATTACH, &mut HomiAttach { nvme_fd: nvme.as_raw_fd(), flags: 0 });
+        if a != Errno::EAGAIN as i32 || t.elapsed() > Duration::from_secs(60) {
+            break a;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     ensure!(attach == 0, "ATTACH: {}", Errno::from_raw(attach));
     let code = ioctl_on(homi.as_raw_fd(), HOMI_IOCTL_INFO, &mut i);
     ensure!(code == 0, "INFO: {}", Errno::from_raw(code));

@@ -523,7 +523,7 @@ pub fn helper(role: &str) -> anyhow::Result<Option<()>> {
                 nix::sys::signal::signal(nix::sys::signal::SIGUSR1, handler)?;
                 nix::sys::signal::signal(nix::sys::signal::SIGUSR2, handler)?;
             }
-            let ctrl = Controller::open(NVME)?;
+            let ctrl = open_live()?;
             let mut qp = ctrl.create_qpair(256)?;
             let buf = ctrl.alloc(1 << 20)?;
             let reg = ctrl.register(1 << 20)?;
