@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Builds the homi guest kernel: Debian's linux-source-7.2, plus qemu/patches/*.patch
+# Builds the homi guest kernel: Debian's linux-source-X.Y, plus qemu/patches/*.patch
 # (but the cover letter),
 # configured from allnoconfig + qemu/kernel.config (+ qemu/kernel-debug.config for
 # VARIANT=debug). The result is cached outside the repository under a key made of
 # the source version, config fragments, patches, toolchain versions and this
 # script, so an unchanged tree is never rebuilt.
 #
+# Which kernel: KERNEL_SRC_PKG, KERNEL_VERSION and KERNEL_SUITE, as `cargo xtask`
+# selects them (xtask/src/kselect.rs); run alone, the verified one of versions.sh.
+#
 # Prints the build directory (the KDIR for out-of-tree modules) on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.sh"
 variant=${VARIANT:-release}
+pkg=${KERNEL_SRC_PKG:-$KERNEL_VERIFIED_PKG}
+suite=${KERNEL_SUITE:-$KERNEL_VERIFIED_SUITE}
+ver=${KERNEL_VERSION:-$KERNEL_VERIFIED_VERSION}
 
 log() { echo "kernel: $*" >&2; }
 
-src=$("$here/fetch-kernel.sh")
-ver=$(basename "$src")
+src=$("$here/fetch-kernel.sh" fetch "$suite" "$pkg" "$ver")
+# The cache key names the Debian version, as it always has; what else is known about
+# the source goes beside the build, in .homi-kernel.
+[ "$(basename "$src")" = "$ver" ] || { log "fetch-kernel.sh returned $src for $ver"; exit 1; }
+record="$pkg $ver from $suite"
 
 frags=("$here/kernel.config")
 [ "$variant" = debug ] && frags+=("$here/kernel-debug.config")
@@ -41,6 +50,8 @@ key=$( {
 
 out=$HOMI_CACHE/kernel/$ver-$variant-$key
 if [ -f "$out/.homi-built" ]; then
+	# Builds made before .homi-kernel existed get it on first use.
+	[ -f "$out/.homi-kernel" ] || echo "$record" > "$out/.homi-kernel"
 	log "cached: $out ($(cat "$out/.homi-built"))"
 	echo "$out"
 	exit 0
@@ -55,7 +66,14 @@ if [ ! -f "$tree/.homi-patched" ]; then
 	cp -al "$src" "$tree"
 	for p in "${patches[@]}"; do
 		log "applying $(basename "$p")"
-		patch -d "$tree" -p1 --quiet --forward < "$p"
+		if ! patch -d "$tree" -p1 --quiet --forward --batch < "$p" >&2; then
+			log "$(basename "$p") does not apply to $pkg $ver (from $suite)."
+			log "Set HOMI_KERNEL=$KERNEL_VERIFIED_VERSION (the verified kernel) or another version that"
+			log "\`cargo xtask kernel --check-upstream\` shows the series applies to, rebase qemu/patches/,"
+			log "or set HOMI_NO_PATCHES=1 to build a stock kernel."
+			rm -rf "$tree"
+			exit 1
+		fi
 	done
 	touch "$tree/.homi-patched"
 fi
@@ -88,6 +106,7 @@ jobs=$(( $(nproc) + 1 ))
 log "building Linux $ver ($variant) with -j$jobs in $out"
 "${mk[@]}" -j"$jobs" >&2
 elapsed=$(( $(date +%s) - start ))
+echo "$record" > "$out/.homi-kernel"
 echo "built in ${elapsed}s on $(nproc) cores, $(date -u +%FT%TZ)" > "$out/.homi-built"
 trap - EXIT
 log "built Linux $ver ($variant) in ${elapsed}s"
