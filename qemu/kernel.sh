@@ -28,7 +28,18 @@ src=$("$here/fetch-kernel.sh" fetch "$suite" "$pkg" "$ver")
 [ "$(basename "$src")" = "$ver" ] || { log "fetch-kernel.sh returned $src for $ver"; exit 1; }
 record="$pkg $ver from $suite"
 
+# kernel-X.Y.config follows the kernel's Kconfig where it changed in X.Y (a renamed
+# option, say): it applies to X.Y and every later series, and an option it sets
+# replaces the one kernel.config sets. Series before the first of them use
+# kernel.config alone, so their cache keys are what they always were.
+series=$(sed -n 's/^VERSION = //p; s/^PATCHLEVEL = //p' "$src/Makefile" | paste -sd.)
 frags=("$here/kernel.config")
+shopt -s nullglob
+for f in $(printf '%s\n' "$here"/kernel-[0-9]*.config | sort -V); do
+	s=${f##*/kernel-} s=${s%.config}
+	[ "$(printf '%s\n%s\n' "$s" "$series" | sort -V | head -1)" = "$s" ] && frags+=("$f")
+done
+shopt -u nullglob
 [ "$variant" = debug ] && frags+=("$here/kernel-debug.config")
 [ "$variant" = release ] || [ "$variant" = debug ] || { log "unknown VARIANT=$variant (release|debug)"; exit 1; }
 shopt -s nullglob
@@ -66,7 +77,8 @@ if [ ! -f "$tree/.homi-patched" ]; then
 	cp -al "$src" "$tree"
 	for p in "${patches[@]}"; do
 		log "applying $(basename "$p")"
-		if ! patch -d "$tree" -p1 --quiet --forward --batch < "$p" >&2; then
+		# No fuzz: a hunk whose context moved too far must fail, not land elsewhere.
+		if ! patch -d "$tree" -p1 --quiet --forward --batch --fuzz=0 < "$p" >&2; then
 			log "$(basename "$p") does not apply to $pkg $ver (from $suite)."
 			log "Set HOMI_KERNEL=$KERNEL_VERIFIED_VERSION (the verified kernel) or another version that"
 			log "\`cargo xtask kernel --check-upstream\` shows the series applies to, rebase qemu/patches/,"
@@ -89,17 +101,17 @@ trap 'rm -rf "$out"' EXIT
 cat "${frags[@]}" > "$out/homi.config"
 KCONFIG_ALLCONFIG="$out/homi.config" "${mk[@]}" allnoconfig >&2
 
-# Every requested option must have survived dependency resolution.
+# Every requested option must have survived dependency resolution. Where a fragment
+# sets an option again, its last value is the one asked for.
 missing=0
 while IFS= read -r line; do
-	case "$line" in ''|'#'*) continue ;; esac
 	opt=${line%%=*} val=${line#*=}
 	if [ "$val" = n ]; then
 		grep -qx "$opt=y" "$out/.config" && { log "config: $opt should be off"; missing=1; }
 	else
 		grep -qxF "$line" "$out/.config" || { log "config: $line did not survive (dependency missing?)"; missing=1; }
 	fi
-done < "$out/homi.config"
+done < <(grep -v -e '^#' -e '^$' "$out/homi.config" | tac | awk -F= '!seen[$1]++' | tac)
 [ "$missing" = 0 ] || exit 1
 
 jobs=$(( $(nproc) + 1 ))
