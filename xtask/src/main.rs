@@ -1,7 +1,8 @@
 //! `cargo xtask`: homi's one runner.
 //!
 //! - `setup`: install everything the harness needs (qemu/setup.sh);
-//! - `kernel`: build (or reuse) the cached guest kernel (qemu/kernel.sh);
+//! - `kernel`: build (or reuse) the cached guest kernel (qemu/kernel.sh), chosen as
+//!   kselect.rs says; `--check-upstream` checks what Debian offers instead;
 //! - `kmod`: build homi.ko against it with `W=1 CLIPPY=1`, rustfmt-checked;
 //! - `vm -- CMD`: boot the test VM with emulated NVMe and run CMD inside;
 //! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
