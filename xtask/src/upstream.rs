@@ -103,9 +103,6 @@ fn series() -> anyhow::Result<Vec<PathBuf>> {
 /// fuzz. Returns how many patches applied.
 fn apply_series(src: &Path, tree: &Path) -> anyhow::Result<usize> {
     let patches = series()?;
-    if tree.join(".homi-patched").exists() {
-        return Ok(patches.len());
-    }
     let _ = std::fs::remove_dir_all(tree);
     std::fs::create_dir_all(tree.parent().expect("tree has a parent"))?;
     crate::run_checked(Command::new("cp").arg("-al").arg(src).arg(tree))?;
@@ -122,7 +119,6 @@ fn apply_series(src: &Path, tree: &Path) -> anyhow::Result<usize> {
             bail!("{name} does not apply: {}", String::from_utf8_lossy(&out.stdout).trim());
         }
     }
-    std::fs::write(tree.join(".homi-patched"), "")?;
     Ok(patches.len())
 }
 
