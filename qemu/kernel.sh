@@ -123,8 +123,10 @@ echo "built in ${elapsed}s on $(nproc) cores, $(date -u +%FT%TZ)" > "$out/.homi-
 trap - EXIT
 log "built Linux $ver ($variant) in ${elapsed}s"
 
-# Keep the three newest builds of this variant (and their source trees); drop older ones.
-for old in $(ls -dt "$HOMI_CACHE"/kernel/*-"$variant"-* | tail -n +4); do
+# Keep the three newest builds of this variant (and their source trees), and every
+# build of the verified kernel, so that trying another kernel never costs the default
+# its cached build; drop the rest.
+for old in $(ls -dt "$HOMI_CACHE"/kernel/*-"$variant"-* | grep -v "/$KERNEL_VERIFIED_VERSION-$variant-" | tail -n +4); do
 	log "pruning old build $old"
 	rm -rf "$old" "$HOMI_CACHE"/tree/*-"${old##*-}"
 done
