@@ -80,6 +80,15 @@ pub fn selected() -> anyhow::Result<&'static Choice> {
             }
         }
     }
+    if !unreachable.is_empty() && unreachable.len() == suites.len() {
+        bail!(
+            "{}; the verified kernel's source ({} {}) is not cached either, so no kernel can be chosen: \
+             check the network, or set HOMI_KDIR=<a kernel build directory>",
+            unreachable.join("; "),
+            verified.pkg,
+            verified.version
+        );
+    }
     let choice = kselect::select(&request, &verified, cached, &suites, &all).map_err(|e| {
         if unreachable.is_empty() {
             e
