@@ -60,6 +60,14 @@ key=$( {
 } | sha256sum | cut -c1-16)
 
 out=$HOMI_CACHE/kernel/$ver-$variant-$key
+# One run at a time per build: a second one waits, then finds it cached, rather than
+# deleting the first one's half-built tree.
+mkdir -p "$HOMI_CACHE/kernel"
+exec 9> "$HOMI_CACHE/kernel/.lock-$ver-$variant-$key"
+if ! flock -n 9; then
+	log "another run is building $out; waiting for it"
+	flock 9
+fi
 if [ -f "$out/.homi-built" ]; then
 	# Builds made before .homi-kernel existed get it on first use.
 	[ -f "$out/.homi-kernel" ] || echo "$record" > "$out/.homi-kernel"

@@ -82,8 +82,9 @@ pub fn selected() -> anyhow::Result<&'static Choice> {
     }
     if !unreachable.is_empty() && unreachable.len() == suites.len() {
         bail!(
-            "{}; the verified kernel's source ({} {}) is not cached either, so no kernel can be chosen: \
-             check the network, or set HOMI_KDIR=<a kernel build directory>",
+            "{}: Debian's archive cannot be reached, so no kernel can be chosen (without the network, only \
+             the verified {} {} with its source cached and HOMI_KERNEL unset); check the network, or set \
+             HOMI_KDIR=<a kernel build directory>",
             unreachable.join("; "),
             verified.pkg,
             verified.version
