@@ -1,25 +1,45 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# Builds the homi guest kernel: Debian's linux-source-7.2, plus qemu/patches/*.patch
+# Builds the homi guest kernel: Debian's linux-source-X.Y, plus qemu/patches/*.patch
 # (but the cover letter),
 # configured from allnoconfig + qemu/kernel.config (+ qemu/kernel-debug.config for
 # VARIANT=debug). The result is cached outside the repository under a key made of
 # the source version, config fragments, patches, toolchain versions and this
 # script, so an unchanged tree is never rebuilt.
 #
+# Which kernel: KERNEL_SRC_PKG, KERNEL_VERSION and KERNEL_SUITE, as `cargo xtask`
+# selects them (xtask/src/kselect.rs); run alone, the verified one of versions.sh.
+#
 # Prints the build directory (the KDIR for out-of-tree modules) on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.sh"
 variant=${VARIANT:-release}
+pkg=${KERNEL_SRC_PKG:-$KERNEL_VERIFIED_PKG}
+suite=${KERNEL_SUITE:-$KERNEL_VERIFIED_SUITE}
+ver=${KERNEL_VERSION:-$KERNEL_VERIFIED_VERSION}
 
 log() { echo "kernel: $*" >&2; }
 
-src=$("$here/fetch-kernel.sh")
-ver=$(basename "$src")
+src=$("$here/fetch-kernel.sh" fetch "$suite" "$pkg" "$ver")
+# The cache key names the Debian version, as it always has; what else is known about
+# the source goes beside the build, in .homi-kernel.
+[ "$(basename "$src")" = "$ver" ] || { log "fetch-kernel.sh returned $src for $ver"; exit 1; }
+record="$pkg $ver from $suite"
 
+# kernel-X.Y.config follows the kernel's Kconfig where it changed in X.Y (a renamed
+# option, say): it applies to X.Y and every later series, and an option it sets
+# replaces the one kernel.config sets. Series before the first of them use
+# kernel.config alone, so their cache keys are what they always were.
+series=$(sed -n 's/^VERSION = //p; s/^PATCHLEVEL = //p' "$src/Makefile" | paste -sd.)
 frags=("$here/kernel.config")
+shopt -s nullglob
+for f in $(printf '%s\n' "$here"/kernel-[0-9]*.config | sort -V); do
+	s=${f##*/kernel-} s=${s%.config}
+	[ "$(printf '%s\n%s\n' "$s" "$series" | sort -V | head -1)" = "$s" ] && frags+=("$f")
+done
+shopt -u nullglob
 [ "$variant" = debug ] && frags+=("$here/kernel-debug.config")
 [ "$variant" = release ] || [ "$variant" = debug ] || { log "unknown VARIANT=$variant (release|debug)"; exit 1; }
 shopt -s nullglob
@@ -40,7 +60,17 @@ key=$( {
 } | sha256sum | cut -c1-16)
 
 out=$HOMI_CACHE/kernel/$ver-$variant-$key
+# One run at a time per build: a second one waits, then finds it cached, rather than
+# deleting the first one's half-built tree.
+mkdir -p "$HOMI_CACHE/kernel"
+exec 9> "$HOMI_CACHE/kernel/.lock-$ver-$variant-$key"
+if ! flock -n 9; then
+	log "another run is building $out; waiting for it"
+	flock 9
+fi
 if [ -f "$out/.homi-built" ]; then
+	# Builds made before .homi-kernel existed get it on first use.
+	[ -f "$out/.homi-kernel" ] || echo "$record" > "$out/.homi-kernel"
 	log "cached: $out ($(cat "$out/.homi-built"))"
 	echo "$out"
 	exit 0
@@ -55,7 +85,15 @@ if [ ! -f "$tree/.homi-patched" ]; then
 	cp -al "$src" "$tree"
 	for p in "${patches[@]}"; do
 		log "applying $(basename "$p")"
-		patch -d "$tree" -p1 --quiet --forward < "$p"
+		# No fuzz: a hunk whose context moved too far must fail, not land elsewhere.
+		if ! patch -d "$tree" -p1 --quiet --forward --batch --fuzz=0 < "$p" >&2; then
+			log "$(basename "$p") does not apply to $pkg $ver (from $suite)."
+			log "Set HOMI_KERNEL=$KERNEL_VERIFIED_VERSION (the verified kernel) or another version that"
+			log "\`cargo xtask kernel --check-upstream\` shows the series applies to, rebase qemu/patches/,"
+			log "or set HOMI_NO_PATCHES=1 to build a stock kernel."
+			rm -rf "$tree"
+			exit 1
+		fi
 	done
 	touch "$tree/.homi-patched"
 fi
@@ -71,29 +109,32 @@ trap 'rm -rf "$out"' EXIT
 cat "${frags[@]}" > "$out/homi.config"
 KCONFIG_ALLCONFIG="$out/homi.config" "${mk[@]}" allnoconfig >&2
 
-# Every requested option must have survived dependency resolution.
+# Every requested option must have survived dependency resolution. Where a fragment
+# sets an option again, its last value is the one asked for.
 missing=0
 while IFS= read -r line; do
-	case "$line" in ''|'#'*) continue ;; esac
 	opt=${line%%=*} val=${line#*=}
 	if [ "$val" = n ]; then
 		grep -qx "$opt=y" "$out/.config" && { log "config: $opt should be off"; missing=1; }
 	else
 		grep -qxF "$line" "$out/.config" || { log "config: $line did not survive (dependency missing?)"; missing=1; }
 	fi
-done < "$out/homi.config"
+done < <(grep -v -e '^#' -e '^$' "$out/homi.config" | tac | awk -F= '!seen[$1]++' | tac)
 [ "$missing" = 0 ] || exit 1
 
 jobs=$(( $(nproc) + 1 ))
 log "building Linux $ver ($variant) with -j$jobs in $out"
 "${mk[@]}" -j"$jobs" >&2
 elapsed=$(( $(date +%s) - start ))
+echo "$record" > "$out/.homi-kernel"
 echo "built in ${elapsed}s on $(nproc) cores, $(date -u +%FT%TZ)" > "$out/.homi-built"
 trap - EXIT
 log "built Linux $ver ($variant) in ${elapsed}s"
 
-# Keep the three newest builds of this variant (and their source trees); drop older ones.
-for old in $(ls -dt "$HOMI_CACHE"/kernel/*-"$variant"-* | tail -n +4); do
+# Keep the three newest builds of this variant (and their source trees), and every
+# build of the verified kernel, so that trying another kernel never costs the default
+# its cached build; drop the rest.
+for old in $(ls -dt "$HOMI_CACHE"/kernel/*-"$variant"-* | grep -v "/$KERNEL_VERIFIED_VERSION-$variant-" | tail -n +4); do
 	log "pruning old build $old"
 	rm -rf "$old" "$HOMI_CACHE"/tree/*-"${old##*-}"
 done

@@ -1,9 +1,17 @@
 # SPDX-License-Identifier: GPL-2.0
 # Pinned versions and cache locations shared by the harness scripts.
 
-# Debian source package that provides the kernel tarball, and the suite it is taken from.
-KERNEL_SRC_PKG=linux-source-7.2
-KERNEL_SUITE=sid
+# The guest kernel the project was last verified on: Debian's package, its exact
+# version and the suite it came from. `cargo xtask` uses it whenever its source is
+# cached or Debian still offers it; otherwise the newest linux-source-X.Y (X.Y at
+# least the verified one) in the suites below, in order. HOMI_KERNEL overrides
+# (xtask/src/kselect.rs). Update these three after a full `cargo xtask test` passes
+# on a newer kernel.
+KERNEL_VERIFIED_PKG=linux-source-7.2
+KERNEL_VERIFIED_VERSION=7.2.13-1
+KERNEL_VERIFIED_SUITE=sid
+# Debian suites searched for kernel sources, in order of preference.
+KERNEL_SUITES="sid experimental"
 # The oldest /usr/bin/rustc minor version the 7.2 build accepts with our config.
 KERNEL_RUSTC_MINOR_MIN=85
 BINDGEN_VERSION=0.72.1

@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::kselect::{self, Choice, Offer, Request};
 use crate::repo_root;
 
 /// Which kernel to use.
@@ -29,6 +31,76 @@ impl Kernel {
     }
 }
 
+/// The verified kernel of qemu/versions.sh.
+pub fn verified() -> anyhow::Result<Offer> {
+    Ok(Offer {
+        pkg: cache_var("KERNEL_VERIFIED_PKG")?,
+        version: cache_var("KERNEL_VERIFIED_VERSION")?,
+        suite: cache_var("KERNEL_VERIFIED_SUITE")?,
+    })
+}
+
+/// The suites searched for kernel sources, in order (`KERNEL_SUITES`).
+pub fn suites() -> anyhow::Result<Vec<String>> {
+    Ok(cache_var("KERNEL_SUITES")?.split_whitespace().map(str::to_owned).collect())
+}
+
+/// What `suite` offers now (`qemu/fetch-kernel.sh list`, which refreshes its index).
+pub fn offers(suite: &str) -> anyhow::Result<Vec<Offer>> {
+    let out = Command::new("bash")
+        .arg(repo_root().join("qemu/fetch-kernel.sh"))
+        .args(["list", suite])
+        .output()
+        .context("run qemu/fetch-kernel.sh list")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(kselect::parse_apt_show(&String::from_utf8_lossy(&out.stdout), suite))
+}
+
+/// The kernel source this run uses (see kselect.rs for the order), chosen once per
+/// run and printed as `kernel: <pkg> <version> from <suite> (<why>)`. The verified
+/// kernel whose source is already cached is chosen without asking the network.
+pub fn selected() -> anyhow::Result<&'static Choice> {
+    static CHOICE: OnceLock<Choice> = OnceLock::new();
+    if let Some(c) = CHOICE.get() {
+        return Ok(c);
+    }
+    let request = Request::parse(std::env::var("HOMI_KERNEL").ok().as_deref());
+    let verified = verified()?;
+    let cached = std::path::Path::new(&cache_var("HOMI_CACHE")?).join("src").join(&verified.version).is_dir();
+    let suites = suites()?;
+    let mut all = Vec::new();
+    let mut unreachable = Vec::new();
+    if !(request == Request::Default && cached) {
+        for suite in &suites {
+            match offers(suite) {
+                Ok(o) => all.extend(o),
+                Err(e) => unreachable.push(format!("{e:#}")),
+            }
+        }
+    }
+    if !unreachable.is_empty() && unreachable.len() == suites.len() {
+        bail!(
+            "{}: Debian's archive cannot be reached, so no kernel can be chosen (without the network, only \
+             the verified {} {} with its source cached and HOMI_KERNEL unset); check the network, or set \
+             HOMI_KDIR=<a kernel build directory>",
+            unreachable.join("; "),
+            verified.pkg,
+            verified.version
+        );
+    }
+    let choice = kselect::select(&request, &verified, cached, &suites, &all).map_err(|e| {
+        if unreachable.is_empty() {
+            e
+        } else {
+            e.context(unreachable.join("; "))
+        }
+    })?;
+    eprintln!("kernel: {choice}");
+    Ok(CHOICE.get_or_init(|| choice))
+}
+
 /// Builds the guest kernel, or reuses the cached build (qemu/kernel.sh does the caching).
 /// `HOMI_KDIR` names a kernel build directory to use instead.
 pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
@@ -40,14 +112,18 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
         eprintln!("kernel: using HOMI_KDIR={}", k.dir.display());
         return Ok(k);
     }
+    let choice = selected()?;
     let out = Command::new("bash")
         .arg(repo_root().join("qemu/kernel.sh"))
         .env("VARIANT", if args.debug_kernel { "debug" } else { "release" })
+        .env("KERNEL_SRC_PKG", &choice.offer.pkg)
+        .env("KERNEL_VERSION", &choice.offer.version)
+        .env("KERNEL_SUITE", &choice.offer.suite)
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("run qemu/kernel.sh")?;
     if !out.status.success() {
-        bail!("kernel build failed ({}); its log is above", out.status);
+        bail!("kernel build of {choice} failed ({}); its log is above", out.status);
     }
     let dir = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     let k = Kernel { dir };
@@ -59,7 +135,7 @@ pub fn kernel(args: &KernelArgs) -> anyhow::Result<Kernel> {
 
 /// Make variables every Kbuild invocation needs: the LLVM 19 toolchain, Debian's
 /// rustc-web (the kernel wants its `core` source), the pinned bindgen, and clippy.
-fn kbuild_vars() -> anyhow::Result<Vec<String>> {
+pub fn kbuild_vars() -> anyhow::Result<Vec<String>> {
     let tools = cache_var("HOMI_TOOLS")?;
     Ok(vec![
         "LLVM=-19".into(),
@@ -148,6 +224,14 @@ pub fn kmod_stock(k: &Kernel) -> anyhow::Result<PathBuf> {
 /// several kernels can coexist), with the same warning-free rule, and signs it.
 /// Returns the module's path.
 pub fn kmod_copy(k: &Kernel, name: &str, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    let dir = copy_kmod(name)?;
+    build_module(k, &dir, extra)?;
+    Ok(dir.join("homi.ko"))
+}
+
+/// Copies kmod/'s sources (and the ABI file it includes) to `target/<name>/kmod`,
+/// fresh. Returns that directory.
+pub fn copy_kmod(name: &str) -> anyhow::Result<PathBuf> {
     let root = repo_root();
     let top = root.join("target").join(name);
     let dir = top.join("kmod");
@@ -165,8 +249,7 @@ pub fn kmod_copy(k: &Kernel, name: &str, extra: &[&str]) -> anyhow::Result<PathB
             std::fs::copy(&path, dir.join(name))?;
         }
     }
-    build_module(k, &dir, extra)?;
-    Ok(dir.join("homi.ko"))
+    Ok(dir)
 }
 
 /// Signs `ko` with the kernel build's own module signing key, as `modules_install`
@@ -186,13 +269,26 @@ fn sign(k: &Kernel, ko: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `make clean` then `make W=1 CLIPPY=1 modules` of the module in `dir`; fails on any
-/// warning.
+/// `make clean` then `make W=1 CLIPPY=1 modules` of the module in `dir`, then signs it;
+/// fails on any warning.
 fn build_module(k: &Kernel, dir: &std::path::Path, extra: &[&str]) -> anyhow::Result<()> {
+    compile_module(&k.dir, dir, extra, |_| false)?;
+    sign(k, &dir.join("homi.ko"))
+}
+
+/// `make clean` then `make W=1 CLIPPY=1 modules` of the module in `dir` against the
+/// kernel build directory `kdir`; fails on any warning line for which `allowed` is
+/// false. Returns the build log.
+pub fn compile_module(
+    kdir: &std::path::Path,
+    dir: &std::path::Path,
+    extra: &[&str],
+    allowed: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
     // Clean first: Kbuild skips unchanged objects, and their warnings with them.
     let clean = Command::new("make")
         .arg("-C")
-        .arg(&k.dir)
+        .arg(kdir)
         .arg(format!("M={}", dir.display()))
         .arg("clean")
         .output()
@@ -202,7 +298,7 @@ fn build_module(k: &Kernel, dir: &std::path::Path, extra: &[&str]) -> anyhow::Re
     }
     let out = Command::new("make")
         .arg("-C")
-        .arg(&k.dir)
+        .arg(kdir)
         .arg(format!("M={}", dir.display()))
         .args(kbuild_vars()?)
         .args(extra)
@@ -214,9 +310,9 @@ fn build_module(k: &Kernel, dir: &std::path::Path, extra: &[&str]) -> anyhow::Re
     if !out.status.success() {
         bail!("homi.ko build in {} failed:\n{log}", dir.display());
     }
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("warning")).collect();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("warning") && !allowed(l)).collect();
     if !warnings.is_empty() {
         bail!("homi.ko built with warnings (W=1 CLIPPY=1 must be clean):\n{log}");
     }
-    sign(k, &dir.join("homi.ko"))
+    Ok(log)
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask`: homi's one runner.
 //!
 //! - `setup`: install everything the harness needs (qemu/setup.sh);
-//! - `kernel`: build (or reuse) the cached guest kernel (qemu/kernel.sh);
+//! - `kernel`: build (or reuse) the cached guest kernel (qemu/kernel.sh), chosen as
+//!   kselect.rs says; `--check-upstream` checks what Debian offers instead;
 //! - `kmod`: build homi.ko against it with `W=1 CLIPPY=1`, rustfmt-checked;
 //! - `vm -- CMD`: boot the test VM with emulated NVMe and run CMD inside;
 //! - `test`: host tests, the kmod build and the in-VM suites, ending `N passed, N failed`;
@@ -12,9 +13,11 @@
 
 mod bench;
 mod kbuild;
+mod kselect;
 mod perf;
 mod tally;
 mod test;
+mod upstream;
 mod vm;
 
 use std::path::PathBuf;
@@ -35,7 +38,20 @@ enum Cmd {
     /// Install packages and tools (idempotent; needs root or sudo).
     Setup,
     /// Build the guest kernel, or reuse the cached build; prints its directory.
-    Kernel(kbuild::KernelArgs),
+    /// `HOMI_KERNEL=X.Y`, an exact Debian version or `newest` overrides the verified one.
+    Kernel {
+        #[command(flatten)]
+        args: kbuild::KernelArgs,
+        /// Build nothing: list the kernel sources Debian offers and check, for each,
+        /// that it fetches, that qemu/patches applies, and (with --build-module) that
+        /// homi.ko builds against it.
+        #[arg(long)]
+        check_upstream: bool,
+        /// With --check-upstream: configure and `modules_prepare` each tree and build
+        /// homi.ko against it (minutes per version).
+        #[arg(long, requires = "check_upstream")]
+        build_module: bool,
+    },
     /// Build kmod/homi.ko against the guest kernel, W=1 CLIPPY=1, warnings are errors.
     Kmod(kbuild::KernelArgs),
     /// Boot the test VM and run a command inside it.
@@ -73,7 +89,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Setup => setup(),
-        Cmd::Kernel(a) => kbuild::kernel(&a).map(|k| {
+        Cmd::Kernel { check_upstream: true, build_module, .. } => upstream::check(build_module),
+        Cmd::Kernel { args, .. } => kbuild::kernel(&args).map(|k| {
             println!("{}", k.dir.display());
             0
         }),
@@ -170,6 +187,9 @@ fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
         ..opts.clone()
     };
     setup()?;
+    if std::env::var_os("HOMI_KDIR").is_none() {
+        kbuild::selected()?;
+    }
     let k = kbuild::kernel(&opts.kernel)?;
     let ko = kbuild::kmod(&k)?;
     let bin = build_guest_binaries()?;

@@ -40,6 +40,11 @@ pub fn run(args: &TestArgs) -> anyhow::Result<i32> {
     if !args.no_setup {
         crate::run_checked(Command::new("bash").arg(repo_root().join("qemu/setup.sh")))?;
     }
+    // Choose the kernel first, so that a kernel that cannot be had stops the run at
+    // once, before the host checks.
+    if !args.host_only && std::env::var_os("HOMI_KDIR").is_none() {
+        kbuild::selected()?;
+    }
     let mut t = Tally::default();
     host(&mut t);
     if !args.host_only {
