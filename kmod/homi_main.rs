@@ -73,10 +73,20 @@ pub(crate) static QPAIRS: AtomicU32 = AtomicU32::new(0);
 /// A file's reference drops at the very end of `release`, after all teardown.
 pub(crate) struct ModuleRef;
 
+/// This module's `struct module`, wherever this kernel's `module!` puts it (`Kbuild`
+/// detects which).
+fn this_module() -> *mut kernel::bindings::module {
+    #[cfg(homi_this_module_in_metadata)]
+    let m = <HomiModule as kernel::ModuleMetadata>::THIS_MODULE.as_ptr();
+    #[cfg(not(homi_this_module_in_metadata))]
+    let m = THIS_MODULE.as_ptr();
+    m
+}
+
 impl ModuleRef {
     pub(crate) fn get() -> Result<Self> {
-        // SAFETY: `THIS_MODULE` is this module, alive while its code runs.
-        if unsafe { kernel::bindings::try_module_get(THIS_MODULE.as_ptr()) } {
+        // SAFETY: `this_module()` is this module, alive while its code runs.
+        if unsafe { kernel::bindings::try_module_get(this_module()) } {
             Ok(Self)
         } else {
             // The module is being unloaded.
@@ -88,7 +98,7 @@ impl ModuleRef {
 impl Drop for ModuleRef {
     fn drop(&mut self) {
         // SAFETY: taken in `get`, put once, here.
-        unsafe { kernel::bindings::module_put(THIS_MODULE.as_ptr()) };
+        unsafe { kernel::bindings::module_put(this_module()) };
     }
 }
 
