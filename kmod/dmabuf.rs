@@ -442,10 +442,7 @@ impl FileState {
         {
             return Err(EINVAL);
         }
-        let (dev, ctrl, id) = self.with_attached(|a| {
-            a.check_room()?;
-            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key(), a.next_id()))
-        })?;
+        let (dev, ctrl, id) = self.begin_registration()?;
         // Attaching, pinning and mapping take the reservation lock and may wait for the
         // exporter: done without `inner`.
         let imported = Imported::new(&dev, self.into(), id, req.fd, req.offset, req.len)?;

@@ -7,6 +7,7 @@
 use kernel::{alloc::KVVec, prelude::*, uaccess::UserSlice};
 
 use crate::dma::{
+    DevRef,
     DmaRegion,
     Pinned, //
 };
@@ -89,14 +90,22 @@ impl FileState {
         // Pinning and copying the addresses out can take the mmap lock, which mmap and
         // faults hold while they take `inner`: so check under `inner`, pin and copy
         // without it, and take it again to record the registration.
-        let (dev, ctrl, id) = self.with_attached(|a| {
-            a.check_room()?;
-            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key(), a.next_id()))
-        })?;
+        let (dev, ctrl, id) = self.begin_registration()?;
         let pinned = Pinned::new(&dev, req.addr, req.len)?;
         self.record_registration(ctrl, id, Memory::Pinned(pinned))?;
         self.copy_out_addrs(id, req.dma_addrs, req.len)?;
         Ok(HomiRegister { id, ..*req })
+    }
+
+    /// The first step of REGISTER and REGISTER_DMABUF, under `inner`: room for one more
+    /// object, the controller's device, its key and the new registration's id. The
+    /// memory is then pinned or imported without `inner`, and recorded with
+    /// [`record_registration`](Self::record_registration).
+    pub(crate) fn begin_registration(&self) -> Result<(DevRef, usize, u32)> {
+        self.with_attached(|a| {
+            a.check_room()?;
+            Ok((a.c.ctrl.dev_ref()?, a.c.ctrl.key(), a.next_id()))
+        })
     }
 
     /// Records registration `id` (its id taken by the check before the memory was

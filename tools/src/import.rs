@@ -94,17 +94,10 @@ fn bars(dev: &Path) -> anyhow::Result<Vec<(u64, u64)>> {
 pub fn run(a: &ReadIntoArgs) -> anyhow::Result<()> {
     let ctrl = Controller::open(&a.nvme).with_context(|| format!("attach {}", a.nvme.display()))?;
     let info = ctrl.info()?;
-    let ns = info.namespaces[..info.nr_namespaces as usize]
-        .iter()
-        .find(|n| n.nsid == a.nsid)
-        .with_context(|| format!("namespace {} not found on {}", a.nsid, a.nvme.display()))?;
+    let ns = crate::io::find_namespace(&info, &a.nvme, a.nsid)?;
     let bs = 1u64 << ns.lba_shift;
     ensure!(a.blocks > 0 && a.blocks * bs <= 4 << 20, "--blocks must cover 1 block to 4 MiB");
-    ensure!(
-        a.lba.checked_add(a.blocks).is_some_and(|end| end <= ns.blocks),
-        "LBA range beyond the namespace ({} blocks)",
-        ns.blocks
-    );
+    crate::io::ensure_in_namespace(&ns, a.lba, a.blocks)?;
     let len = (a.blocks * bs) as usize;
     let data_len = len.next_multiple_of(homi::PAGE);
     let total = data_len + if a.rings_in_memory { RING_ROOM } else { 0 };

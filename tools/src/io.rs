@@ -35,14 +35,34 @@ pub struct IoArgs {
 /// Bytes per command: two memory pages fit in PRP1 and PRP2 without a PRP list.
 const CHUNK: usize = 8192;
 
+/// Namespace `nsid` of the controller `info` describes (`nvme`, for the message).
+pub(crate) fn find_namespace(
+    info: &homi::uapi::HomiInfo,
+    nvme: &std::path::Path,
+    nsid: u32,
+) -> anyhow::Result<homi::uapi::HomiNamespace> {
+    info.namespaces[..info.nr_namespaces as usize]
+        .iter()
+        .find(|n| n.nsid == nsid)
+        .copied()
+        .with_context(|| format!("namespace {nsid} not found on {}", nvme.display()))
+}
+
+/// Fails unless `blocks` blocks from `lba` lie inside `ns`.
+pub(crate) fn ensure_in_namespace(ns: &homi::uapi::HomiNamespace, lba: u64, blocks: u64) -> anyhow::Result<()> {
+    ensure!(
+        lba.checked_add(blocks).is_some_and(|end| end <= ns.blocks),
+        "LBA range beyond the namespace ({} blocks)",
+        ns.blocks
+    );
+    Ok(())
+}
+
 pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
     ensure!((1..=1024).contains(&a.qd), "--qd must be 1..=1024");
     let ctrl = while_resetting(|| Controller::open(&a.nvme)).with_context(|| format!("attach {}", a.nvme.display()))?;
     let info = while_resetting(|| ctrl.info())?;
-    let ns = info.namespaces[..info.nr_namespaces as usize]
-        .iter()
-        .find(|n| n.nsid == a.nsid)
-        .with_context(|| format!("namespace {} not found on {}", a.nsid, a.nvme.display()))?;
+    let ns = find_namespace(&info, &a.nvme, a.nsid)?;
     let bs = 1u64 << ns.lba_shift;
     ensure!(CHUNK as u64 % bs == 0, "block size {bs} does not divide {CHUNK}");
     let mut data = Vec::new();
@@ -58,11 +78,7 @@ pub fn run(a: &IoArgs, write: bool) -> anyhow::Result<()> {
         a.blocks.context("--blocks is required for read")?
     };
     ensure!(blocks > 0, "nothing to move");
-    ensure!(
-        a.lba.checked_add(blocks).is_some_and(|end| end <= ns.blocks),
-        "LBA range beyond the namespace ({} blocks)",
-        ns.blocks
-    );
+    ensure_in_namespace(&ns, a.lba, blocks)?;
     if !write {
         data = vec![0; (blocks * bs) as usize];
     }
