@@ -38,6 +38,8 @@ pub struct Completion {
     pub status: Status,
     /// Command-specific dword 0.
     pub result: u32,
+    /// The command identifier the command had (from [`QueuePair::push`]).
+    pub cid: u16,
 }
 
 impl Completion {
@@ -441,9 +443,17 @@ impl QueuePair {
     /// Fails with [`Error::Reset`] or [`Error::Gone`] when the queue no longer exists
     /// on the controller; its in-flight commands are then lost.
     #[inline]
-    pub fn poll(&mut self, mut f: impl FnMut(Completion)) -> Result<usize> {
+    pub fn poll(&mut self, f: impl FnMut(Completion)) -> Result<usize> {
+        // Inlined with a constant bound, the bound check folds away.
+        self.poll_at_most(usize::MAX, f)
+    }
+
+    /// As [`poll`](Self::poll), but reaps at most `max` completions; the rest stay in
+    /// the completion queue for the next call.
+    #[inline(always)]
+    pub fn poll_at_most(&mut self, max: usize, mut f: impl FnMut(Completion)) -> Result<usize> {
         let mut n = 0;
-        loop {
+        while n < max {
             // SAFETY: `cq_head < depth` (invariant), so the 16-byte entry is inside the
             // CQ ring.
             let cqe = unsafe { self.cq.add(16 * self.cq_head as usize) };
@@ -472,7 +482,7 @@ impl QueuePair {
                 self.phase = !self.phase;
             }
             n += 1;
-            f(Completion { token, status: Status(st >> 1), result: dw0 });
+            f(Completion { token, status: Status(st >> 1), result: dw0, cid });
         }
         if n > 0 {
             let mmio = self.cq_db.ring(self.cq_head);
