@@ -53,7 +53,7 @@ fi
 
 # Packages from bookworm (and bookworm-updates for rustc-web).
 base_pkgs=(build-essential flex bison bc cpio kmod libelf-dev libssl-dev dwarves
-	perl python3 rsync busybox-static e2fsprogs xfsprogs util-linux fio valgrind
+	perl python3 rsync busybox-static e2fsprogs xfsprogs util-linux fio valgrind dpkg-dev
 	rustc-web rust-web-src rust-web-clippy rustfmt-web)
 # Packages that must come from bookworm-backports.
 bpo_pkgs=(qemu-system-x86 qemu-utils clang-19 lld-19 llvm-19 libclang-19-dev)
@@ -92,6 +92,10 @@ if [ ! -f "$HOMI_TOOLS/nvrtc/libnvrtc.so.13" ] || [ "$(cat "$HOMI_TOOLS/nvrtc/VE
 	python3 "$here/fetch-nvrtc.py" "$NVRTC_VERSION" "$HOMI_TOOLS/nvrtc" ||
 		echo "setup: warning: could not fetch NVRTC; the CUDA compile checks will report skipped" >&2
 fi
+
+# fio's source of the installed version, configured, for the homi ioengine (fio/).
+bash "$here/fetch-fio.sh" >/dev/null ||
+	echo "setup: warning: could not fetch fio's source; the fio engine checks will report skipped" >&2
 
 for t in clang-19 ld.lld-19 llvm-ar-19 qemu-system-x86_64 busybox /usr/bin/rustc "$HOMI_TOOLS/bin/bindgen"; do
 	command -v "$t" >/dev/null || { echo "setup: missing after install: $t" >&2; exit 1; }
