@@ -1,19 +1,44 @@
-//! `homi bench`: a matrix of `homi perf` runs on one controller, written as JSON, CSV
-//! and an SVG bar chart, and printed as a table with each path's ratio to io_uring.
+//! `homi bench`: `homi perf` runs over a grid of paths and workloads, repeated and
+//! interleaved, summarized as JSON, CSV, a Markdown table and plots (bench_out.rs).
+//!
+//! Each workload runs its paths in turn, once per repetition (A B A B ...), so that
+//! every path sees the same host load and each run has a partner of the other paths
+//! made moments apart, which the ratio to io_uring divides by.
 
-use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{ensure, Context};
 
-use crate::perf::{self, IoPath, PerfArgs, Report, Rw};
+use crate::bench_grid::{Grid, Lists, Workload};
+use crate::bench_out::{self, Results};
+use crate::perf::{self, IoPath, PerfArgs, Report};
 
 /// `homi bench` arguments.
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Directory for results.json, results.csv and results.svg.
+    /// Directory for results.{json,csv,md} and the plots (created).
     #[arg(long)]
     out: PathBuf,
+    /// Paths, comma-separated (pread, io_uring, io_uring-poll, passthru, homi).
+    /// Default: all five.
+    #[arg(long, conflicts_with = "gpu")]
+    paths: Option<String>,
+    /// Access patterns, comma-separated (read, write, randread, randwrite).
+    #[arg(long, conflicts_with = "gpu")]
+    rw: Option<String>,
+    /// I/O sizes, comma-separated: bytes, or with a k or m suffix (4k,16k,64k).
+    #[arg(long, conflicts_with = "gpu")]
+    bs: Option<String>,
+    /// Queue depths per thread, comma-separated (pread runs at QD 1 only).
+    #[arg(long, conflicts_with = "gpu")]
+    qd: Option<String>,
+    /// Thread counts, comma-separated.
+    #[arg(long, conflicts_with = "gpu")]
+    threads: Option<String>,
+    /// Repetitions of every run, interleaved across the paths.
+    #[arg(long, default_value_t = 5)]
+    reps: u32,
     /// Seconds per run.
     #[arg(long, default_value_t = 3.0)]
     runtime: f64,
@@ -21,7 +46,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "/dev/nvme0")]
     nvme: PathBuf,
     /// Run the device-initiated sweeps (GPU threads; queue depth and I/O size) instead
-    /// of the CPU path matrix (needs the `cuda` feature and a GPU).
+    /// of the CPU paths (needs the `cuda` feature and a GPU).
     #[arg(long)]
     gpu: bool,
     /// With --gpu: the controller (see `homi perf --path gpu`).
@@ -32,93 +57,138 @@ pub struct BenchArgs {
     queues: u32,
 }
 
-/// The matrix: every path on 4 KiB random reads at QD 1 and 32, and random writes at
-/// QD 32 (pread is synchronous: QD 1 only).
-fn matrix() -> Vec<(IoPath, Rw, u32)> {
-    let paths = [IoPath::Pread, IoPath::IoUring, IoPath::IoUringPoll, IoPath::Passthru, IoPath::Homi];
-    let mut m = Vec::new();
-    for (rw, qd) in [(Rw::Randread, 1), (Rw::Randread, 32), (Rw::Randwrite, 32)] {
-        for p in paths {
-            if p != IoPath::Pread || qd == 1 {
-                m.push((p, rw, qd));
-            }
+/// The most `--reps`.
+const MAX_REPS: u32 = 1000;
+
+impl BenchArgs {
+    fn lists(&self) -> Lists<'_> {
+        Lists {
+            paths: self.paths.as_deref(),
+            rw: self.rw.as_deref(),
+            bs: self.bs.as_deref(),
+            qd: self.qd.as_deref(),
+            threads: self.threads.as_deref(),
         }
     }
-    m
+
+    /// The `homi perf` arguments of one run.
+    fn perf_args(&self, path: IoPath, w: &Workload) -> PerfArgs {
+        PerfArgs {
+            path,
+            rw: w.rw,
+            bs: w.bs,
+            qd: w.qd,
+            threads: w.threads,
+            runtime: self.runtime,
+            ios: None,
+            nvme: self.nvme.clone(),
+            nsid: 1,
+            span: 256 << 20,
+            json: false,
+            gpu: Default::default(),
+        }
+    }
 }
 
 pub fn name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
+/// Everything that can be refused is refused here, before the first run: the lists,
+/// every run's `homi perf` arguments, and (for the homi path) the controller's queue
+/// and transfer limits.
+fn check(a: &BenchArgs) -> anyhow::Result<Grid> {
+    let grid = a.lists().grid()?;
+    ensure!((1..=MAX_REPS).contains(&a.reps), "--reps must be 1..={MAX_REPS}, got {}", a.reps);
+    for w in &grid.workloads {
+        for p in grid.paths_for(w) {
+            perf::validate(&a.perf_args(p, w)).with_context(|| format!("{} {}", name(&p), w.label()))?;
+        }
+    }
+    if grid.paths.contains(&IoPath::Homi) {
+        let ctrl = homi::Controller::open(&a.nvme).with_context(|| format!("attach {}", a.nvme.display()))?;
+        let i = ctrl.info()?;
+        for w in &grid.workloads {
+            // A homi queue keeps one entry free: QD N needs N + 1.
+            ensure!(
+                w.qd < i.max_queue_entries,
+                "--qd: \"{}\" is more than {}'s queues hold ({} entries, one kept free)",
+                w.qd,
+                a.nvme.display(),
+                i.max_queue_entries
+            );
+            ensure!(
+                w.bs as u64 <= u64::from(i.max_transfer),
+                "--bs: \"{}\" is larger than {}'s largest transfer ({} KiB)",
+                w.bs,
+                a.nvme.display(),
+                i.max_transfer / 1024
+            );
+        }
+    }
+    Ok(grid)
+}
+
+/// Runs the grid: per workload, `reps` rounds of every path.
+fn measure(a: &BenchArgs, grid: &Grid) -> anyhow::Result<Results> {
+    let total = grid.runs_per_rep() * a.reps as usize;
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} (eta {eta}) {msg}")
+            .expect("template"),
+    );
+    let mut points = Vec::new();
+    for (i, w) in grid.workloads.iter().enumerate() {
+        let paths: Vec<IoPath> = grid.paths_for(w).collect();
+        if !tty {
+            eprintln!(
+                "bench: workload {}/{}: {}, {} paths x {} reps",
+                i + 1,
+                grid.workloads.len(),
+                w.label(),
+                paths.len(),
+                a.reps
+            );
+        }
+        let mut runs: Vec<Vec<Report>> = vec![Vec::new(); paths.len()];
+        for rep in 0..a.reps {
+            for (k, &p) in paths.iter().enumerate() {
+                bar.set_message(format!("{} {} rep {}/{}", w.label(), name(&p), rep + 1, a.reps));
+                let r = perf::run(&a.perf_args(p, w), false)
+                    .with_context(|| format!("{} {} repetition {}", name(&p), w.label(), rep + 1))?;
+                runs[k].push(r);
+                bar.inc(1);
+            }
+        }
+        let base = paths.iter().position(|&p| p == IoPath::IoUring).map(|k| runs[k].clone());
+        for (p, r) in paths.into_iter().zip(runs) {
+            points.push(bench_out::summarize_point(p, *w, r, base.as_deref())?);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Results { reps: a.reps, runtime_s: a.runtime, spread: bench_out::SPREAD.into(), points })
+}
+
 pub fn main(a: &BenchArgs) -> anyhow::Result<()> {
     if a.gpu {
         return gpu(a);
     }
-    std::fs::create_dir_all(&a.out)?;
-    let mut reports: Vec<Report> = Vec::new();
-    for (path, rw, qd) in matrix() {
-        let args = PerfArgs {
-            path,
-            rw,
-            bs: 4096,
-            qd,
-            threads: 1,
-            runtime: a.runtime,
-            ios: None,
-            nvme: a.nvme.clone(),
-            nsid: 1,
-            span: 256 << 20,
-            json: false,
-            gpu: Default::default(),
-        };
-        eprintln!("bench: {} {} qd {qd} ...", name(&path), name(&rw));
-        reports.push(perf::run(&args, false).with_context(|| format!("{} {} qd {qd}", name(&path), name(&rw)))?);
+    let grid = check(a)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
+    let results = measure(a, &grid)?;
+    let plots = bench_out::write(&results, &a.out)?;
+    print!("{}", bench_out::table(&results));
+    println!(
+        "\n{} runs of {} s: median over {} repetitions, (min–max); written to {}/results.{{json,csv,md}}",
+        grid.runs_per_rep() * a.reps as usize,
+        a.runtime,
+        a.reps,
+        a.out.display()
+    );
+    for p in plots {
+        println!("plot: {}", p.display());
     }
-    std::fs::write(a.out.join("results.json"), serde_json::to_string_pretty(&reports)?)?;
-
-    let mut csv =
-        String::from("path,rw,bs,qd,threads,iops,mib_per_s,lat_mean_us,lat_p99_us,cpu_ns_per_io,ratio_vs_io_uring\n");
-    let mut table = String::new();
-    writeln!(table, "| path | workload | IOPS | vs io_uring | mean lat (us) | p99 lat (us) | CPU ns/IO |")?;
-    writeln!(table, "|---|---|---:|---:|---:|---:|---:|")?;
-    let mut bars = Vec::new();
-    for r in &reports {
-        let base = reports.iter().find(|b| b.path == IoPath::IoUring && b.rw == r.rw && b.qd == r.qd);
-        // pread runs at QD 1 only; compare it with io_uring at QD 1 of the same workload.
-        let ratio = base.map_or(f64::NAN, |b| r.iops / b.iops);
-        let workload = format!("{} 4k qd{}", name(&r.rw), r.qd);
-        writeln!(
-            csv,
-            "{},{},{},{},{},{:.0},{:.2},{:.1},{:.1},{:.0},{:.3}",
-            name(&r.path),
-            name(&r.rw),
-            r.bs,
-            r.qd,
-            r.threads,
-            r.iops,
-            r.mib_per_s,
-            r.latency_us.mean,
-            r.latency_us.p99,
-            r.cpu_ns_per_io,
-            ratio
-        )?;
-        writeln!(
-            table,
-            "| {} | {workload} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
-            name(&r.path),
-            r.iops,
-            ratio,
-            r.latency_us.mean,
-            r.latency_us.p99,
-            r.cpu_ns_per_io
-        )?;
-        bars.push((format!("{} {workload}", name(&r.path)), r.iops));
-    }
-    std::fs::write(a.out.join("results.csv"), csv)?;
-    std::fs::write(a.out.join("results.svg"), svg_bars("IOPS, 4 KiB, one thread", &bars))?;
-    std::fs::write(a.out.join("results.md"), &table)?;
-    print!("{table}");
     Ok(())
 }
 
@@ -135,51 +205,50 @@ fn gpu(_a: &BenchArgs) -> anyhow::Result<()> {
     anyhow::bail!("this homi was built without the `cuda` feature: rebuild with `--features cuda` for --gpu")
 }
 
-/// A horizontal bar chart, one bar per entry.
-fn svg_bars(title: &str, bars: &[(String, f64)]) -> String {
-    let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
-    let (left, width, row) = (260.0, 420.0, 22.0);
-    let height = 40.0 + row * bars.len() as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <text x=\"10\" y=\"20\" font-size=\"14\">{title}</text>\n",
-        left + width + 90.0
-    );
-    for (i, (label, v)) in bars.iter().enumerate() {
-        let y = 32.0 + row * i as f64;
-        let w = width * v / max;
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text><rect x=\"{left}\" y=\"{y}\" width=\"{w:.1}\" height=\"{}\" fill=\"#4a7ab5\"/><text x=\"{}\" y=\"{}\">{v:.0}</text>",
-            left - 6.0,
-            y + 14.0,
-            row - 6.0,
-            left + w + 4.0,
-            y + 14.0
-        );
-    }
-    s.push_str("</svg>\n");
-    s
-}
-
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    #[test]
-    fn matrix_covers_every_path_and_pread_only_at_qd1() {
-        let m = matrix();
-        for p in [IoPath::Pread, IoPath::IoUring, IoPath::IoUringPoll, IoPath::Passthru, IoPath::Homi] {
-            assert!(m.iter().any(|x| x.0 == p));
-        }
-        assert!(m.iter().filter(|x| x.0 == IoPath::Pread).all(|x| x.2 == 1));
-        assert_eq!(m.len(), 13);
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(extra: &[&str]) -> BenchArgs {
+        let mut v = vec!["bench", "--out", "/nonexistent/out", "--nvme", "/nonexistent/nvme0"];
+        v.extend_from_slice(extra);
+        Cli::try_parse_from(v).unwrap().bench
     }
 
     #[test]
-    fn svg_has_one_bar_per_entry() {
-        let s = svg_bars("t", &[("a".into(), 1.0), ("b".into(), 2.0)]);
-        assert_eq!(s.matches("<rect").count(), 2);
-        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    fn defaults_are_the_matrix_five_times() {
+        let a = args(&[]);
+        assert_eq!(a.reps, 5);
+        let g = a.lists().grid().unwrap();
+        assert_eq!(g.runs_per_rep(), 13);
+    }
+
+    #[test]
+    fn refusals_come_before_anything_touches_a_device_or_the_output() {
+        // The device does not exist, so reaching the controller would fail otherwise.
+        for (extra, want) in [
+            (&["--paths", "io_uring,nope"][..], "nope"),
+            (&["--qd", "1,0"][..], "\"0\""),
+            (&["--bs", "4k,1000"][..], "1000"),
+            (&["--reps", "0"][..], "--reps"),
+            (&["--runtime", "0", "--paths", "io_uring"][..], "--runtime"),
+        ] {
+            let e = format!("{:#}", check(&args(extra)).unwrap_err());
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        assert!(!std::path::Path::new("/nonexistent/out").exists());
+    }
+
+    #[test]
+    fn lists_conflict_with_gpu() {
+        assert!(Cli::try_parse_from(["bench", "--out", "x", "--gpu", "--qd", "1"]).is_err());
     }
 }

@@ -9,11 +9,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plotters::prelude::*;
-
 use crate::bench::name;
 use crate::perf::{IoPath, PerfArgs, Rw};
 use crate::perf_gpu::{GpuCtrl, GpuOpts, RingPlace};
+use crate::plot::{lines, Labels, Series};
 
 /// Queue depths per queue pair of the QD sweep.
 pub const QDS: [u32; 6] = [1, 2, 8, 16, 32, 64];
@@ -128,60 +127,36 @@ pub fn write(points: &[Point], controller: GpuCtrl, queues: u32, out: &Path) -> 
         )?;
     }
     std::fs::write(out.join("gpu-sweep.csv"), csv)?;
-    let series = |sweep: &str, f: &dyn Fn(&Point) -> (f64, f64)| -> Vec<(String, Vec<(f64, f64)>)> {
+    let series = |sweep: &str, f: &dyn Fn(&Point) -> (f64, f64)| -> Vec<Series> {
         placements(controller)
             .into_iter()
-            .map(|pl| {
-                let pts = points.iter().filter(|p| p.sweep == sweep && p.placement == pl).map(f).collect();
-                (format!("rings in {} memory", name(&pl)), pts)
+            .map(|pl| Series {
+                label: format!("rings in {} memory", name(&pl)),
+                points: points.iter().filter(|p| p.sweep == sweep && p.placement == pl).map(|p| f(p).into()).collect(),
             })
             .collect()
     };
     let who = format!("{} controller, {queues} queue pairs", name(&controller));
-    plot(
+    lines(
         &out.join("gpu-qd.svg"),
-        &format!("4 KiB reads from GPU threads, {who}"),
-        "commands in flight per queue pair",
-        "M commands/s",
+        &Labels {
+            title: &format!("4 KiB reads from GPU threads, {who}"),
+            x: "commands in flight per queue pair",
+            y: "M commands/s",
+        },
         &series("qd", &|p| (f64::from(p.qd), p.commands_per_s / 1e6)),
     )?;
     // Commands per second rather than bytes: the instruments move no data in null
     // mode, so their GiB/s would be nominal (the CSV has both).
-    plot(
+    lines(
         &out.join("gpu-size.svg"),
-        &format!("reads from GPU threads, QD 32 per queue pair, {who}"),
-        "I/O size (KiB)",
-        "M commands/s",
+        &Labels {
+            title: &format!("reads from GPU threads, QD 32 per queue pair, {who}"),
+            x: "I/O size (KiB)",
+            y: "M commands/s",
+        },
         &series("size", &|p| (p.bs as f64 / 1024.0, p.commands_per_s / 1e6)),
     )?;
-    Ok(())
-}
-
-/// A line plot with log2 x, one line per series.
-pub fn plot(file: &Path, title: &str, x: &str, y: &str, series: &[(String, Vec<(f64, f64)>)]) -> anyhow::Result<()> {
-    let pts = series.iter().flat_map(|s| s.1.iter());
-    let (xmax, ymax) = pts.fold((1.0f64, 0.0f64), |(a, b), p| (a.max(p.0), b.max(p.1)));
-    let xmin = series.iter().flat_map(|s| s.1.iter()).map(|p| p.0).fold(xmax, f64::min);
-    let root = SVGBackend::new(file, (720, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(56)
-        .build_cartesian_2d((xmin.max(1e-3)..xmax * 1.05).log_scale(), 0.0..ymax * 1.1)?;
-    chart.configure_mesh().x_desc(x).y_desc(y).draw()?;
-    let colors = [RGBColor(0x4a, 0x7a, 0xb5), RGBColor(0xd0, 0x6a, 0x2c), RGBColor(0x3a, 0x9a, 0x5b)];
-    for (i, (label, pts)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        chart
-            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))?
-            .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
-    }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw()?;
-    root.present()?;
     Ok(())
 }
 

@@ -3,10 +3,14 @@
 mod bench;
 #[cfg(feature = "cuda")]
 mod bench_gpu;
+mod bench_grid;
+mod bench_out;
 mod import;
 mod io;
 mod perf;
 mod perf_gpu;
+mod plot;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -58,8 +62,9 @@ enum Cmd {
     /// Run one I/O workload through one path (pread, io_uring, io_uring-poll,
     /// passthru, homi) and report IOPS, bandwidth, latency and CPU time per I/O.
     Perf(perf::PerfArgs),
-    /// Run a matrix of perf runs over every path, or (--gpu) the device-initiated
-    /// sweeps; write JSON, CSV and SVG charts.
+    /// Run perf over a grid of paths, access patterns, sizes, queue depths and
+    /// threads, repeated and interleaved (default: every path on a fixed matrix), or
+    /// (--gpu) the device-initiated sweeps; write JSON, CSV, a table and SVG plots.
     Bench(bench::BenchArgs),
 }
 

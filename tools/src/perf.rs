@@ -78,7 +78,7 @@ pub struct PerfArgs {
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
     pub rw: Rw,
-    /// Block size in bytes (a multiple of 4096).
+    /// Block size in bytes (a multiple of 512 and of the namespace's block size).
     #[arg(long, default_value_t = 4096)]
     pub bs: usize,
     /// Commands in flight per thread.
@@ -533,12 +533,19 @@ fn cpu_time() -> anyhow::Result<Duration> {
     Ok(tv(u.user_time()) + tv(u.system_time()))
 }
 
+/// The largest `--bs`.
+pub const MAX_BS: usize = 1 << 20;
+/// The largest `--qd`.
+pub const MAX_QD: u32 = 1023;
+/// The largest `--threads`.
+pub const MAX_THREADS: u32 = 64;
+
 /// Checks the arguments; every refusal names the argument.
-fn validate(args: &PerfArgs) -> anyhow::Result<()> {
-    ensure!(args.bs >= 4096 && args.bs % 4096 == 0, "--bs must be a multiple of 4096, got {}", args.bs);
-    ensure!(args.bs <= 1 << 20, "--bs must be at most 1 MiB, got {}", args.bs);
-    ensure!((1..=1023).contains(&args.qd), "--qd must be 1..=1023, got {}", args.qd);
-    ensure!((1..=64).contains(&args.threads), "--threads must be 1..=64, got {}", args.threads);
+pub fn validate(args: &PerfArgs) -> anyhow::Result<()> {
+    ensure!(args.bs >= 512 && args.bs % 512 == 0, "--bs must be a multiple of 512, got {}", args.bs);
+    ensure!(args.bs <= MAX_BS, "--bs must be at most 1 MiB, got {}", args.bs);
+    ensure!((1..=MAX_QD).contains(&args.qd), "--qd must be 1..={MAX_QD}, got {}", args.qd);
+    ensure!((1..=MAX_THREADS).contains(&args.threads), "--threads must be 1..={MAX_THREADS}, got {}", args.threads);
     ensure!(args.path != IoPath::Pread || args.qd == 1, "--path pread is synchronous: use --qd 1");
     ensure!(args.ios.is_some() || (args.runtime > 0.0 && args.runtime <= 3600.0), "--runtime must be in (0, 3600]");
     ensure!(args.ios != Some(0), "--ios must be positive");
@@ -550,6 +557,7 @@ fn validate(args: &PerfArgs) -> anyhow::Result<()> {
 pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
     validate(args)?;
     let shift = lba_shift(args)?;
+    ensure!(args.bs % (1 << shift) == 0, "--bs must be a multiple of the namespace's {} B blocks", 1 << shift);
     let ctrl = if args.path == IoPath::Homi { Some(Controller::open(&args.nvme)?) } else { None };
     let engines = (0..args.threads).map(|_| engine(args, ctrl.as_ref(), shift)).collect::<anyhow::Result<Vec<_>>>()?;
     let done = Arc::new(AtomicU64::new(0));
