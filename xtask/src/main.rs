@@ -9,9 +9,11 @@
 //! - `demo`: the main job, end to end;
 //! - `bench`: the engine's hot path against the software controller;
 //! - `perf`: every I/O path side by side in one VM (`homi bench`);
-//! - `gpu`: the binaries (feature `cuda`) and script to run on a GPU machine.
+//! - `gpu`: the binaries (feature `cuda`) and script to run on a GPU machine;
+//! - `fio`: the fio ioengine on homi queue pairs (fio/), built against Debian's fio.
 
 mod bench;
+mod fio;
 mod kbuild;
 mod kselect;
 mod perf;
@@ -83,6 +85,8 @@ enum Cmd {
         #[arg(long, default_value_t = 3.0)]
         runtime: f64,
     },
+    /// Build the fio ioengine (fio/) into target/fio/libfio_homi.so; prints its path.
+    Fio,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Cmd::Gpu => gpu_bundle(),
         Cmd::Perf { opts, runtime } => perf::run(&opts, runtime),
         Cmd::Doorbells { opts, runtime } => perf::doorbells(&opts, runtime),
+        Cmd::Fio => fio::run(),
     };
     match result {
         Ok(0) => ExitCode::SUCCESS,

@@ -200,6 +200,7 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     if !t.result("host: guest binaries build", &bin) {
         return;
     }
+    crate::fio::for_tests(t);
     let bin = bin.expect("checked");
 
     let base = VmOptions { quiet: true, ..args.opts.clone() };
