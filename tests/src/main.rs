@@ -5,6 +5,7 @@
 //! `not ok - NAME: WHY`, appends the same line to `$HOMI_OUT/results.txt` for the host
 //! to count, and the run ends with `N passed, N failed`.
 
+mod bench;
 mod common;
 mod dmabuf;
 mod fuzz;

@@ -65,13 +65,7 @@ enum Cmd {
     /// Hot-path benchmark against the software controller: ns/IO and instructions/IO.
     Bench,
     /// Every I/O path side by side on one emulated controller, in one VM.
-    Perf {
-        #[command(flatten)]
-        opts: vm::VmOptions,
-        /// Seconds per run.
-        #[arg(long, default_value_t = 3.0)]
-        runtime: f64,
-    },
+    Perf(perf::PerfArgs),
     /// Build the GPU binaries (`homi`, `homi-gpucheck`, feature cuda) and
     /// `tools/gpu-run.sh` into target/gpu: copy that folder to a GPU machine (no Rust
     /// needed there) and run `./gpu-run.sh OUT`.
@@ -104,7 +98,7 @@ fn main() -> ExitCode {
         Cmd::Demo(o) => demo(&o),
         Cmd::Bench => bench::run(),
         Cmd::Gpu => gpu_bundle(),
-        Cmd::Perf { opts, runtime } => perf::run(&opts, runtime),
+        Cmd::Perf(a) => perf::run(&a),
         Cmd::Doorbells { opts, runtime } => perf::doorbells(&opts, runtime),
         Cmd::Fio => fio::run(),
     };

@@ -1,41 +1,109 @@
-//! `cargo xtask perf`: boots one VM and runs `homi bench` on its emulated controller,
-//! every path side by side; copies the results to `target/bench/vm/`.
+//! `cargo xtask perf`: boots one VM and runs `homi bench` on its emulated controller:
+//! every path on the fixed matrix, repeated and interleaved, for the README table, and
+//! (unless `--no-sweep`) a small QD x size sweep of io_uring and homi for the plots;
+//! copies the results to `target/bench/vm/` and `target/bench/vm/sweep/`.
+
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 
 use crate::vm::{self, VmOptions};
 use crate::{build_guest_binaries, kbuild, repo_root};
 
-pub fn run(opts: &VmOptions, runtime: f64) -> anyhow::Result<i32> {
-    let k = kbuild::kernel(&opts.kernel)?;
+/// `cargo xtask perf` arguments. The defaults take about 4 minutes under TCG.
+#[derive(clap::Args, Debug)]
+pub struct PerfArgs {
+    #[command(flatten)]
+    pub opts: VmOptions,
+    /// Seconds per run of the matrix.
+    #[arg(long, default_value_t = 2.0)]
+    pub runtime: f64,
+    /// Repetitions of each matrix run, interleaved across the paths.
+    #[arg(long, default_value_t = 5)]
+    pub reps: u32,
+    /// Skip the QD x size sweep (and its plots).
+    #[arg(long)]
+    pub no_sweep: bool,
+    /// Seconds per run of the sweep.
+    #[arg(long, default_value_t = 1.0)]
+    pub sweep_runtime: f64,
+    /// Repetitions of each sweep run.
+    #[arg(long, default_value_t = 3)]
+    pub sweep_reps: u32,
+}
+
+/// The sweep: io_uring against homi, 4 KiB to 64 KiB, QD 1 to 32, random reads.
+const SWEEP: &str = "--paths io_uring,homi --rw randread --bs 4k,16k,64k --qd 1,8,32";
+
+pub fn run(a: &PerfArgs) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    let k = kbuild::kernel(&a.opts.kernel)?;
     let ko = kbuild::kmod(&k)?;
     let bin = build_guest_binaries()?;
     // io_uring-poll needs polled queues in the nvme driver.
-    let append = format!("{} nvme.poll_queues=1", opts.append).trim().to_string();
-    let opts = VmOptions { append, quiet: true, ..opts.clone() };
-    let script = format!(
-        "set -e\ninsmod {}\n{}/homi bench --out \"$HOMI_OUT/bench\" --runtime {runtime}\n",
+    let append = format!("{} nvme.poll_queues=1", a.opts.append).trim().to_string();
+    let opts = VmOptions { append, quiet: true, ..a.opts.clone() };
+    let homi = bin.join("homi");
+    let mut script = format!(
+        "set -e\ninsmod {}\n{} bench --out \"$HOMI_OUT/bench\" --runtime {} --reps {}\n",
         ko.display(),
-        bin.display()
+        homi.display(),
+        a.runtime,
+        a.reps
     );
+    if !a.no_sweep {
+        script += &format!(
+            "{} bench --out \"$HOMI_OUT/sweep\" {SWEEP} --runtime {} --reps {}\n",
+            homi.display(),
+            a.sweep_runtime,
+            a.sweep_reps
+        );
+    }
     let run = vm::boot_named(&k, &opts, &script, "perf")?;
     if run.exit_status != 0 {
         bail!("homi bench failed in the VM (exit {}); see {}", run.exit_status, run.dir.join("serial.log").display());
     }
     let dest = repo_root().join("target/bench/vm");
-    std::fs::create_dir_all(&dest)?;
-    for f in ["results.json", "results.csv", "results.svg", "results.md"] {
-        std::fs::copy(run.dir.join("out/bench").join(f), dest.join(f)).with_context(|| format!("copy {f}"))?;
-    }
+    let copy_dir = |from: &str, to: &std::path::Path| -> anyhow::Result<Vec<String>> {
+        std::fs::create_dir_all(to)?;
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(run.dir.join("out").join(from)).with_context(|| format!("read out/{from}"))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            std::fs::copy(e.path(), to.join(&name)).with_context(|| format!("copy {name}"))?;
+            names.push(name);
+        }
+        names.sort();
+        Ok(names)
+    };
+    copy_dir("bench", &dest)?;
+    let plots: Vec<String> = if a.no_sweep {
+        Vec::new()
+    } else {
+        copy_dir("sweep", &dest.join("sweep"))?.into_iter().filter(|n| n.ends_with(".svg")).collect()
+    };
     println!(
-        "one VM ({}, {} vCPUs, emulated NVMe, dbcs {}{}), 4 KiB I/O, one thread, {runtime} s per run:\n",
+        "one VM ({}, {} vCPUs, emulated NVMe, dbcs {}{}), 4 KiB I/O, one thread; each path {} times for {} s, \
+         interleaved; median (min-max); vs io_uring: per repetition pair:\n",
         run.accel,
         opts.smp,
         if opts.dbcs { "on" } else { "off" },
-        if opts.append.is_empty() { String::new() } else { format!(", kernel: {}", opts.append) }
+        if opts.append.is_empty() { String::new() } else { format!(", kernel: {}", opts.append) },
+        a.reps,
+        a.runtime
     );
     print!("{}", std::fs::read_to_string(dest.join("results.md"))?);
     println!("\nwritten to {}", dest.display());
+    if !plots.is_empty() {
+        println!(
+            "sweep (`homi bench {SWEEP} --reps {} --runtime {}`): {}/sweep/{{{}}}",
+            a.sweep_reps,
+            a.sweep_runtime,
+            dest.display(),
+            plots.join(",")
+        );
+    }
+    println!("took {:.0} s", start.elapsed().as_secs_f64());
     Ok(0)
 }
 
