@@ -8,6 +8,7 @@
 mod bench;
 mod common;
 mod dmabuf;
+mod fio;
 mod fuzz;
 mod hardening;
 mod harness;

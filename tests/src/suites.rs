@@ -45,9 +45,10 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "placement" => crate::shapes::placement(kmod_path, h),
         "dmabuf" => crate::dmabuf::dmabuf(kmod_path, h),
         "bench" => crate::bench::bench(kmod_path, h),
+        "fio" => crate::fio::fio_suite(kmod_path, h),
         other => bail!(
             "unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths, shadow, \
-             placement, dmabuf, bench, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], fuzz[:SECONDS])"
+             placement, dmabuf, bench, fio, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], fuzz[:SECONDS])"
         ),
     }
 }

@@ -1,0 +1,363 @@
+//! The `fio` suite: fio driving homi queue pairs through the external ioengine
+//! `target/fio/libfio_homi.so` (fio/homi_engine.c, built on the host by `cargo xtask
+//! fio`), beside the kernel's nvme driver.
+//!
+//! - fio's own `verify=crc32c` on random writes at iodepth 1, 32 and 128, two jobs
+//!   each on separate ranges, as processes and as threads; the kernel's block device
+//!   must see none of that I/O, and homi must hold nothing once fio exits;
+//! - one queue pair per job while fio runs;
+//! - data written by the kernel (fio's psync engine, O_DIRECT) read and verified
+//!   through homi, and the reverse;
+//! - io_uring, io_uring_cmd (`/dev/ng0n1`) and homi side by side, the same 4 KiB
+//!   random read at QD 32, `stonewall`: `$HOMI_OUT/fio-table.md`;
+//! - bad engine options refused with the engine's message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use serde_json::Value;
+
+use crate::common::{open_live, NS};
+use crate::harness::Harness;
+use crate::kmod;
+
+/// The namespace's passthrough char device, for io_uring_cmd.
+const NG: &str = "/dev/ng0n1";
+/// How long one fio run may take before it counts as hung.
+const FIO_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bytes each verify job writes and checks.
+const JOB_BYTES: u64 = 16 << 20;
+
+/// The engine, as `cargo xtask fio` leaves it (`HOMI_FIO_ENGINE` overrides): beside
+/// this binary's `target/release`, in `target/fio`.
+fn engine() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("HOMI_FIO_ENGINE") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = exe.parent().and_then(Path::parent).map(|t| t.join("fio")).ok_or("no target directory")?;
+    let so = dir.join("libfio_homi.so");
+    if so.exists() {
+        return Ok(so);
+    }
+    Err(match std::fs::read_to_string(dir.join("unavailable.txt")) {
+        Ok(why) => why.trim().to_string(),
+        Err(_) => format!("{} was not built (run `cargo xtask fio` on the host)", so.display()),
+    })
+}
+
+/// One fio run: its exit status, its JSON report (if it wrote one) and its stderr.
+struct FioRun {
+    ok: bool,
+    json: Option<Value>,
+    stderr: String,
+}
+
+/// Runs fio on `job` (a job file's text), saving job file, report and stderr under
+/// `$HOMI_OUT/fio/NAME.*` for a look afterwards.
+fn fio(name: &str, job: &str) -> anyhow::Result<FioRun> {
+    let keep = std::env::var_os("HOMI_OUT").map_or_else(std::env::temp_dir, PathBuf::from).join("fio");
+    std::fs::create_dir_all(&keep)?;
+    let jobfile = keep.join(format!("{name}.fio"));
+    let json = keep.join(format!("{name}.json"));
+    std::fs::write(&jobfile, job)?;
+    let _ = std::fs::remove_file(&json);
+    let mut child = Command::new("fio")
+        .arg("--output-format=json")
+        .arg(format!("--output={}", json.display()))
+        .arg(&jobfile)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn fio")?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > FIO_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("fio {name} still running after {} s; killed", FIO_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    let _ = std::fs::write(keep.join(format!("{name}.stderr")), &stderr);
+    let json = std::fs::read_to_string(&json).ok().and_then(|t| {
+        // fio may print notes before the report in the same file.
+        t.find('{').and_then(|at| serde_json::from_str(&t[at..]).ok())
+    });
+    Ok(FioRun { ok: status.success(), json, stderr })
+}
+
+impl FioRun {
+    /// The run succeeded and reported; its jobs.
+    fn jobs(&self) -> anyhow::Result<&Vec<Value>> {
+        ensure!(self.ok, "fio failed:\n{}", self.stderr.trim());
+        let jobs = self.json.as_ref().and_then(|j| j["jobs"].as_array()).context("no JSON report")?;
+        ensure!(!jobs.is_empty(), "the report has no jobs");
+        for j in jobs {
+            ensure!(j["error"].as_u64() == Some(0), "job {} reports error {}", j["jobname"], j["error"]);
+        }
+        Ok(jobs)
+    }
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+/// Sectors the kernel's block device read and wrote so far (`/sys/block/X/stat`).
+fn kernel_sectors() -> anyhow::Result<(u64, u64)> {
+    let name = Path::new(NS).file_name().and_then(|n| n.to_str()).context("namespace name")?;
+    let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat"))?;
+    let f: Vec<u64> = stat.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    ensure!(f.len() >= 7, "short {name}/stat: {stat:?}");
+    Ok((f[2], f[6]))
+}
+
+/// The lines every homi job shares.
+fn homi_global(so: &Path) -> String {
+    format!("[global]\nioengine=external:{}\nfilename={NS}\n", so.display())
+}
+
+/// A write job with fio's crc32c verify at `qd`: two jobs on separate ranges from
+/// `offset`, each writing `JOB_BYTES` at random and reading every block back.
+fn verify_job(so: &Path, qd: u32, offset: u64, thread: bool) -> String {
+    format!(
+        "{}rw=randwrite\nbs=4k\niodepth={qd}\nnumjobs=2\noffset={offset}\nsize={JOB_BYTES}\n\
+         offset_increment={JOB_BYTES}\nverify=crc32c\ndo_verify=1\nverify_fatal=1\n{}\n[verify-qd{qd}]\n",
+        homi_global(so),
+        if thread { "thread=1" } else { "" }
+    )
+}
+
+/// Checks a verify run: every job wrote its range and read all of it back.
+fn check_verify(run: &FioRun) -> anyhow::Result<()> {
+    let jobs = run.jobs()?;
+    ensure!(jobs.len() == 2, "{} jobs reported, expected 2", jobs.len());
+    for j in jobs {
+        let w = j["write"]["io_bytes"].as_u64().unwrap_or(0);
+        let r = j["read"]["io_bytes"].as_u64().unwrap_or(0);
+        ensure!(w == JOB_BYTES, "job {} wrote {w} bytes, not {JOB_BYTES}", j["jobname"]);
+        ensure!(r == JOB_BYTES, "job {} read back {r} bytes to verify, not {JOB_BYTES}", j["jobname"]);
+    }
+    Ok(())
+}
+
+/// Runs `f` and fails if the kernel's block device moved data meanwhile: the I/O of
+/// the homi engine must not go through it.
+fn bypassing_kernel<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let before = kernel_sectors()?;
+    let r = f()?;
+    let after = kernel_sectors()?;
+    ensure!(
+        after == before,
+        "the kernel's {NS} read {} and wrote {} sectors meanwhile: I/O went through the block layer",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+    Ok(r)
+}
+
+pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
+    const NAMES: &[&str] = &[
+        "fio: verify=crc32c randwrite through homi, iodepth 1, 2 processes",
+        "fio: verify=crc32c randwrite through homi, iodepth 32, 2 processes",
+        "fio: verify=crc32c randwrite through homi, iodepth 128, 2 processes",
+        "fio: verify=crc32c randwrite through homi, iodepth 32, 2 threads",
+        "fio: one queue pair per job while fio runs",
+        "fio: data the kernel wrote (psync, O_DIRECT) reads back through homi and verifies",
+        "fio: data homi wrote reads back through the kernel (psync, O_DIRECT) and verifies",
+        "fio: io_uring, io_uring_cmd and homi side by side, 4k randread QD 32",
+        "fio: a namespace that does not exist is refused with the engine's message",
+        "fio: a file that is no namespace is refused with the engine's message",
+        "fio: homi holds nothing once fio has exited",
+    ];
+    let so = match engine() {
+        Ok(so) => so,
+        Err(why) => {
+            for n in NAMES {
+                h.skip(n, &why);
+            }
+            return Ok(());
+        }
+    };
+    if Command::new("fio").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        for n in NAMES {
+            h.skip(n, "no fio in the guest");
+        }
+        return Ok(());
+    }
+    if !kmod::loaded("homi") {
+        kmod::load(kmod_path, "").context("load homi.ko")?;
+    }
+
+    for (i, (qd, thread)) in [(1, false), (32, false), (128, false), (32, true)].into_iter().enumerate() {
+        let offset = (64 << 20) + i as u64 * 2 * JOB_BYTES;
+        h.check(NAMES[i], || {
+            let run = bypassing_kernel(|| {
+                fio(
+                    &format!("verify-qd{qd}{}", if thread { "-threads" } else { "" }),
+                    &verify_job(&so, qd, offset, thread),
+                )
+            })?;
+            check_verify(&run)
+        });
+    }
+
+    h.check(NAMES[4], || {
+        let ctrl = open_live()?;
+        let base = ctrl.info()?.qpairs;
+        let so = so.clone();
+        let runner = std::thread::spawn(move || {
+            fio(
+                "qpairs",
+                &format!(
+                    "{}rw=randread\nbs=4k\niodepth=8\nnumjobs=3\ntime_based=1\nruntime=3\n[qpairs]\n",
+                    homi_global(&so)
+                ),
+            )
+        });
+        let mut seen = 0;
+        while !runner.is_finished() {
+            seen = seen.max(ctrl.info()?.qpairs.saturating_sub(base));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let run = runner.join().map_err(|_| anyhow::anyhow!("fio thread panicked"))??;
+        let jobs = run.jobs()?;
+        ensure!(jobs.len() == 3, "{} jobs reported, expected 3", jobs.len());
+        ensure!(seen == 3, "homi held {seen} queue pairs at most while 3 fio jobs ran");
+        Ok(())
+    });
+
+    // Same job, two engines: fio's verify header carries offset and sequence, so a
+    // verify_only pass through the other engine checks every block's data.
+    let pattern = |engine: &str, only: bool, offset: u64| {
+        format!(
+            "[global]\nfilename={NS}\nrw=write\nbs=4k\niodepth=16\nsize={JOB_BYTES}\noffset={offset}\n\
+             verify=crc32c\ndo_verify=0\nverify_fatal=1\n{}{}\n[pattern]\n",
+            engine,
+            if only { "verify_only=1\n" } else { "" }
+        )
+    };
+    let homi_engine = format!("ioengine=external:{}\n", so.display());
+    let psync = "ioengine=psync\ndirect=1\n".to_string();
+    h.check(NAMES[5], || {
+        let off = 200 << 20;
+        pattern_jobs(&fio("kernel-writes", &pattern(&psync, false, off))?, "write")?;
+        let run = bypassing_kernel(|| fio("homi-verifies", &pattern(&homi_engine, true, off)))?;
+        pattern_jobs(&run, "read")
+    });
+    h.check(NAMES[6], || {
+        let off = 232 << 20;
+        let run = bypassing_kernel(|| fio("homi-writes", &pattern(&homi_engine, false, off)))?;
+        pattern_jobs(&run, "write")?;
+        // The kernel's page cache must not answer for the device.
+        pattern_jobs(&fio("kernel-verifies", &pattern(&psync, true, off))?, "read")
+    });
+
+    h.check(NAMES[7], || side_by_side(&so));
+
+    h.check(NAMES[8], || {
+        let run = fio(
+            "bad-nsid",
+            &format!(
+                "[global]\nioengine=external:{}\nhomi_nvme=/dev/nvme0\nhomi_nsid=99\nfilename=homi-ns99\nrw=read\n\
+                 bs=4k\nsize=1m\n[bad-nsid]\n",
+                so.display()
+            ),
+        )?;
+        ensure!(!run.ok, "fio succeeded on a namespace that does not exist");
+        let want = "fio: homi: /dev/nvme0 has no usable namespace 99";
+        ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        Ok(())
+    });
+    h.check(NAMES[9], || {
+        let run = fio(
+            "not-a-namespace",
+            &format!(
+                "[global]\nioengine=external:{}\nfilename=/dev/null\nrw=read\nbs=4k\nsize=1m\n[x]\n",
+                so.display()
+            ),
+        )?;
+        ensure!(!run.ok, "fio succeeded on /dev/null");
+        let want = "fio: homi: /dev/null is not an NVMe namespace block device";
+        ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        Ok(())
+    });
+    h.check(NAMES[10], || {
+        let i = open_live()?.info()?;
+        ensure!(
+            i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
+            "homi holds {} queue pairs, {} pinned pages, {} DMA bytes, {} quarantined bytes",
+            i.qpairs,
+            i.pinned_pages,
+            i.dma_bytes,
+            i.quarantined_bytes
+        );
+        Ok(())
+    });
+    Ok(())
+}
+
+/// Checks a pattern run: one job that moved `JOB_BYTES` in direction `dir`.
+fn pattern_jobs(run: &FioRun, dir: &str) -> anyhow::Result<()> {
+    let jobs = run.jobs()?;
+    let bytes = jobs[0][dir]["io_bytes"].as_u64().unwrap_or(0);
+    ensure!(bytes == JOB_BYTES, "{dir}: {bytes} bytes, not {JOB_BYTES}");
+    Ok(())
+}
+
+/// The three engines on one job file, each in its own `stonewall` group; writes the
+/// table to `$HOMI_OUT/fio-table.md`.
+fn side_by_side(so: &Path) -> anyhow::Result<()> {
+    ensure!(Path::new(NG).exists(), "no {NG} (NVMe generic char device) in this kernel");
+    let runtime = 3;
+    let job = format!(
+        "[global]\nrw=randread\nbs=4k\niodepth=32\ntime_based=1\nruntime={runtime}\nlat_percentiles=1\n\
+         randrepeat=0\nnorandommap=1\n\n\
+         [io_uring]\nstonewall\nioengine=io_uring\ndirect=1\nfilename={NS}\n\n\
+         [io_uring_cmd]\nstonewall\nioengine=io_uring_cmd\ncmd_type=nvme\nfilename={NG}\n\n\
+         [homi]\nstonewall\nioengine=external:{}\nfilename={NS}\n",
+        so.display()
+    );
+    let run = fio("side-by-side", &job)?;
+    let jobs = run.jobs()?;
+    let mut rows = BTreeMap::new();
+    for j in jobs {
+        let name = j["jobname"].as_str().unwrap_or_default().to_string();
+        let r = &j["read"];
+        let iops = num(&r["iops"]);
+        ensure!(iops > 0.0, "{name}: no I/O");
+        let mean = num(&r["lat_ns"]["mean"]) / 1000.0;
+        let p99 = num(&r["lat_ns"]["percentile"]["99.000000"]) / 1000.0;
+        rows.insert(name, (iops, mean, p99));
+    }
+    let base = rows.get("io_uring").map(|r| r.0).context("no io_uring job in the report")?;
+    let mut md = format!(
+        "fio 4 KiB random reads, QD 32, {runtime} s per engine, one job each, `stonewall` \
+         (QEMU's emulated NVMe; the job file is below)\n\n\
+         | engine | IOPS | vs io_uring | mean lat (us) | p99 lat (us) |\n|---|---:|---:|---:|---:|\n"
+    );
+    for name in ["io_uring", "io_uring_cmd", "homi"] {
+        let (iops, mean, p99) = rows.get(name).with_context(|| format!("no {name} job in the report"))?;
+        md += &format!("| {name} | {iops:.0} | {:.2}x | {mean:.1} | {p99:.1} |\n", iops / base);
+    }
+    md += &format!("\n```ini\n{job}```\n");
+    print!("{md}");
+    if let Some(out) = std::env::var_os("HOMI_OUT") {
+        std::fs::write(Path::new(&out).join("fio-table.md"), &md)?;
+    }
+    Ok(())
+}
