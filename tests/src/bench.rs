@@ -60,7 +60,7 @@ pub fn bench(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ("a zero size", &["--bs", "0"], "\"0\""),
         ("QD 0", &["--qd", "0,8"], "\"0\""),
         ("a QD larger than a queue holds", &["--qd", "8,70000"], "70000"),
-        ("a repeated entry", &["--qd", "8,32,8"], "\"8\" repeats"),
+        ("a repeated entry", &["--qd", "8,32,8"], "\"8\" is given twice"),
         ("an empty list", &["--paths", ""], "empty list"),
     ];
     for (what, args, named) in refusals {

@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context};
+use anyhow::{bail, ensure, Context};
 
 use crate::bench_grid::{Grid, Lists, Workload};
 use crate::bench_out::{self, Results};
@@ -104,6 +104,12 @@ fn check(a: &BenchArgs) -> anyhow::Result<Grid> {
         for p in grid.paths_for(w) {
             perf::validate(&a.perf_args(p, w)).with_context(|| format!("{} {}", name(&p), w.label()))?;
         }
+    }
+    // Every path finds the namespace through sysfs, and transfers whole blocks.
+    let first = a.perf_args(grid.paths[0], &grid.workloads[0]);
+    let shift = perf::lba_shift(&first).with_context(|| format!("--nvme {}: namespace 1", a.nvme.display()))?;
+    if let Some(w) = grid.workloads.iter().find(|w| w.bs % (1 << shift) != 0) {
+        bail!("--bs: \"{}\" is not a multiple of the namespace's {} B blocks", w.bs, 1 << shift);
     }
     if grid.paths.contains(&IoPath::Homi) {
         let ctrl = homi::Controller::open(&a.nvme).with_context(|| format!("attach {}", a.nvme.display()))?;

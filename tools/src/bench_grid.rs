@@ -71,6 +71,9 @@ fn entries<T: PartialEq>(flag: &str, list: &str, parse: impl Fn(&str) -> anyhow:
         ensure!(!e.is_empty(), "{flag}: empty entry in {list:?}");
         let v = parse(e).map_err(|err| anyhow::anyhow!("{flag}: {err}"))?;
         if let Some((_, first)) = out.iter().find(|(x, _)| *x == v) {
+            if *first == e {
+                bail!("{flag}: {e:?} is given twice");
+            }
             bail!("{flag}: {e:?} repeats {first:?}");
         }
         out.push((v, e));
@@ -258,7 +261,10 @@ mod tests {
             (Lists { paths: Some("gpu"), ..Default::default() }, &["--paths", "\"gpu\"", "--gpu"]),
             (Lists { paths: Some(""), ..Default::default() }, &["--paths", "empty list"]),
             (Lists { paths: Some("homi,,io_uring"), ..Default::default() }, &["--paths", "empty entry"]),
-            (Lists { paths: Some("homi,io_uring,homi"), ..Default::default() }, &["--paths", "\"homi\" repeats"]),
+            (
+                Lists { paths: Some("homi,io_uring,homi"), ..Default::default() },
+                &["--paths", "\"homi\" is given twice"],
+            ),
             (Lists { rw: Some("randread,sideways"), ..Default::default() }, &["--rw", "\"sideways\""]),
             (Lists { bs: Some("4k,1000"), ..Default::default() }, &["--bs", "\"1000\"", "512"]),
             (Lists { bs: Some("0"), ..Default::default() }, &["--bs", "\"0\" is zero"]),

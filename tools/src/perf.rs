@@ -418,7 +418,8 @@ impl Engine for HomiEngine {
     }
 }
 
-fn lba_shift(args: &PerfArgs) -> anyhow::Result<u32> {
+/// log2 of the namespace's logical block size, from sysfs.
+pub fn lba_shift(args: &PerfArgs) -> anyhow::Result<u32> {
     let dev = ns_block_device(args, "nvme")?;
     let name = dev.file_name().context("block device")?.to_string_lossy().into_owned();
     let lbs: u32 = std::fs::read_to_string(format!("/sys/block/{name}/queue/logical_block_size"))?.trim().parse()?;
