@@ -149,7 +149,10 @@ mod tests {
                 homi_buf_register(std::ptr::null_mut(), std::ptr::null_mut(), 4096, &mut out),
                 HomiErr::HOMI_E_NULL_ARG as c_int
             );
-            assert_eq!(homi_buf_alloc(std::ptr::null_mut(), 4096, std::ptr::null_mut()), HomiErr::HOMI_E_NULL_ARG as c_int);
+            assert_eq!(
+                homi_buf_alloc(std::ptr::null_mut(), 4096, std::ptr::null_mut()),
+                HomiErr::HOMI_E_NULL_ARG as c_int
+            );
             assert!(homi_buf_ptr(std::ptr::null()).is_null());
             assert_eq!(homi_buf_len(std::ptr::null()), 0);
             homi_buf_free(std::ptr::null_mut());

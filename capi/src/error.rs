@@ -104,7 +104,9 @@ impl HomiErr {
             HomiErr::HOMI_E_SHADOW_DOORBELLS => c"shadow doorbells are on and no user queues are reserved",
             HomiErr::HOMI_E_NO_SPARE_QUEUES => c"no spare I/O queues on this controller",
             HomiErr::HOMI_E_NOT_LIVE => c"the controller is not live (resetting?): try again",
-            HomiErr::HOMI_E_RESET => c"the controller was reset: in-flight commands are lost; rearm or destroy the queue",
+            HomiErr::HOMI_E_RESET => {
+                c"the controller was reset: in-flight commands are lost; rearm or destroy the queue"
+            }
             HomiErr::HOMI_E_GONE => c"the controller left its driver",
             HomiErr::HOMI_E_NVME => c"the command completed with an error status",
             HomiErr::HOMI_E_TIMEOUT => c"no completion in time",

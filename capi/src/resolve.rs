@@ -181,7 +181,10 @@ mod tests {
         let mut nsid = 0u32;
         // SAFETY: NUL-terminated strings, writable outs of the stated sizes.
         unsafe {
-            assert_eq!(homi_ns_resolve(std::ptr::null(), buf.as_mut_ptr(), 4, &mut nsid), HomiErr::HOMI_E_NULL_ARG as c_int);
+            assert_eq!(
+                homi_ns_resolve(std::ptr::null(), buf.as_mut_ptr(), 4, &mut nsid),
+                HomiErr::HOMI_E_NULL_ARG as c_int
+            );
             assert_eq!(
                 homi_ns_resolve(c"/dev/null".as_ptr(), std::ptr::null_mut(), 4, &mut nsid),
                 HomiErr::HOMI_E_NULL_ARG as c_int
@@ -194,7 +197,10 @@ mod tests {
                 homi_ns_resolve(c"/dev/null".as_ptr(), buf.as_mut_ptr(), 4, &mut nsid),
                 HomiErr::HOMI_E_INVALID as c_int
             );
-            assert_eq!(homi_ns_resolve(c"/nonexistent".as_ptr(), buf.as_mut_ptr(), 4, &mut nsid), HomiErr::HOMI_E_IO as c_int);
+            assert_eq!(
+                homi_ns_resolve(c"/nonexistent".as_ptr(), buf.as_mut_ptr(), 4, &mut nsid),
+                HomiErr::HOMI_E_IO as c_int
+            );
         }
     }
 }
