@@ -55,8 +55,6 @@
 #include "homi.h"
 
 #define HOMI_PAGE 4096UL
-/* One DSM range: context attributes, length in blocks, starting LBA. */
-#define HOMI_DSM_RANGE 16
 /* A command not completed after this long means the controller lost it. */
 #define HOMI_STALL_MS 30000
 
@@ -315,7 +313,7 @@ static int fio_homi_init(struct thread_data *td)
 		goto err;
 	}
 	if (td_trim(td)) {
-		size_t len = ((size_t)hd->depth * HOMI_DSM_RANGE + HOMI_PAGE - 1) & ~(HOMI_PAGE - 1);
+		size_t len = ((size_t)hd->depth * sizeof(struct homi_dsm_range) + HOMI_PAGE - 1) & ~(HOMI_PAGE - 1);
 
 		rc = homi_buf_alloc(hd->ctrl, len, &hd->dsm);
 		if (rc) {
@@ -430,13 +428,12 @@ static enum fio_q_status fio_homi_queue(struct thread_data *td, struct io_u *io_
 		break;
 	case DDIR_TRIM: {
 		/* A DSM Deallocate of one range, kept in the io_u's own slot. */
-		uint8_t *r = (uint8_t *)homi_buf_ptr(hd->dsm) + (size_t)io_u->index * HOMI_DSM_RANGE;
-		uint32_t attrs = 0;
+		struct homi_dsm_range *r = (struct homi_dsm_range *)homi_buf_ptr(hd->dsm) + io_u->index;
 
-		memcpy(r, &attrs, 4);
-		memcpy(r + 4, &nblocks, 4);
-		memcpy(r + 8, &slba, 8);
-		rc = homi_submit_dsm(hd->qp, nsid, hd->dsm, (size_t)io_u->index * HOMI_DSM_RANGE, 1, token);
+		r->cattr = 0;
+		r->nlb = nblocks;
+		r->slba = slba;
+		rc = homi_submit_dsm(hd->qp, nsid, hd->dsm, (size_t)io_u->index * sizeof(*r), 1, token);
 		break;
 	}
 	case DDIR_SYNC:
@@ -494,11 +491,9 @@ static int fio_homi_getevents(struct thread_data *td, unsigned int min, unsigned
 		int r = homi_poll(hd->qp, hd->cpls, max - nr);
 
 		if (r < 0) {
-			int state = homi_qpair_check(hd->qp);
-
-			homi_fail(td, EIO, "homi_poll", "%s: the queue pair failed (%s)%s", hd->ctrl_path,
-				  homi_why(r),
-				  state ? "; the controller was reset, and the commands in flight are lost" : "");
+			/* A reset destroyed the queue (HOMI_E_RESET): what was in flight is lost. */
+			homi_fail(td, EIO, "homi_poll", "%s: the queue pair failed with %u commands in flight: %s",
+				  hd->ctrl_path, hd->inflight, homi_why(r));
 			return -EIO;
 		}
 		for (i = 0; i < (unsigned int)r; i++) {

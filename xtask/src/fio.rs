@@ -1,7 +1,7 @@
 //! `cargo xtask fio`: the fio ioengine `fio/homi_engine.c`, built into
 //! `target/fio/libfio_homi.so` against the headers of the installed fio (Debian's
 //! source package of the same version, `qemu/fetch-fio.sh`) and linked with homi's C
-//! library (`libhomi.a`, from `cargo xtask capi`), so that it needs nothing but fio
+//! library (`libhomi.a`, installed by `cargo xtask capi` into `target/fio/capi`), so that it needs nothing but fio
 //! and the C library at run time.
 //!
 //! Before linking, the structures the engine touches are compared with the fio binary
@@ -133,9 +133,9 @@ fn build_into(dir: &Path, so: &Path) -> anyhow::Result<Built> {
         );
     }
 
-    // homi's C library, installed where `cargo xtask capi` puts it by default.
-    crate::run_checked(Command::new(std::env::current_exe()?).arg("capi"))?;
-    let capi = repo_root().join("target/capi/install");
+    // homi's C library, installed by `cargo xtask capi` under a prefix of our own.
+    let capi = dir.join("capi");
+    crate::run_checked(Command::new(std::env::current_exe()?).arg("capi").arg("--prefix").arg(&capi))?;
     let lib = capi.join("lib/libhomi.a");
     if !lib.exists() {
         bail!("`cargo xtask capi` installed no {}", lib.display());
@@ -197,28 +197,34 @@ fn layout_mismatches(layout: &str, disasm: &str) -> Vec<String> {
     missing
 }
 
-/// The engine exports `ioengine` alone, and needs only what fio and the C libraries
-/// provide (nothing of homi's is left undefined).
+/// The engine exports `ioengine` alone, and what it needs outright (not weakly) is
+/// fio's or a versioned system library's: nothing of homi's is left undefined.
 fn check_symbols(so: &Path, fio: &Path) -> anyhow::Result<()> {
-    let nm = |args: &[&str], f: &Path| -> anyhow::Result<Vec<String>> {
+    // (type letter, name) of each symbol `nm` lists.
+    let nm = |args: &[&str], f: &Path| -> anyhow::Result<Vec<(String, String)>> {
         let o = Command::new("nm").args(args).arg(f).output().context("run nm")?;
         if !o.status.success() {
             bail!("nm {}: {}", f.display(), String::from_utf8_lossy(&o.stderr));
         }
         Ok(String::from_utf8(o.stdout)?
             .lines()
-            .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+            .filter_map(|l| {
+                let mut it = l.split_whitespace().rev();
+                let name = it.next()?;
+                Some((it.next()?.to_owned(), name.to_owned()))
+            })
             .collect())
     };
     let exported: Vec<String> =
-        nm(&["-D", "--defined-only"], so)?.into_iter().filter(|s| !s.starts_with('_')).collect();
+        nm(&["-D", "--defined-only"], so)?.into_iter().map(|(_, n)| n).filter(|n| !n.starts_with('_')).collect();
     if exported != ["ioengine"] {
         bail!("{} exports {exported:?}; only `ioengine` should be visible", so.display());
     }
-    let from_fio = nm(&["-D", "--defined-only"], fio)?;
+    let from_fio: Vec<String> = nm(&["-D", "--defined-only"], fio)?.into_iter().map(|(_, n)| n).collect();
     let unresolved: Vec<String> = nm(&["-D", "--undefined-only"], so)?
         .into_iter()
-        .filter(|s| !s.contains('@') && !s.starts_with('_') && !from_fio.contains(s))
+        .filter(|(t, n)| t == "U" && !n.contains('@') && !from_fio.contains(n))
+        .map(|(_, n)| n)
         .collect();
     if !unresolved.is_empty() {
         bail!("{} needs symbols neither fio nor a system library defines: {unresolved:?}", so.display());

@@ -9,10 +9,12 @@
 //! - `demo`: the main job, end to end;
 //! - `bench`: the engine's hot path against the software controller;
 //! - `perf`: every I/O path side by side in one VM (`homi bench`);
+//! - `capi`: the C library, its header and pkg-config file, installed under a prefix;
 //! - `gpu`: the binaries (feature `cuda`) and script to run on a GPU machine;
 //! - `fio`: the fio ioengine on homi queue pairs (fio/), built against Debian's fio.
 
 mod bench;
+mod capi;
 mod fio;
 mod kbuild;
 mod kselect;
@@ -66,6 +68,9 @@ enum Cmd {
     Bench,
     /// Every I/O path side by side on one emulated controller, in one VM.
     Perf(perf::PerfArgs),
+    /// Build the C library (libhomi.so, libhomi.a, homi.h, homi.pc), install it under
+    /// --prefix, and build the C example and test against it.
+    Capi(capi::CapiArgs),
     /// Build the GPU binaries (`homi`, `homi-gpucheck`, feature cuda) and
     /// `tools/gpu-run.sh` into target/gpu: copy that folder to a GPU machine (no Rust
     /// needed there) and run `./gpu-run.sh OUT`.
@@ -98,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Demo(o) => demo(&o),
         Cmd::Bench => bench::run(),
         Cmd::Gpu => gpu_bundle(),
+        Cmd::Capi(a) => capi::run(&a),
         Cmd::Perf(a) => perf::run(&a),
         Cmd::Doorbells { opts, runtime } => perf::doorbells(&opts, runtime),
         Cmd::Fio => fio::run(),
