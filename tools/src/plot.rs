@@ -78,16 +78,16 @@ pub fn lines(file: &Path, labels: &Labels, series: &[Series]) -> anyhow::Result<
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
+        // Whiskers of different series at one x are set a little apart, to stay visible.
+        let dodge = 1.0 + 0.012 * (i as f64 - (series.len() - 1) as f64 / 2.0);
         chart
             .draw_series(LineSeries::new(s.points.iter().map(|p| (p.x, p.y)), c.stroke_width(2)))?
             .label(s.label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
         chart.draw_series(s.points.iter().map(|p| Circle::new((p.x, p.y), 3, c.filled())))?;
-        chart.draw_series(
-            s.points.iter().filter_map(|p| {
-                p.range.map(|(lo, hi)| PathElement::new(vec![(p.x, lo), (p.x, hi)], c.stroke_width(1)))
-            }),
-        )?;
+        chart.draw_series(s.points.iter().filter_map(|p| {
+            p.range.map(|(lo, hi)| PathElement::new(vec![(p.x * dodge, lo), (p.x * dodge, hi)], c.stroke_width(1)))
+        }))?;
     }
     chart
         .configure_series_labels()
