@@ -1,8 +1,8 @@
 //! `cargo xtask fio`: the fio ioengine `fio/homi_engine.c`, built into
 //! `target/fio/libfio_homi.so` against the headers of the installed fio (Debian's
 //! source package of the same version, `qemu/fetch-fio.sh`) and linked with homi's C
-//! library (`libhomi.a`, installed by `cargo xtask capi` into `target/fio/capi`), so that it needs nothing but fio
-//! and the C library at run time.
+//! library (`libhomi.a`, installed by `cargo xtask capi` into `target/fio/capi`), so
+//! that it needs nothing but fio and the C library at run time.
 //!
 //! Before linking, the structures the engine touches are compared with the fio binary
 //! that will load it: the size of `struct thread_data` and the offset of each of its
