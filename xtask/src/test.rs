@@ -202,6 +202,8 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     }
     crate::fio::for_tests(t);
     let bin = bin.expect("checked");
+    // The C library, its example and C test, which the `capi` suite runs.
+    t.result("host: C library, example and C test build (cargo xtask capi)", &crate::capi::guest_binaries());
 
     let base = VmOptions { quiet: true, ..args.opts.clone() };
     let with = |o: &VmOptions, params: &str| VmOptions { append: format!("{} {params}", o.append), ..o.clone() };
