@@ -6,6 +6,7 @@
 //! to count, and the run ends with `N passed, N failed`.
 
 mod bench;
+mod capi;
 mod common;
 mod dmabuf;
 mod fio;

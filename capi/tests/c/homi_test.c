@@ -3,7 +3,8 @@
  *
  *   homi_test [/dev/nvmeXnY]      (default /dev/nvme0n1; homi.ko loaded; as root)
  *
- * Prints one line per check, "ok - NAME" or "not ok - NAME: WHY", then
+ * Prints one line per check, "ok - NAME" or "not ok - NAME: WHY" (NAME has no ": "),
+ * comments as "# ...", then
  * "N passed, N failed", and exits non-zero when a check failed. Writes to the
  * namespace from 64 MiB to 80 MiB, and resets the controller once (the last checks
  * but one). Built by `cargo xtask capi` against the installed header and libhomi.a;
@@ -858,27 +859,27 @@ int main(int argc, char **argv)
 	run("homi_ns_resolve finds the controller and nsid; refuses bad input", t_resolve);
 	if (failed)
 		goto done;
-	run("homi_ctrl_open: NULL, missing node, then the controller", t_open);
+	run("homi_ctrl_open refuses NULL and a missing node, then opens the controller", t_open);
 	if (!c)
 		goto done;
 	run("homi_ctrl_info, homi_ns_info, homi_ctrl_generation", t_info);
 	run("homi_qpair_create and its getters; bad depths", t_qpair);
 	if (!q || !ns.lba_size)
 		goto done;
-	run("module buffer: write, read back, the kernel's O_DIRECT view agrees", t_module_buffer);
-	run("registered buffer: pinned pages counted, write, read back", t_registered_buffer);
+	run("module buffer written, read back, the kernel's O_DIRECT view agrees", t_module_buffer);
+	run("registered buffer pins its pages, written, read back", t_registered_buffer);
 	run("multi-page transfer through PRP lists, at offsets in both buffers", t_prp_list);
 	run("flush completes; bad nsid refused", t_flush);
 	run("write zeroes reads back zeros", t_write_zeroes);
 	run("dataset management (deallocate) of two ranges", t_dsm);
-	run("QD 16: batched submits, one ring, every completion once", t_batched);
+	run("QD 16 batched submits, one ring, every completion once", t_batched);
 	run("homi_poll with max below what is ready loses nothing", t_poll_max);
 	run("a full queue answers HOMI_E_QUEUE_FULL", t_queue_full);
 	run("bad submissions are refused with their code and a message", t_bad_submits);
 	run("a buffer freed while its write is in flight", t_free_in_flight);
 	run("a queue destroyed with commands in flight", t_destroy_in_flight);
-	run("controller reset: poll says HOMI_E_RESET, rearm recovers", t_reset);
-	run("everything released: no qids, pins or DMA memory held after close", t_released);
+	run("after a controller reset, poll says HOMI_E_RESET and rearm recovers", t_reset);
+	run("everything released, no qids, pins or DMA memory held after close", t_released);
 done:
 	homi_qpair_destroy(q);
 	homi_ctrl_close(c);
