@@ -79,7 +79,7 @@ pub fn lines(file: &Path, labels: &Labels, series: &[Series]) -> anyhow::Result<
     for (i, s) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         // Whiskers of different series at one x are set a little apart, to stay visible.
-        let dodge = 1.0 + 0.012 * (i as f64 - (series.len() - 1) as f64 / 2.0);
+        let dodge = 1.0 + 0.03 * (i as f64 - (series.len() - 1) as f64 / 2.0);
         chart
             .draw_series(LineSeries::new(s.points.iter().map(|p| (p.x, p.y)), c.stroke_width(2)))?
             .label(s.label.as_str())

@@ -16,10 +16,10 @@ pub struct PerfArgs {
     #[command(flatten)]
     pub opts: VmOptions,
     /// Seconds per run of the matrix.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     pub runtime: f64,
     /// Repetitions of each matrix run, interleaved across the paths.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     pub reps: u32,
     /// Skip the QD x size sweep (and its plots).
     #[arg(long)]
