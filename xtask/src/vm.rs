@@ -102,6 +102,9 @@ pub struct VmArgs {
     /// Do not load homi.ko before the command.
     #[arg(long)]
     pub no_kmod: bool,
+    /// The run's directory under target/vm/ (several VMs may run side by side).
+    #[arg(long, default_value = "vm")]
+    pub name: String,
     /// The command to run in the guest (after `--`), in the repository root.
     #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
     pub cmd: Vec<String>,
@@ -158,7 +161,7 @@ pub fn run_cli(args: &VmArgs) -> anyhow::Result<i32> {
         script += &shell_quote(a);
     }
     script += "\n";
-    let run = boot_named(&k, &args.opts, &script, "vm")?;
+    let run = boot_named(&k, &args.opts, &script, &args.name)?;
     eprintln!(
         "vm: booted to the command in {:.2}s ({}); exit status {}; serial log {}",
         run.boot_secs,
