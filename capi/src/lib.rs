@@ -5,9 +5,9 @@
 //! `cargo xtask capi` installs all three with a pkg-config file. See the README for
 //! the thread-safety and lifetime rules.
 //!
-//! Every exported function catches panics at the boundary ([`error::guard`]), checks
+//! Every exported function catches panics at the boundary (`error::guard`), checks
 //! each pointer for NULL and each size against what the buffer, queue and namespace
-//! allow, and maps the engine's errors to one code each ([`error::code_of`]).
+//! allow, and maps the engine's errors to one code each (`error::code_of`).
 
 mod buf;
 mod ctrl;
