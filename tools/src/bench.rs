@@ -25,18 +25,23 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "gpu")]
     paths: Option<String>,
     /// Access patterns, comma-separated (read, write, randread, randwrite).
+    /// Default: randread. Without --rw, --bs, --qd and --threads, the fixed matrix:
+    /// 4k randread at QD 1 and 32, randwrite at QD 32, one thread.
     #[arg(long, conflicts_with = "gpu")]
     rw: Option<String>,
-    /// I/O sizes, comma-separated: bytes, or with a k or m suffix (4k,16k,64k).
+    /// I/O sizes, comma-separated: bytes (a multiple of 512), or with a k or m
+    /// suffix (4k,16k,64k). Default: 4k.
     #[arg(long, conflicts_with = "gpu")]
     bs: Option<String>,
     /// Queue depths per thread, comma-separated (pread runs at QD 1 only).
+    /// Default: 1.
     #[arg(long, conflicts_with = "gpu")]
     qd: Option<String>,
-    /// Thread counts, comma-separated.
+    /// Thread counts, comma-separated. Default: 1.
     #[arg(long, conflicts_with = "gpu")]
     threads: Option<String>,
-    /// Repetitions of every run, interleaved across the paths.
+    /// Repetitions of every run, interleaved across the paths; the results are
+    /// medians with their min-max range.
     #[arg(long, default_value_t = 5)]
     reps: u32,
     /// Seconds per run.
