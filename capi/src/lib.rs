@@ -23,6 +23,16 @@ pub use resolve::*;
 
 use std::ffi::c_char;
 
+// The thread rules of the README, held by the types: a controller handle and a buffer
+// may be shared by threads, a queue pair may move between them.
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
+    shared::<HomiCtrl>();
+    shared::<HomiBuf>();
+    movable::<HomiQpair>();
+};
+
 /// The library's version ("0.1.0"), static text.
 #[no_mangle]
 pub extern "C" fn homi_version() -> *const c_char {

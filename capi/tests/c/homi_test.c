@@ -13,6 +13,7 @@
 #define _GNU_SOURCE
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -302,6 +303,9 @@ static const char *t_module_buffer(void)
 	CALL(homi_buf_alloc(c, 8192, &b));
 	EXPECT(homi_buf_len(b) == 8192 && homi_buf_ptr(b) != NULL, "len %zu ptr %p", homi_buf_len(b),
 	       homi_buf_ptr(b));
+	EXPECT(homi_buf_len(NULL) == 0 && homi_buf_ptr(NULL) == NULL && homi_qpair_in_flight(NULL) == 0,
+	       "getters of NULL");
+	homi_buf_free(NULL);
 	fill(homi_buf_ptr(b), 8192, 1);
 	if ((w = io(1, AREA, b, 0, 8192)) != NULL)
 		goto out;
@@ -822,6 +826,79 @@ out:
 	return w;
 }
 
+/* One thread's share of t_threads: its own queue and buffer from the shared handle,
+ * round trips at its own LBAs, INFO asked on the way. */
+struct worker {
+	int id;
+	char err[256];
+};
+
+static void *work(void *arg)
+{
+	struct worker *wk = arg;
+	homi_qpair *tq = NULL;
+	homi_buf *b = NULL;
+	struct homi_ctrl_info i;
+	uint16_t st = 0;
+	int round, rc;
+	uint64_t at;
+	wk->err[0] = '\0';
+	if ((rc = homi_qpair_create(c, 16, &tq)) || (rc = homi_buf_alloc(c, 8192, &b))) {
+		snprintf(wk->err, sizeof(wk->err), "thread %d: %s", wk->id, homi_last_error());
+		goto out;
+	}
+	for (round = 0; round < 32; round++) {
+		at = AREA + (10ull << 20) + (uint64_t)wk->id * (1 << 20) + (uint64_t)round * 8192;
+		fill(homi_buf_ptr(b), 8192, 100 + wk->id * 32 + round);
+		rc = homi_submit_write(tq, nsid, lba_of(at), blocks_of(8192), b, 0, 8192, 1);
+		if (!rc)
+			rc = wait_token(tq, 1, &st);
+		if (!rc && !st) {
+			memset(homi_buf_ptr(b), 0, 8192);
+			rc = homi_submit_read(tq, nsid, lba_of(at), blocks_of(8192), b, 0, 8192, 2);
+		}
+		if (!rc && !st)
+			rc = wait_token(tq, 2, &st);
+		if (!rc && !st)
+			rc = homi_ctrl_info(c, &i);
+		if (rc || st) {
+			snprintf(wk->err, sizeof(wk->err), "thread %d round %d: rc %d status 0x%03x: %s", wk->id, round, rc,
+				 st, homi_last_error());
+			goto out;
+		}
+		if (!filled(homi_buf_ptr(b), 8192, 100 + wk->id * 32 + round)) {
+			snprintf(wk->err, sizeof(wk->err), "thread %d round %d: read back other data", wk->id, round);
+			goto out;
+		}
+	}
+out:
+	homi_buf_free(b);
+	homi_qpair_destroy(tq);
+	return NULL;
+}
+
+/* The handle shared by threads: each creates its queue and buffer from it and runs
+ * I/O at the same time as the others. */
+static const char *t_threads(void)
+{
+	enum { T = 3 };
+	pthread_t th[T];
+	struct worker wk[T];
+	int i, started = 0;
+	for (i = 0; i < T; i++) {
+		wk[i].id = i;
+		if (pthread_create(&th[i], NULL, work, &wk[i]) != 0)
+			break;
+		started++;
+	}
+	for (i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	EXPECT(started == T, "started %d of %d threads", started, T);
+	for (i = 0; i < T; i++)
+		EXPECT(wk[i].err[0] == '\0', "%s", wk[i].err);
+	return NULL;
+}
+
 /* Everything released: a fresh handle sees homi hold what it held before. */
 static const char *t_released(void)
 {
@@ -878,6 +955,7 @@ int main(int argc, char **argv)
 	run("bad submissions are refused with their code and a message", t_bad_submits);
 	run("a buffer freed while its write is in flight", t_free_in_flight);
 	run("a queue destroyed with commands in flight", t_destroy_in_flight);
+	run("three threads share the handle, each with its own queue, at once", t_threads);
 	run("after a controller reset, poll says HOMI_E_RESET and rearm recovers", t_reset);
 	run("everything released, no qids, pins or DMA memory held after close", t_released);
 done:
