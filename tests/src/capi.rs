@@ -39,6 +39,20 @@ pub fn capi(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     }
     let info = open_live().context("open /dev/nvme0")?.info()?;
     if info.flags & HOMI_INFO_SHADOW_DOORBELLS != 0 && info.flags & HOMI_INFO_USER_QUEUES == 0 {
+        // No homi queue can exist here; what C sees is the refusal.
+        h.check(
+            "capi: without user queues on shadow doorbells, queue creation fails with HOMI_E_SHADOW_DOORBELLS",
+            || {
+                let out = Proc::new(&example).arg(NS).output().with_context(|| format!("run {}", example.display()))?;
+                let err = String::from_utf8_lossy(&out.stderr);
+                ensure!(
+                    !out.status.success() && err.contains("homi_qpair_create") && err.contains("(-6)"),
+                    "exit {}: {err}",
+                    out.status
+                );
+                Ok(())
+            },
+        );
         h.skip("capi: the C test", "shadow doorbells without nvme-pci user queues: no homi queue can exist here");
         return Ok(());
     }
