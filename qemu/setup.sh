@@ -53,7 +53,7 @@ fi
 
 # Packages from bookworm (and bookworm-updates for rustc-web).
 base_pkgs=(build-essential flex bison bc cpio kmod libelf-dev libssl-dev dwarves
-	perl python3 rsync busybox-static e2fsprogs xfsprogs util-linux fio valgrind dpkg-dev
+	perl python3 rsync busybox-static e2fsprogs xfsprogs util-linux fio valgrind dpkg-dev pkg-config
 	rustc-web rust-web-src rust-web-clippy rustfmt-web)
 # Packages that must come from bookworm-backports.
 bpo_pkgs=(qemu-system-x86 qemu-utils clang-19 lld-19 llvm-19 libclang-19-dev)
