@@ -22,6 +22,9 @@ typedef struct homi_buf homi_buf;
 typedef struct homi_cpl homi_cpl;
 typedef struct homi_dsm_range homi_dsm_range;
 
+// The largest homi_buf_alloc(): 4 MiB.
+#define HOMI_BUF_ALLOC_MAX (4 << 20)
+
 // `homi_ctrl_info.flags`: the controller is live (not resetting, not being removed).
 #define HOMI_INFO_LIVE (1 << 0)
 
@@ -180,7 +183,7 @@ extern "C" {
 const char *homi_version(void);
 
 // Allocates `size` bytes of DMA memory from the module (a non-zero multiple of 4096,
-// at most 4 MiB), contiguous as the controller sees it, zeroed, and mapped into this
+// at most HOMI_BUF_ALLOC_MAX), contiguous as the controller sees it, zeroed, and mapped into this
 // process. Stores the buffer in `*out` (NULL on failure).
 //
 // # Safety

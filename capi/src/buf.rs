@@ -10,6 +10,11 @@ use crate::ctrl::HomiCtrl;
 use crate::error::{guard, guard_or, Failure};
 use crate::{handle, put};
 
+/// The largest homi_buf_alloc(): 4 MiB.
+pub const HOMI_BUF_ALLOC_MAX: usize = 4 << 20;
+
+const _: () = assert!(HOMI_BUF_ALLOC_MAX as u64 == homi::uapi::HOMI_ALLOC_MAX);
+
 /// Memory the controller reaches by DMA. Opaque. Queues keep a buffer alive while a
 /// command that uses it is in flight, so homi_buf_free() may come before the
 /// completion; the bytes must not be touched by the CPU while a command uses them.
@@ -22,7 +27,7 @@ pub struct HomiBuf {
 }
 
 /// Allocates `size` bytes of DMA memory from the module (a non-zero multiple of 4096,
-/// at most 4 MiB), contiguous as the controller sees it, zeroed, and mapped into this
+/// at most HOMI_BUF_ALLOC_MAX), contiguous as the controller sees it, zeroed, and mapped into this
 /// process. Stores the buffer in `*out` (NULL on failure).
 ///
 /// # Safety
@@ -35,8 +40,10 @@ pub unsafe extern "C" fn homi_buf_alloc(c: *mut HomiCtrl, size: usize, out: *mut
         unsafe { put(out, "out", std::ptr::null_mut())? };
         // SAFETY: NULL or a live handle (caller).
         let c = unsafe { handle(c, "c")? };
-        if size == 0 || size % PAGE != 0 {
-            return Err(Failure::invalid(format!("size {size} is not a non-zero multiple of 4096")));
+        if size == 0 || size % PAGE != 0 || size > HOMI_BUF_ALLOC_MAX {
+            return Err(Failure::invalid(format!(
+                "size {size} is not a multiple of 4096 in 4096..={HOMI_BUF_ALLOC_MAX}"
+            )));
         }
         let buf = c.ctrl.alloc(size)?;
         let b = HomiBuf { buf: Arc::new(buf), owner: c.ctrl.homi_fd().as_raw_fd() };

@@ -298,6 +298,7 @@ static const char *t_module_buffer(void)
 	REFUSED(homi_buf_alloc(c, 0, &bad), HOMI_E_INVALID, "homi_buf_alloc");
 	EXPECT(bad == NULL, "*out is not NULL after a failed alloc");
 	REFUSED(homi_buf_alloc(c, 1000, &bad), HOMI_E_INVALID, "homi_buf_alloc");
+	REFUSED(homi_buf_alloc(c, HOMI_BUF_ALLOC_MAX + 4096, &bad), HOMI_E_INVALID, "homi_buf_alloc");
 	REFUSED(homi_buf_alloc(NULL, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_alloc");
 	REFUSED(homi_buf_alloc(c, 4096, NULL), HOMI_E_NULL_ARG, "homi_buf_alloc");
 	CALL(homi_buf_alloc(c, 8192, &b));
