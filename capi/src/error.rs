@@ -176,9 +176,12 @@ thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// Keeps `msg` for homi_last_error(). Never panics: it runs outside the unwind guard,
+/// possibly from a C thread's destructor after this thread's storage is gone (then the
+/// message is dropped).
 fn set_last(msg: String) {
     let msg = CString::new(msg.replace('\0', " ")).unwrap_or_default();
-    LAST.with(|l| *l.borrow_mut() = msg);
+    let _ = LAST.try_with(|l| l.try_borrow_mut().map(|mut l| *l = msg));
 }
 
 /// Runs the body of an extern function that returns `int`: `Ok(n)` is returned as is,
@@ -228,7 +231,9 @@ pub extern "C" fn homi_strerror(code: c_int) -> *const c_char {
 /// on this thread; never NULL.
 #[no_mangle]
 pub extern "C" fn homi_last_error() -> *const c_char {
-    LAST.with(|l| l.borrow().as_ptr())
+    // The pointer stays valid after the borrow ends: the string is replaced, not
+    // changed in place, only by the next failing call on this thread.
+    LAST.try_with(|l| l.try_borrow().map(|l| l.as_ptr()).ok()).ok().flatten().unwrap_or(c"".as_ptr())
 }
 
 #[cfg(test)]
