@@ -65,7 +65,10 @@ fn fio(name: &str, job: &str) -> anyhow::Result<FioRun> {
     let json = keep.join(format!("{name}.json"));
     std::fs::write(&jobfile, job)?;
     let _ = std::fs::remove_file(&json);
+    // fio saves verify state files in its working directory; the guest's root is
+    // read-only.
     let mut child = Command::new("fio")
+        .current_dir(std::env::temp_dir())
         .arg("--output-format=json")
         .arg(format!("--output={}", json.display()))
         .arg(&jobfile)
@@ -136,7 +139,8 @@ fn homi_global(so: &Path) -> String {
 fn verify_job(so: &Path, qd: u32, offset: u64, thread: bool) -> String {
     format!(
         "{}rw=randwrite\nbs=4k\niodepth={qd}\nnumjobs=2\noffset={offset}\nsize={JOB_BYTES}\n\
-         offset_increment={JOB_BYTES}\nverify=crc32c\ndo_verify=1\nverify_fatal=1\n{}\n[verify-qd{qd}]\n",
+         offset_increment={JOB_BYTES}\nverify=crc32c\ndo_verify=1\nverify_fatal=1\nverify_state_save=0\n{}\n\
+         [verify-qd{qd}]\n",
         homi_global(so),
         if thread { "thread=1" } else { "" }
     )
@@ -242,13 +246,13 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     });
 
     // Same job, two engines: fio's verify header carries offset and sequence, so a
-    // verify_only pass through the other engine checks every block's data.
+    // verify_only pass (no writes, every block read back and checked) through the
+    // other engine checks every block's data.
     let pattern = |engine: &str, only: bool, offset: u64| {
         format!(
             "[global]\nfilename={NS}\nrw=write\nbs=4k\niodepth=16\nsize={JOB_BYTES}\noffset={offset}\n\
-             verify=crc32c\ndo_verify=0\nverify_fatal=1\n{}{}\n[pattern]\n",
-            engine,
-            if only { "verify_only=1\n" } else { "" }
+             verify=crc32c\nverify_fatal=1\nverify_state_save=0\n{engine}{}\n[pattern]\n",
+            if only { "verify_only=1\ndo_verify=1\n" } else { "do_verify=0\n" }
         )
     };
     let homi_engine = format!("ioengine=external:{}\n", so.display());
@@ -257,10 +261,15 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         let off = 200 << 20;
         pattern_jobs(&fio("kernel-writes", &pattern(&psync, false, off))?, "write")?;
         let run = bypassing_kernel(|| fio("homi-verifies", &pattern(&homi_engine, true, off)))?;
-        pattern_jobs(&run, "read")
+        pattern_jobs(&run, "read")?;
+        // The same pass where nobody wrote the pattern must fail: the check can fail.
+        let run = fio("homi-verifies-elsewhere", &pattern(&homi_engine, true, off + 2 * JOB_BYTES))?;
+        ensure!(!run.ok, "fio's verify through homi passed on blocks that do not hold the pattern");
+        ensure!(run.stderr.contains("verify"), "fio failed, but not on verify:\n{}", run.stderr.trim());
+        Ok(())
     });
     h.check(NAMES[6], || {
-        let off = 232 << 20;
+        let off = 280 << 20;
         let run = bypassing_kernel(|| fio("homi-writes", &pattern(&homi_engine, false, off)))?;
         pattern_jobs(&run, "write")?;
         // The kernel's page cache must not answer for the device.
