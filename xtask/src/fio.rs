@@ -135,7 +135,14 @@ fn build_into(dir: &Path, so: &Path) -> anyhow::Result<Built> {
 
     // homi's C library, installed by `cargo xtask capi` under a prefix of our own.
     let capi = dir.join("capi");
-    crate::run_checked(Command::new(std::env::current_exe()?).arg("capi").arg("--prefix").arg(&capi))?;
+    // Its report goes to stderr: this command's stdout is the engine's path alone.
+    crate::run_checked(
+        Command::new(std::env::current_exe()?)
+            .arg("capi")
+            .arg("--prefix")
+            .arg(&capi)
+            .stdout(std::process::Stdio::from(std::io::stderr())),
+    )?;
     let lib = capi.join("lib/libhomi.a");
     if !lib.exists() {
         bail!("`cargo xtask capi` installed no {}", lib.display());
