@@ -8,6 +8,7 @@
 //! - one queue pair per job while fio runs;
 //! - data written by the kernel (fio's psync engine, O_DIRECT) read and verified
 //!   through homi, and the reverse;
+//! - trims as Dataset Management and fsyncs as Flush;
 //! - io_uring, io_uring_cmd (`/dev/ng0n1`) and homi side by side, the same 4 KiB
 //!   random read at QD 32, `stonewall`: `$HOMI_OUT/fio-table.md`;
 //! - bad engine options refused with the engine's message.
@@ -183,6 +184,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         "fio: one queue pair per job while fio runs",
         "fio: data the kernel wrote (psync, O_DIRECT) reads back through homi and verifies",
         "fio: data homi wrote reads back through the kernel (psync, O_DIRECT) and verifies",
+        "fio: trims (Dataset Management) and fsyncs (Flush) through homi complete",
         "fio: io_uring, io_uring_cmd and homi side by side, 4k randread QD 32",
         "fio: a namespace that does not exist is refused with the engine's message",
         "fio: a file that is no namespace is refused with the engine's message",
@@ -276,9 +278,36 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         pattern_jobs(&fio("kernel-verifies", &pattern(&psync, true, off))?, "read")
     });
 
-    h.check(NAMES[7], || side_by_side(&so));
+    h.check(NAMES[7], || {
+        let trim = fio(
+            "trim",
+            &format!(
+                "{}rw=randtrim\nbs=64k\niodepth=8\nsize={JOB_BYTES}\noffset={}\n[trim]\n",
+                homi_global(&so),
+                312 << 20
+            ),
+        )?;
+        let bytes = trim.jobs()?[0]["trim"]["io_bytes"].as_u64().unwrap_or(0);
+        ensure!(bytes == JOB_BYTES, "trimmed {bytes} bytes, not {JOB_BYTES}");
+        let sync = fio(
+            "fsync",
+            &format!(
+                "{}rw=randwrite\nbs=4k\niodepth=8\nsize=4m\noffset={}\nfsync=4\nverify=crc32c\n\
+                 verify_state_save=0\n[fsync]\n",
+                homi_global(&so),
+                344 << 20
+            ),
+        )?;
+        let j = &sync.jobs()?[0];
+        let flushes = j["sync"]["total_ios"].as_u64().unwrap_or(0);
+        ensure!(flushes >= 256, "{flushes} fsyncs reported for 1024 writes with fsync=4");
+        ensure!(j["read"]["io_bytes"].as_u64() == Some(4 << 20), "the writes were not all verified");
+        Ok(())
+    });
 
-    h.check(NAMES[8], || {
+    h.check(NAMES[8], || side_by_side(&so));
+
+    h.check(NAMES[9], || {
         let run = fio(
             "bad-nsid",
             &format!(
@@ -292,7 +321,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[9], || {
+    h.check(NAMES[10], || {
         let run = fio(
             "not-a-namespace",
             &format!(
@@ -305,7 +334,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[10], || {
+    h.check(NAMES[11], || {
         let i = open_live()?.info()?;
         ensure!(
             i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
@@ -328,19 +357,30 @@ fn pattern_jobs(run: &FioRun, dir: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three engines on one job file, each in its own `stonewall` group; writes the
-/// table to `$HOMI_OUT/fio-table.md`.
+/// The three engines on one job file, each job in its own `stonewall` group, twice:
+/// with fio's defaults (one submission call or doorbell per I/O) and with batches of
+/// up to 8 submissions and 32 completions. Writes the table to
+/// `$HOMI_OUT/fio-table.md`.
 fn side_by_side(so: &Path) -> anyhow::Result<()> {
     ensure!(Path::new(NG).exists(), "no {NG} (NVMe generic char device) in this kernel");
     let runtime = 3;
-    let job = format!(
+    const ENGINES: [&str; 3] = ["io_uring", "io_uring_cmd", "homi"];
+    const BATCHES: [(&str, &str); 2] =
+        [("defaults", ""), ("batch", "iodepth_batch_submit=8\niodepth_batch_complete_max=32\n")];
+    let mut job = format!(
         "[global]\nrw=randread\nbs=4k\niodepth=32\ntime_based=1\nruntime={runtime}\nlat_percentiles=1\n\
-         randrepeat=0\nnorandommap=1\n\n\
-         [io_uring]\nstonewall\nioengine=io_uring\ndirect=1\nfilename={NS}\n\n\
-         [io_uring_cmd]\nstonewall\nioengine=io_uring_cmd\ncmd_type=nvme\nfilename={NG}\n\n\
-         [homi]\nstonewall\nioengine=external:{}\nfilename={NS}\n",
-        so.display()
+         randrepeat=0\nnorandommap=1\n"
     );
+    for (batch, opts) in BATCHES {
+        for engine in ENGINES {
+            let how = match engine {
+                "io_uring" => format!("ioengine=io_uring\ndirect=1\nfilename={NS}\n"),
+                "io_uring_cmd" => format!("ioengine=io_uring_cmd\ncmd_type=nvme\nfilename={NG}\n"),
+                _ => format!("ioengine=external:{}\nfilename={NS}\n", so.display()),
+            };
+            job += &format!("\n[{engine}-{batch}]\nstonewall\n{how}{opts}");
+        }
+    }
     let run = fio("side-by-side", &job)?;
     let jobs = run.jobs()?;
     let mut rows = BTreeMap::new();
@@ -353,15 +393,23 @@ fn side_by_side(so: &Path) -> anyhow::Result<()> {
         let p99 = num(&r["lat_ns"]["percentile"]["99.000000"]) / 1000.0;
         rows.insert(name, (iops, mean, p99));
     }
-    let base = rows.get("io_uring").map(|r| r.0).context("no io_uring job in the report")?;
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let mut md = format!(
-        "fio 4 KiB random reads, QD 32, {runtime} s per engine, one job each, `stonewall` \
-         (QEMU's emulated NVMe; the job file is below)\n\n\
-         | engine | IOPS | vs io_uring | mean lat (us) | p99 lat (us) |\n|---|---:|---:|---:|---:|\n"
+        "{}: 4 KiB random reads, QD 32, {runtime} s per job, one job per engine, each job its own \
+         `stonewall` group; QEMU's emulated NVMe, guest with {cpus} CPUs; the job file is below. \
+         `defaults`: fio submits and reaps one I/O per call (one homi doorbell per I/O); `batch`: \
+         iodepth_batch_submit=8, iodepth_batch_complete_max=32.\n\n\
+         | workload | engine | IOPS | vs io_uring | mean lat (us) | p99 lat (us) |\n\
+         |---|---|---:|---:|---:|---:|\n",
+        run.json.as_ref().and_then(|j| j["fio version"].as_str()).unwrap_or("?")
     );
-    for name in ["io_uring", "io_uring_cmd", "homi"] {
-        let (iops, mean, p99) = rows.get(name).with_context(|| format!("no {name} job in the report"))?;
-        md += &format!("| {name} | {iops:.0} | {:.2}x | {mean:.1} | {p99:.1} |\n", iops / base);
+    for (batch, _) in BATCHES {
+        let base = rows.get(&format!("io_uring-{batch}")).map(|r| r.0).context("no io_uring job in the report")?;
+        for engine in ENGINES {
+            let name = format!("{engine}-{batch}");
+            let (iops, mean, p99) = rows.get(&name).with_context(|| format!("no {name} job in the report"))?;
+            md += &format!("| {batch} | {engine} | {iops:.0} | {:.2}x | {mean:.1} | {p99:.1} |\n", iops / base);
+        }
     }
     md += &format!("\n```ini\n{job}```\n");
     print!("{md}");
