@@ -363,7 +363,7 @@ fn pattern_jobs(run: &FioRun, dir: &str) -> anyhow::Result<()> {
 /// `$HOMI_OUT/fio-table.md`.
 fn side_by_side(so: &Path) -> anyhow::Result<()> {
     ensure!(Path::new(NG).exists(), "no {NG} (NVMe generic char device) in this kernel");
-    let runtime = 3;
+    let (runtime, reps) = (2, 3);
     const ENGINES: [&str; 3] = ["io_uring", "io_uring_cmd", "homi"];
     const BATCHES: [(&str, &str); 2] =
         [("defaults", ""), ("batch", "iodepth_batch_submit=8\niodepth_batch_complete_max=32\n")];
@@ -371,19 +371,24 @@ fn side_by_side(so: &Path) -> anyhow::Result<()> {
         "[global]\nrw=randread\nbs=4k\niodepth=32\ntime_based=1\nruntime={runtime}\nlat_percentiles=1\n\
          randrepeat=0\nnorandommap=1\n"
     );
-    for (batch, opts) in BATCHES {
-        for engine in ENGINES {
-            let how = match engine {
-                "io_uring" => format!("ioengine=io_uring\ndirect=1\nfilename={NS}\n"),
-                "io_uring_cmd" => format!("ioengine=io_uring_cmd\ncmd_type=nvme\nfilename={NG}\n"),
-                _ => format!("ioengine=external:{}\nfilename={NS}\n", so.display()),
-            };
-            job += &format!("\n[{engine}-{batch}]\nstonewall\n{how}{opts}");
+    // Repetitions interleaved, so that a slow moment of the host does not land on one
+    // engine alone.
+    for rep in 1..=reps {
+        for (batch, opts) in BATCHES {
+            for engine in ENGINES {
+                let how = match engine {
+                    "io_uring" => format!("ioengine=io_uring\ndirect=1\nfilename={NS}\n"),
+                    "io_uring_cmd" => format!("ioengine=io_uring_cmd\ncmd_type=nvme\nfilename={NG}\n"),
+                    _ => format!("ioengine=external:{}\nfilename={NS}\n", so.display()),
+                };
+                job += &format!("\n[{engine}-{batch}-{rep}]\nstonewall\n{how}{opts}");
+            }
         }
     }
     let run = fio("side-by-side", &job)?;
     let jobs = run.jobs()?;
-    let mut rows = BTreeMap::new();
+    // (engine-batch) -> [(IOPS, mean us, p99 us)] over the repetitions.
+    let mut rows: BTreeMap<String, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for j in jobs {
         let name = j["jobname"].as_str().unwrap_or_default().to_string();
         let r = &j["read"];
@@ -391,24 +396,37 @@ fn side_by_side(so: &Path) -> anyhow::Result<()> {
         ensure!(iops > 0.0, "{name}: no I/O");
         let mean = num(&r["lat_ns"]["mean"]) / 1000.0;
         let p99 = num(&r["lat_ns"]["percentile"]["99.000000"]) / 1000.0;
-        rows.insert(name, (iops, mean, p99));
+        let key = name.rsplit_once('-').map_or(name.as_str(), |(k, _)| k).to_string();
+        rows.entry(key).or_default().push((iops, mean, p99));
     }
+    let median = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        (x[x.len() / 2], x[0], x[x.len() - 1])
+    };
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let mut md = format!(
-        "{}: 4 KiB random reads, QD 32, {runtime} s per job, one job per engine, each job its own \
-         `stonewall` group; QEMU's emulated NVMe, guest with {cpus} CPUs; the job file is below. \
-         `defaults`: fio submits and reaps one I/O per call (one homi doorbell per I/O); `batch`: \
-         iodepth_batch_submit=8, iodepth_batch_complete_max=32.\n\n\
-         | workload | engine | IOPS | vs io_uring | mean lat (us) | p99 lat (us) |\n\
-         |---|---|---:|---:|---:|---:|\n",
+        "{}: 4 KiB random reads, QD 32, one job per engine, each job its own `stonewall` group, {reps} \
+         interleaved repetitions of {runtime} s each: medians, IOPS with min-max; QEMU's emulated NVMe, guest \
+         with {cpus} CPUs; the job file is below. `defaults`: fio submits and reaps one I/O per call (one \
+         homi doorbell per I/O); `batch`: iodepth_batch_submit=8, iodepth_batch_complete_max=32.\n\n\
+         | workload | engine | IOPS | IOPS min-max | vs io_uring | mean lat (us) | p99 lat (us) |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
         run.json.as_ref().and_then(|j| j["fio version"].as_str()).unwrap_or("?")
     );
     for (batch, _) in BATCHES {
-        let base = rows.get(&format!("io_uring-{batch}")).map(|r| r.0).context("no io_uring job in the report")?;
+        let base = rows.get(&format!("io_uring-{batch}")).context("no io_uring job in the report")?;
+        let base = median(base, |r| r.0).0;
         for engine in ENGINES {
             let name = format!("{engine}-{batch}");
-            let (iops, mean, p99) = rows.get(&name).with_context(|| format!("no {name} job in the report"))?;
-            md += &format!("| {batch} | {engine} | {iops:.0} | {:.2}x | {mean:.1} | {p99:.1} |\n", iops / base);
+            let v = rows.get(&name).with_context(|| format!("no {name} job in the report"))?;
+            ensure!(v.len() == reps, "{name}: {} repetitions reported, not {reps}", v.len());
+            let (iops, lo, hi) = median(v, |r| r.0);
+            let (mean, p99) = (median(v, |r| r.1).0, median(v, |r| r.2).0);
+            md += &format!(
+                "| {batch} | {engine} | {iops:.0} | {lo:.0}-{hi:.0} | {:.2}x | {mean:.1} | {p99:.1} |\n",
+                iops / base
+            );
         }
     }
     md += &format!("\n```ini\n{job}```\n");
