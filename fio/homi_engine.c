@@ -81,6 +81,7 @@ struct homi_data {
 	struct homi_cpl *cpls;
 	unsigned int depth;
 	unsigned int errors_logged;
+	int failed; /* the queue pair is gone */
 };
 
 /* fio_file.engine_pos: nsid in the low 32 bits, LBA size in the high 32. */
@@ -491,9 +492,15 @@ static int fio_homi_getevents(struct thread_data *td, unsigned int min, unsigned
 		int r = homi_poll(hd->qp, hd->cpls, max - nr);
 
 		if (r < 0) {
-			/* A reset destroyed the queue (HOMI_E_RESET): what was in flight is lost. */
-			homi_fail(td, EIO, "homi_poll", "%s: the queue pair failed with %u commands in flight: %s",
-				  hd->ctrl_path, hd->inflight, homi_why(r));
+			/*
+			 * A reset destroyed the queue (HOMI_E_RESET): what was in flight is
+			 * lost. Said once; fio asks again while it winds the job down.
+			 */
+			if (!hd->failed)
+				homi_fail(td, EIO, "homi_poll",
+					  "%s: the queue pair failed with %u commands in flight: %s",
+					  hd->ctrl_path, hd->inflight, homi_why(r));
+			hd->failed = 1;
 			return -EIO;
 		}
 		for (i = 0; i < (unsigned int)r; i++) {
