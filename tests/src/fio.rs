@@ -11,7 +11,8 @@
 //! - trims as Dataset Management and fsyncs as Flush;
 //! - io_uring, io_uring_cmd (`/dev/ng0n1`) and homi side by side, the same 4 KiB
 //!   random read at QD 32, `stonewall`: `$HOMI_OUT/fio-table.md`;
-//! - bad engine options refused with the engine's message.
+//! - bad engine options refused with the engine's message, and a controller reset
+//!   under a running job ends it with the engine's message.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -188,6 +189,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         "fio: io_uring, io_uring_cmd and homi side by side, 4k randread QD 32",
         "fio: a namespace that does not exist is refused with the engine's message",
         "fio: a file that is no namespace is refused with the engine's message",
+        "fio: a controller reset ends a running homi job with the engine's message",
         "fio: homi holds nothing once fio has exited",
     ];
     let so = match engine() {
@@ -335,6 +337,26 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
     h.check(NAMES[11], || {
+        let ctrl = open_live()?;
+        let so = so.clone();
+        let runner = std::thread::spawn(move || {
+            fio(
+                "reset",
+                &format!("{}rw=randread\nbs=4k\niodepth=16\ntime_based=1\nruntime=20\n[reset]\n", homi_global(&so)),
+            )
+        });
+        crate::common::wait_for("fio's queue pair", || ctrl.info().is_ok_and(|i| i.qpairs > 0))?;
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        crate::common::reset_controller()?;
+        let run = runner.join().map_err(|_| anyhow::anyhow!("fio thread panicked"))??;
+        ensure!(!run.ok, "fio went on as if nothing happened");
+        ensure!(t.elapsed() < Duration::from_secs(15), "fio took {:?} to stop after the reset", t.elapsed());
+        let want = "the queue pair failed";
+        ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        Ok(())
+    });
+    h.check(NAMES[12], || {
         let i = open_live()?.info()?;
         ensure!(
             i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
