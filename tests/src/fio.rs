@@ -189,6 +189,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         "fio: io_uring, io_uring_cmd and homi side by side, 4k randread QD 32",
         "fio: a namespace that does not exist is refused with the engine's message",
         "fio: a file that is no namespace is refused with the engine's message",
+        "fio: a block size above the queue's largest transfer, and a homi_nsid the block device is not, are refused",
         "fio: a controller reset ends a running homi job with the engine's message",
         "fio: homi holds nothing once fio has exited",
     ];
@@ -337,6 +338,17 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
     h.check(NAMES[11], || {
+        let run = fio("bs-too-large", &format!("{}rw=read\nbs=4m\nsize=8m\n[bs]\n", homi_global(&so)))?;
+        ensure!(!run.ok, "fio succeeded with bs=4m");
+        let want = "is above the queue's largest transfer";
+        ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        let run = fio("nsid-mismatch", &format!("{}homi_nsid=2\nrw=read\nbs=4k\nsize=1m\n[nsid]\n", homi_global(&so)))?;
+        ensure!(!run.ok, "fio succeeded with homi_nsid=2 on {NS}");
+        let want = format!("{NS} is namespace 1, but homi_nsid=2");
+        ensure!(run.stderr.contains(&want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        Ok(())
+    });
+    h.check(NAMES[12], || {
         let ctrl = open_live()?;
         let so = so.clone();
         let runner = std::thread::spawn(move || {
@@ -356,7 +368,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[12], || {
+    h.check(NAMES[13], || {
         let i = open_live()?.info()?;
         ensure!(
             i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
