@@ -21,9 +21,10 @@
  * the queue pair that could reach it is gone (see kmod/README.md).
  *
  * Struct layouts. The engine reads these fio fields, and nothing else:
- *   thread_data: o (iodepth, td_ddir, max_bs, nr_files), eo, io_ops, io_ops_data,
- *     files, files_index, orig_buffer, orig_buffer_size, error, first_error,
- *     verror, parent, thread_number (the last five through td_vmsg);
+ *   thread_data: o (iodepth, td_ddir, max_bs, nr_files, read_iolog_file,
+ *     disable_clat/slat/bw), eo, io_ops, io_ops_data, files, files_index,
+ *     orig_buffer, orig_buffer_size, error, first_error, verror, parent (the last
+ *     four through td_vmsg);
  *   io_u: ddir, offset, xfer_buf, xfer_buflen, error, resid, issue_time, file,
  *     index;
  *   fio_file: file_name, filetype, fd, real_file_size, flags, engine_pos.
