@@ -211,6 +211,8 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     if !kmod::loaded("homi") {
         kmod::load(kmod_path, "").context("load homi.ko")?;
     }
+    // A reset an earlier suite left running would fail the first job.
+    drop(open_live().context("open /dev/nvme0 through homi")?);
 
     for (i, (qd, thread)) in [(1, false), (32, false), (128, false), (32, true)].into_iter().enumerate() {
         let offset = (64 << 20) + i as u64 * 2 * JOB_BYTES;
