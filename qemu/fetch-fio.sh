@@ -6,7 +6,7 @@
 # thread_data, io_u and fio_file layouts depend on the generated config-host.h).
 #
 # The source package comes from Debian's archive through a private apt configuration
-# (deb-src, bookworm and bookworm-updates), the way fetch-kernel.sh gets
+# (deb-src lines for bookworm and its updates, security and backports suites), the way fetch-kernel.sh gets
 # linux-source-*; the host's own sources are left alone. It is unpacked with
 # dpkg-source -x (Debian's patches applied) into $HOMI_CACHE/fio/<version>, and
 # fio's ./configure is run there with the options of the package's debian/rules that
@@ -38,11 +38,12 @@ fi
 command -v dpkg-source >/dev/null || die "dpkg-source missing (package dpkg-dev; qemu/setup.sh installs it)"
 apt_root=$HOMI_CACHE/apt-fio-src
 mkdir -p "$apt_root/lists/partial" "$apt_root/archives/partial" "$HOMI_CACHE/fio"
-# bookworm-updates and -security too: a point release may have moved the installed
-# version there.
+# bookworm-updates, -security and -backports too: an update or a backport may be
+# the installed version.
 cat > "$apt_root/sources.list" <<-SRC
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-updates main
+deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main
 deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
 SRC
 aptopts=(-o "Dir::Etc::sourcelist=$apt_root/sources.list" -o "Dir::Etc::sourceparts=-"
