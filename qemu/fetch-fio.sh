@@ -6,8 +6,9 @@
 # thread_data, io_u and fio_file layouts depend on the generated config-host.h).
 #
 # The source package comes from Debian's archive through a private apt configuration
-# (deb-src lines for bookworm and its updates, security and backports suites), the way fetch-kernel.sh gets
-# linux-source-*; the host's own sources are left alone. It is unpacked with
+# (deb-src lines for bookworm and its updates, security and backports suites), the
+# way fetch-kernel.sh gets linux-source-*; the host's own sources are left alone.
+# It is unpacked with
 # dpkg-source -x (Debian's patches applied) into $HOMI_CACHE/fio/<version>, and
 # fio's ./configure is run there with the options of the package's debian/rules that
 # change struct layouts (see fio/homi_engine.c for the fields checked).
