@@ -8,10 +8,10 @@
 # The source package comes from Debian's archive through a private apt configuration
 # (deb-src lines for bookworm and its updates, security and backports suites), the
 # way fetch-kernel.sh gets linux-source-*; the host's own sources are left alone.
-# It is unpacked with
-# dpkg-source -x (Debian's patches applied) into $HOMI_CACHE/fio/<version>, and
-# fio's ./configure is run there with the options of the package's debian/rules that
-# change struct layouts (see fio/homi_engine.c for the fields checked).
+# It is unpacked with dpkg-source -x (Debian's patches applied) into
+# $HOMI_CACHE/fio/<version>, and fio's ./configure is run there as the package's
+# debian/rules runs it, as far as struct layouts go (see fio/homi_engine.c for the
+# fields checked, and xtask/src/fio.rs for the check against /usr/bin/fio).
 #
 #   fetch-fio.sh         prints the tree's path (fetches and configures it once)
 #   fetch-fio.sh --path  prints where the tree would be, fetching nothing
