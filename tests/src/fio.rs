@@ -182,6 +182,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         "fio: verify=crc32c randwrite through homi, iodepth 32, 2 processes",
         "fio: verify=crc32c randwrite through homi, iodepth 128, 2 processes",
         "fio: verify=crc32c randwrite through homi, iodepth 32, 2 threads",
+        "fio: verify=crc32c with 4k-256k blocks (PRP lists) in iomem=shm and iomem=mmap buffers",
         "fio: one queue pair per job while fio runs",
         "fio: data the kernel wrote (psync, O_DIRECT) reads back through homi and verifies",
         "fio: data homi wrote reads back through the kernel (psync, O_DIRECT) and verifies",
@@ -228,6 +229,22 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     }
 
     h.check(NAMES[4], || {
+        for (i, mem) in ["shm", "mmap"].into_iter().enumerate() {
+            let job = format!(
+                "{}rw=randwrite\nbsrange=4k-256k\niodepth=16\noffset={}\nsize={JOB_BYTES}\nverify=crc32c\n\
+                 do_verify=1\nverify_fatal=1\nverify_state_save=0\niomem={mem}\n[iomem-{mem}]\n",
+                homi_global(&so),
+                (376 << 20) + i as u64 * JOB_BYTES
+            );
+            let run = bypassing_kernel(|| fio(&format!("iomem-{mem}"), &job))?;
+            let j = &run.jobs()?[0];
+            let (w, r) = (j["write"]["io_bytes"].as_u64().unwrap_or(0), j["read"]["io_bytes"].as_u64().unwrap_or(0));
+            ensure!(w > 0 && r == w, "iomem={mem}: wrote {w} bytes, verified {r}");
+        }
+        Ok(())
+    });
+
+    h.check(NAMES[5], || {
         let ctrl = open_live()?;
         let base = ctrl.info()?.qpairs;
         let so = so.clone();
@@ -264,7 +281,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     };
     let homi_engine = format!("ioengine=external:{}\n", so.display());
     let psync = "ioengine=psync\ndirect=1\n".to_string();
-    h.check(NAMES[5], || {
+    h.check(NAMES[6], || {
         let off = 200 << 20;
         pattern_jobs(&fio("kernel-writes", &pattern(&psync, false, off))?, "write")?;
         let run = bypassing_kernel(|| fio("homi-verifies", &pattern(&homi_engine, true, off)))?;
@@ -275,7 +292,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains("verify"), "fio failed, but not on verify:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[6], || {
+    h.check(NAMES[7], || {
         let off = 280 << 20;
         let run = bypassing_kernel(|| fio("homi-writes", &pattern(&homi_engine, false, off)))?;
         pattern_jobs(&run, "write")?;
@@ -283,7 +300,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         pattern_jobs(&fio("kernel-verifies", &pattern(&psync, true, off))?, "read")
     });
 
-    h.check(NAMES[7], || {
+    h.check(NAMES[8], || {
         let trim = fio(
             "trim",
             &format!(
@@ -310,9 +327,9 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
 
-    h.check(NAMES[8], || side_by_side(&so));
+    h.check(NAMES[9], || side_by_side(&so));
 
-    h.check(NAMES[9], || {
+    h.check(NAMES[10], || {
         let run = fio(
             "bad-nsid",
             &format!(
@@ -326,7 +343,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[10], || {
+    h.check(NAMES[11], || {
         let run = fio(
             "not-a-namespace",
             &format!(
@@ -339,7 +356,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[11], || {
+    h.check(NAMES[12], || {
         let run = fio("bs-too-large", &format!("{}rw=read\nbs=4m\nsize=8m\n[bs]\n", homi_global(&so)))?;
         ensure!(!run.ok, "fio succeeded with bs=4m");
         let want = "is above the queue's largest transfer";
@@ -350,7 +367,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(&want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[12], || {
+    h.check(NAMES[13], || {
         let ctrl = open_live()?;
         let so = so.clone();
         let runner = std::thread::spawn(move || {
@@ -370,7 +387,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[13], || {
+    h.check(NAMES[14], || {
         let i = open_live()?.info()?;
         ensure!(
             i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
