@@ -72,6 +72,15 @@ pub enum Fault {
         /// How many commands.
         count: u32,
     },
+    /// Complete the next `count` commands (successfully, without executing them) under
+    /// command identifier `cid` instead of their own: a controller bug, for the host's
+    /// handling of a completion it cannot match.
+    Cid {
+        /// The command identifier the completions carry.
+        cid: u16,
+        /// How many commands.
+        count: u32,
+    },
 }
 
 const BLOCK: usize = 512;
@@ -296,6 +305,9 @@ impl SoftController {
         if depth < 2 || depth > self.inner.cfg.max_queue_entries {
             return Err(Error::Invalid("queue depth outside 2..=max_queue_entries"));
         }
+        if depth > homi::MAX_QUEUE_DEPTH {
+            return Err(Error::Invalid("queue depth above 65535, the engine's limit"));
+        }
         let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
         queues.retain(|w| w.strong_count() > 0);
         let qid =
@@ -497,6 +509,10 @@ impl Worker {
         let status = match self.take_fault() {
             Some(Fault::Drop { .. }) => return,
             Some(Fault::Status { status, .. }) => status,
+            Some(Fault::Cid { cid: bogus, .. }) => {
+                self.complete(s, bogus, Status::SUCCESS);
+                return;
+            }
             None => self.execute(&sqe),
         };
         self.complete(s, cid, status);
@@ -510,7 +526,7 @@ impl Worker {
         let f = faults.front_mut()?;
         let taken = *f;
         let left = match f {
-            Fault::Status { count, .. } | Fault::Drop { count } => {
+            Fault::Status { count, .. } | Fault::Drop { count } | Fault::Cid { count, .. } => {
                 *count -= 1;
                 *count
             }

@@ -124,8 +124,12 @@ impl Controller {
         self.shared.ctrl_state()
     }
 
-    /// Reserves a spare qid and creates a queue pair of `depth` entries on it.
+    /// Reserves a spare qid and creates a queue pair of `depth` entries on it
+    /// (2..=[`MAX_QUEUE_DEPTH`](crate::MAX_QUEUE_DEPTH), and at most CAP.MQES + 1).
     pub fn create_qpair(&self, depth: u32) -> Result<QueuePair> {
+        if depth > crate::MAX_QUEUE_DEPTH {
+            return Err(Error::Invalid("queue depth above 65535, the engine's limit"));
+        }
         let mut q = HomiQpair { depth, ..Default::default() };
         // SAFETY: the fd is open and `q` is a valid, writable `HomiQpair`.
         unsafe { sys::homi_create_qpair(self.shared.fd().as_raw_fd(), &mut q) }.map_err(|e| match e {

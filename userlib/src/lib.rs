@@ -53,4 +53,4 @@ pub use homi_uapi as uapi;
 pub use p2pmem::{udmabuf, P2pMemory};
 pub use placement::RingPlacement;
 pub use prp::{prp_entries, PrpEntries, PAGE};
-pub use queue::{Completion, QueueBacking, QueuePair, RawQueue};
+pub use queue::{Completion, QueueBacking, QueuePair, RawQueue, MAX_QUEUE_DEPTH};

@@ -92,6 +92,9 @@ impl Controller {
     /// Reserves a spare qid and creates a queue pair of `depth` entries whose rings are
     /// placed as `place` says, driven from the CPU: each placed ring needs a CPU mapping.
     pub fn create_qpair_placed(&self, depth: u32, place: RingPlacement) -> Result<QueuePair> {
+        if depth > crate::MAX_QUEUE_DEPTH {
+            return Err(crate::Error::Invalid("queue depth above 65535, the engine's limit"));
+        }
         // The module zeroes nothing it does not own: a CQ ring holding a former tenant's
         // entries would show their phase tags as new completions.
         for (ring, entry) in [(&place.sq, 64), (&place.cq, 16)] {

@@ -188,6 +188,11 @@ struct Slot {
     held: Option<Arc<DmaBuffer>>,
 }
 
+/// The deepest queue the engine drives: command identifiers are 16 bits and one slot
+/// always stays free, so 65535 entries give cids 0..=65534 (0xFFFF is never used). NVMe
+/// allows 65536 (CAP.MQES 0xFFFF); such a controller's queues are limited to this.
+pub const MAX_QUEUE_DEPTH: u32 = 65535;
+
 /// Commands that may hold a PRP list page at once.
 const PRP_POOL_PAGES: u32 = 256;
 const NO_PRP: u16 = u16::MAX;
@@ -195,6 +200,7 @@ const NO_PRP: u16 = u16::MAX;
 impl QueuePair {
     fn new(raw: RawQueue, backing: Backing) -> Self {
         let depth = raw.depth;
+        assert!((2..=MAX_QUEUE_DEPTH).contains(&depth), "queue depth {depth} outside 2..={MAX_QUEUE_DEPTH}");
         Self {
             qid: raw.qid,
             depth,
@@ -225,12 +231,20 @@ impl QueuePair {
     /// The rings and doorbells `raw` names must be live, zeroed at first, laid out as
     /// NVMe prescribes for `raw.depth` entries, and used by nothing else in this
     /// process, for as long as `backing` lives; `backing` keeps them alive.
+    ///
+    /// # Panics
+    ///
+    /// If `raw.depth` is outside 2..=[`MAX_QUEUE_DEPTH`].
     pub unsafe fn from_raw(raw: RawQueue, backing: Box<dyn QueueBacking>) -> Self {
         Self::new(raw, Backing::Other(backing))
     }
 
     pub(crate) fn map(shared: Arc<Shared>, q: HomiQpair, placed: [Option<(Arc<DmaBuffer>, u64)>; 2]) -> Result<Self> {
         let qid = q.qid as u16;
+        if !(2..=MAX_QUEUE_DEPTH).contains(&q.depth) {
+            destroy(&shared, qid);
+            return Err(Error::Invalid("the module made a queue deeper than the engine drives (65535)"));
+        }
         let [sq_at, cq_at] = placed;
         let maps = (|| {
             let fd = shared.fd().as_fd();
@@ -441,7 +455,11 @@ impl QueuePair {
     /// entries back with one doorbell write. Returns how many were reaped.
     ///
     /// Fails with [`Error::Reset`] or [`Error::Gone`] when the queue no longer exists
-    /// on the controller; its in-flight commands are then lost.
+    /// on the controller; its in-flight commands are then lost. Fails with
+    /// [`Error::Invalid`] when the entry at the head names a command identifier that is
+    /// not in flight (a controller bug): the entry stays unconsumed, so every later call
+    /// fails the same way. Entries reaped before such an entry are returned (`Ok`, with
+    /// the CQ head doorbell rung for them) and the error comes on the next call.
     #[inline]
     pub fn poll(&mut self, f: impl FnMut(Completion)) -> Result<usize> {
         // Inlined with a constant bound, the bound check folds away.
@@ -473,7 +491,12 @@ impl QueuePair {
                 (std::ptr::read_volatile(cqe.cast::<u32>()), std::ptr::read_volatile(cqe.add(12).cast::<u16>()))
             };
             if !self.slots.get(usize::from(cid)).is_some_and(|s| s.busy) {
-                return Err(Error::Invalid("completion for a command identifier not in flight"));
+                if n == 0 {
+                    return Err(Error::Invalid("completion for a command identifier not in flight"));
+                }
+                // Hand back what was reaped (its cids are free, its completions given to
+                // `f`); the bad entry stays at the head for the next call to report.
+                break;
             }
             let token = self.release_cid(cid);
             self.cq_head += 1;
@@ -582,7 +605,8 @@ impl QueuePair {
         self.cq_head = 0;
         self.phase = true;
         self.unrung = false;
-        for cid in 0..self.depth as u16 {
+        // `depth <= MAX_QUEUE_DEPTH`, so every index is a cid below 0xFFFF.
+        for cid in 0..self.slots.len() as u16 {
             if self.slots[usize::from(cid)].busy {
                 self.release_cid(cid);
             }
