@@ -3,10 +3,11 @@
  *
  *   readwrite [/dev/nvmeX | /dev/nvmeXnY] [LBA]
  *
- * 128 KiB go out from module DMA memory (homi_buf_alloc) and come back into the
- * caller's own page-aligned memory (homi_buf_register); both spans need PRP lists.
- * Needs homi.ko loaded and root (CAP_SYS_RAWIO). Overwrites 128 KiB at LBA (default
- * 16384) of the namespace.
+ * 128 KiB (less where the controller's largest transfer is smaller) go out from
+ * module DMA memory (homi_buf_alloc) and come back into the caller's own page-aligned
+ * memory (homi_buf_register); both spans need PRP lists. Needs homi.ko loaded and
+ * root (CAP_SYS_RAWIO). Overwrites up to 128 KiB at LBA (default 16384) of the
+ * namespace.
  *
  * Build against an installation (cargo xtask capi):
  *   cc -std=c99 $(pkg-config --cflags homi) readwrite.c $(pkg-config --libs homi)
@@ -23,9 +24,13 @@
 
 #define LEN (128u * 1024u)
 
+/* Reports a failed call; rc 1 is wait_for's NVMe error status, printed already. */
 static int die(const char *what, int rc)
 {
-	fprintf(stderr, "readwrite: %s: %s (%d): %s\n", what, homi_strerror(rc), rc, homi_last_error());
+	if (rc == 1)
+		fprintf(stderr, "readwrite: %s failed (NVMe status above)\n", what);
+	else
+		fprintf(stderr, "readwrite: %s: %s (%d): %s\n", what, homi_strerror(rc), rc, homi_last_error());
 	return 1;
 }
 
@@ -105,26 +110,33 @@ int main(int argc, char **argv)
 	}
 	{
 		uint8_t *p = homi_buf_ptr(out);
-		uint32_t blocks = LEN / ns.lba_size;
+		/* One command moves at most homi_qpair_max_transfer() bytes, whole blocks. */
+		uint32_t max = homi_qpair_max_transfer(q);
+		uint32_t len = (max < LEN ? max : LEN) / ns.lba_size * ns.lba_size;
+		uint32_t blocks = len / ns.lba_size;
 		uint32_t i;
 
-		for (i = 0; i < LEN; i++)
+		if (blocks == 0) {
+			fprintf(stderr, "readwrite: max transfer %u is below the LBA size %u\n", max, ns.lba_size);
+			goto out;
+		}
+		for (i = 0; i < len; i++)
 			p[i] = (uint8_t)(i * 7 + i / 4096);
-		if ((rc = homi_submit_write(q, nsid, lba, blocks, out, 0, LEN, 1)) || (rc = wait_for(q, 1))) {
+		if ((rc = homi_submit_write(q, nsid, lba, blocks, out, 0, len, 1)) || (rc = wait_for(q, 1))) {
 			die("write", rc);
 			goto out;
 		}
-		if ((rc = homi_submit_read(q, nsid, lba, blocks, back, 0, LEN, 2)) || (rc = wait_for(q, 2))) {
+		if ((rc = homi_submit_read(q, nsid, lba, blocks, back, 0, len, 2)) || (rc = wait_for(q, 2))) {
 			die("read", rc);
 			goto out;
 		}
-		if (memcmp(p, mem, LEN) != 0) {
+		if (memcmp(p, mem, len) != 0) {
 			fprintf(stderr, "readwrite: read back different data\n");
 			goto out;
 		}
 		printf("qid %u: wrote %u KiB at LBA %llu from module memory, read it back into registered memory: "
 		       "identical\n",
-		       homi_qpair_qid(q), LEN / 1024, (unsigned long long)lba);
+		       homi_qpair_qid(q), len / 1024, (unsigned long long)lba);
 	}
 	status = 0;
 out:

@@ -13,14 +13,16 @@
 
 #include <stdint.h>
 #include <stddef.h>
-/* Version of this C interface: matches the library's SONAME (libhomi.so.0). */
-#define HOMI_CAPI_MAJOR 0
-
 typedef struct homi_ctrl homi_ctrl;
 typedef struct homi_qpair homi_qpair;
 typedef struct homi_buf homi_buf;
 typedef struct homi_cpl homi_cpl;
 typedef struct homi_dsm_range homi_dsm_range;
+
+// Version of this C interface: the major of the library's SONAME (libhomi.so.0), bumped
+// when a signature or struct in homi.h changes incompatibly. capi/build.rs and
+// `cargo xtask capi` spell the same number (a unit test checks).
+#define HOMI_CAPI_MAJOR 0
 
 // The largest homi_buf_alloc(): 4 MiB.
 #define HOMI_BUF_ALLOC_MAX (4 << 20)
@@ -99,8 +101,9 @@ struct homi_buf;
 // from several threads at once.
 struct homi_ctrl;
 
-// A reserved NVMe I/O queue pair. Opaque; one thread at a time may use it (it may move
-// between threads).
+// A reserved NVMe I/O queue pair. Opaque; every homi_qpair_* call, getters included,
+// and every homi_submit_*, homi_ring and homi_poll on it must come from the thread
+// that owns it: one thread at a time (it may move between threads between calls).
 struct homi_qpair;
 
 // What homi_ctrl_info() reports.
@@ -189,7 +192,7 @@ const char *homi_version(void);
 // # Safety
 //
 // `c` must be NULL or a live controller handle; `out` NULL or writable.
-int homi_buf_alloc(struct homi_ctrl *c, size_t size, struct homi_buf **out);
+int homi_buf_alloc(const struct homi_ctrl *c, size_t size, struct homi_buf **out);
 
 // Registers `len` bytes of the caller's memory at `ptr` (page-aligned, a non-zero
 // multiple of 4096): the module pins the pages and maps them for the controller
@@ -202,7 +205,7 @@ int homi_buf_alloc(struct homi_ctrl *c, size_t size, struct homi_buf **out);
 // or the start of `len` bytes of memory mapped in this process that stay mapped
 // until the buffer is freed and every command that used it completed or its queue
 // was destroyed.
-int homi_buf_register(struct homi_ctrl *c, void *ptr, size_t len, struct homi_buf **out);
+int homi_buf_register(const struct homi_ctrl *c, void *ptr, size_t len, struct homi_buf **out);
 
 // The buffer's first byte, for the CPU to fill or read while no command uses the
 // buffer. NULL for NULL.
@@ -284,15 +287,17 @@ const char *homi_strerror(int code);
 const char *homi_last_error(void);
 
 // Reserves a spare qid of the controller and creates a queue pair of `depth` entries
-// (2..=max_queue_entries of homi_ctrl_info(); at most depth - 1 commands are in
-// flight at once). Stores it in `*out` (NULL on failure). HOMI_E_NO_SPARE_QUEUES when
-// every qid is taken, HOMI_E_SHADOW_DOORBELLS on a controller whose shadow doorbells a
-// stock kernel keeps private.
+// (2..=max_queue_entries of homi_ctrl_info(), and at most 65535; at most depth - 1
+// commands are in flight at once). Stores it in `*out` (NULL on failure).
+// HOMI_E_NO_SPARE_QUEUES when every qid is taken, HOMI_E_SHADOW_DOORBELLS on a
+// controller whose shadow doorbells a stock kernel keeps private. The thread that
+// creates the queue owns it; it may hand it to another between calls. Also reads the
+// namespace table the submit functions check against (an ioctl).
 //
 // # Safety
 //
 // `c` must be NULL or a live controller handle; `out` NULL or writable.
-int homi_qpair_create(struct homi_ctrl *c, uint32_t depth, struct homi_qpair **out);
+int homi_qpair_create(const struct homi_ctrl *c, uint32_t depth, struct homi_qpair **out);
 
 // Deletes the queue pair from the controller and releases its qid. Commands still in
 // flight are abandoned: the controller aborts them with the queue, their completions
@@ -303,57 +308,66 @@ int homi_qpair_create(struct homi_ctrl *c, uint32_t depth, struct homi_qpair **o
 // `q` must be NULL or a live queue pair, not used afterwards.
 void homi_qpair_destroy(struct homi_qpair *q);
 
-// The queue ID; 0 for NULL.
+// The queue ID; 0 for NULL. Like every homi_qpair_* call, from the owning thread only.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 uint16_t homi_qpair_qid(const struct homi_qpair *q);
 
-// Entries per ring; 0 for NULL.
+// Entries per ring; 0 for NULL. From the owning thread only.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 uint32_t homi_qpair_depth(const struct homi_qpair *q);
 
 // Commands that can be submitted before HOMI_E_QUEUE_FULL (depth - 1 - in flight);
-// 0 for NULL.
+// 0 for NULL. From the owning thread only: it reads state that submit and poll change.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 uint32_t homi_qpair_free_slots(const struct homi_qpair *q);
 
-// Commands submitted (pushed) and not yet returned by homi_poll(); 0 for NULL.
+// Commands submitted (pushed) and not yet returned by homi_poll(); 0 for NULL. From
+// the owning thread only: it reads state that submit and poll change.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 uint32_t homi_qpair_in_flight(const struct homi_qpair *q);
 
 // The largest `len` in bytes one read or write may move on this queue: the
-// controller's limit (MDTS), at most 2 MiB. 0 for NULL.
+// controller's limit (MDTS), at most 2 MiB. 0 for NULL. From the owning thread only.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 uint32_t homi_qpair_max_transfer(const struct homi_qpair *q);
 
 // Whether the queue still exists, from a shared status page without a syscall: 0 when
 // live, HOMI_E_RESET when a controller reset destroyed it (in-flight commands are
 // lost: homi_qpair_rearm() it or destroy it), HOMI_E_GONE when the controller left
-// its driver, HOMI_E_NOT_LIVE while the controller is resetting.
+// its driver, HOMI_E_NOT_LIVE while the controller is resetting. From the owning
+// thread only.
 //
 // # Safety
 //
-// `q` must be NULL or a live queue pair.
+// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+// owning thread's).
 int homi_qpair_check(const struct homi_qpair *q);
 
 // Recreates the queue after a reset destroyed it: same qid and depth, empty rings,
 // and every command that was in flight forgotten (the buffers they held are
 // released). HOMI_E_NOT_LIVE while the controller is still resetting: try again;
-// HOMI_E_INVALID if the queue was not destroyed.
+// HOMI_E_INVALID if the queue was not destroyed. The next submission reads the
+// namespace table again (the reset may have come with a reformat).
 //
 // # Safety
 //
@@ -362,11 +376,14 @@ int homi_qpair_rearm(struct homi_qpair *q);
 
 // Writes a Read of `nblocks` blocks at `slba` of namespace `nsid` into the submission
 // queue, into `len` bytes at `buf_off` of `b`. `len` must be `nblocks` times the
-// namespace's LBA size (checked for the namespaces homi_ns_info() knows), at most
-// homi_qpair_max_transfer(), inside the buffer; `buf_off` a multiple of 4. The
-// command is not yet visible to the controller: homi_ring() publishes it. `token`
-// comes back in its completion. The queue keeps `b` alive until it completes.
-// HOMI_E_QUEUE_FULL when no slot is free.
+// namespace's LBA size, at most homi_qpair_max_transfer(), inside the buffer;
+// `buf_off` a multiple of 4. HOMI_E_INVALID for a namespace whose LBA size the library
+// cannot check (one beyond the 16 homi_ns_info() knows) and for a namespace with
+// metadata (meta_size != 0: not supported). The command is not yet visible to the
+// controller: homi_ring() publishes it. `token` comes back in its completion. The
+// queue keeps `b` alive until it completes (the handle is `const`: the call does not
+// change it, though the controller writes the bytes). HOMI_E_QUEUE_FULL when no slot
+// is free.
 //
 // # Safety
 //
@@ -376,7 +393,7 @@ int homi_submit_read(struct homi_qpair *q,
                      uint32_t nsid,
                      uint64_t slba,
                      uint32_t nblocks,
-                     struct homi_buf *b,
+                     const struct homi_buf *b,
                      size_t buf_off,
                      size_t len,
                      uint64_t token);
@@ -390,7 +407,7 @@ int homi_submit_write(struct homi_qpair *q,
                       uint32_t nsid,
                       uint64_t slba,
                       uint32_t nblocks,
-                      struct homi_buf *b,
+                      const struct homi_buf *b,
                       size_t buf_off,
                       size_t len,
                       uint64_t token);
@@ -426,7 +443,7 @@ int homi_submit_write_zeroes(struct homi_qpair *q,
 // buffer made through the same controller handle.
 int homi_submit_dsm(struct homi_qpair *q,
                     uint32_t nsid,
-                    struct homi_buf *ranges,
+                    const struct homi_buf *ranges,
                     size_t buf_off,
                     uint32_t nr_ranges,
                     uint64_t token);
@@ -444,7 +461,10 @@ void homi_ring(struct homi_qpair *q);
 // completion queue for the next call. Returns how many were reaped (0: none ready).
 // Returns HOMI_E_RESET (or HOMI_E_GONE) once the queue no longer exists: its
 // in-flight commands are lost, their completions will never come; call
-// homi_qpair_rearm() or homi_qpair_destroy(). `cpls` may be NULL when `max` is 0.
+// homi_qpair_rearm() or homi_qpair_destroy(). Returns HOMI_E_INVALID when the next
+// completion names a command that is not in flight (a controller bug): completions
+// before it are returned first (a count), the error on the following call, and every
+// call after (the queue cannot go on: destroy it). `cpls` may be NULL when `max` is 0.
 //
 // # Safety
 //

@@ -34,7 +34,7 @@ pub struct HomiBuf {
 ///
 /// `c` must be NULL or a live controller handle; `out` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn homi_buf_alloc(c: *mut HomiCtrl, size: usize, out: *mut *mut HomiBuf) -> c_int {
+pub unsafe extern "C" fn homi_buf_alloc(c: *const HomiCtrl, size: usize, out: *mut *mut HomiBuf) -> c_int {
     guard("homi_buf_alloc", || {
         // SAFETY: NULL or writable (caller).
         unsafe { put(out, "out", std::ptr::null_mut())? };
@@ -66,7 +66,7 @@ pub unsafe extern "C" fn homi_buf_alloc(c: *mut HomiCtrl, size: usize, out: *mut
 /// was destroyed.
 #[no_mangle]
 pub unsafe extern "C" fn homi_buf_register(
-    c: *mut HomiCtrl,
+    c: *const HomiCtrl,
     ptr: *mut c_void,
     len: usize,
     out: *mut *mut HomiBuf,
@@ -150,16 +150,13 @@ mod tests {
         let mut out = std::ptr::NonNull::<HomiBuf>::dangling().as_ptr();
         // SAFETY: NULL handles and a writable out.
         unsafe {
-            assert_eq!(homi_buf_alloc(std::ptr::null_mut(), 4096, &mut out), HomiErr::HOMI_E_NULL_ARG as c_int);
+            assert_eq!(homi_buf_alloc(std::ptr::null(), 4096, &mut out), HomiErr::HOMI_E_NULL_ARG as c_int);
             assert!(out.is_null());
             assert_eq!(
-                homi_buf_register(std::ptr::null_mut(), std::ptr::null_mut(), 4096, &mut out),
+                homi_buf_register(std::ptr::null(), std::ptr::null_mut(), 4096, &mut out),
                 HomiErr::HOMI_E_NULL_ARG as c_int
             );
-            assert_eq!(
-                homi_buf_alloc(std::ptr::null_mut(), 4096, std::ptr::null_mut()),
-                HomiErr::HOMI_E_NULL_ARG as c_int
-            );
+            assert_eq!(homi_buf_alloc(std::ptr::null(), 4096, std::ptr::null_mut()), HomiErr::HOMI_E_NULL_ARG as c_int);
             assert!(homi_buf_ptr(std::ptr::null()).is_null());
             assert_eq!(homi_buf_len(std::ptr::null()), 0);
             homi_buf_free(std::ptr::null_mut());

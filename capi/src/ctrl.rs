@@ -3,7 +3,6 @@
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use homi::uapi::{self, HomiInfo};
 use homi::Controller;
@@ -49,7 +48,6 @@ pub(crate) const PRP_MAX_TRANSFER: u32 = 2 << 20;
 #[derive(Debug)]
 pub struct HomiCtrl {
     pub(crate) ctrl: Controller,
-    pub(crate) ns: Arc<Namespaces>,
     pub(crate) max_transfer: u32,
     /// Largest queue depth.
     pub(crate) max_depth: u32,
@@ -107,39 +105,106 @@ pub struct HomiNsInfo {
     pub lba_shift: u32,
 }
 
-/// The namespaces a controller had when it was opened: what the submit functions check
-/// lengths against.
+/// The largest LBA shift a read or write accepts (64 KiB blocks): with `nblocks` at
+/// most 65536, `nblocks << shift` stays far inside 64 bits.
+const MAX_LBA_SHIFT: u32 = 16;
+
+/// One listed namespace, as far as the submit functions need it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ns {
+    pub(crate) nsid: u32,
+    /// log2 of the LBA data size.
+    pub(crate) lba_shift: u32,
+    /// Metadata bytes per block (0: none).
+    pub(crate) meta_size: u32,
+}
+
+/// The namespaces of a controller as INFO listed them: what the submit functions check
+/// lengths against. A queue takes its own copy when it is created and reads INFO again
+/// on its first submission after the controller generation moved (see
+/// `HomiQpair::namespaces`).
 #[derive(Debug, Default)]
 pub(crate) struct Namespaces {
-    /// (nsid, log2 of the LBA size).
-    list: Vec<(u32, u32)>,
+    list: Vec<Ns>,
     /// Whether `list` names every active namespace.
     complete: bool,
+    /// The controller generation (status page) read before INFO was asked.
+    pub(crate) generation: u64,
 }
 
 impl Namespaces {
-    fn from_info(i: &HomiInfo) -> Self {
+    pub(crate) fn from_info(i: &HomiInfo, generation: u64) -> Self {
         let n = (i.nr_namespaces as usize).min(i.namespaces.len());
         Self {
-            list: i.namespaces[..n].iter().map(|ns| (ns.nsid, ns.lba_shift)).collect(),
+            list: i.namespaces[..n]
+                .iter()
+                .map(|ns| Ns { nsid: ns.nsid, lba_shift: ns.lba_shift, meta_size: ns.meta_size })
+                .collect(),
             complete: i.flags & uapi::HOMI_INFO_MORE_NAMESPACES == 0,
+            generation,
         }
     }
 
-    /// Namespaces of the given (nsid, LBA shift), all of them.
+    /// A table to be read on first use: its generation matches no controller's.
+    pub(crate) fn stale() -> Self {
+        Self { list: Vec::new(), complete: false, generation: u64::MAX }
+    }
+
+    /// Namespaces of the given (nsid, LBA shift, metadata size), all of them.
     #[cfg(test)]
-    pub(crate) fn of(list: &[(u32, u32)]) -> Self {
-        Self { list: list.to_vec(), complete: true }
+    pub(crate) fn of(list: &[(u32, u32, u32)]) -> Self {
+        let list = list.iter().map(|&(nsid, lba_shift, meta_size)| Ns { nsid, lba_shift, meta_size }).collect();
+        Self { list, complete: true, generation: 0 }
     }
 
-    /// The LBA shift of `nsid`: `None` where the controller has more namespaces than
-    /// homi lists and `nsid` is not among the listed ones (then nothing is checked).
-    pub(crate) fn lba_shift(&self, nsid: u32) -> Result<Option<u32>, Failure> {
-        match self.list.iter().find(|(id, _)| *id == nsid) {
-            Some((_, shift)) => Ok(Some(*shift)),
-            None if !self.complete => Ok(None),
-            None => Err(Failure::invalid(format!("nsid {nsid}: no such active namespace"))),
+    /// Where the controller has more namespaces than homi lists, as INFO reports.
+    #[cfg(test)]
+    pub(crate) fn incomplete(mut self) -> Self {
+        self.complete = false;
+        self
+    }
+
+    fn find(&self, nsid: u32) -> Option<&Ns> {
+        self.list.iter().find(|ns| ns.nsid == nsid)
+    }
+
+    /// Checks that `nsid` may be named by a command that moves no data by LBA size
+    /// (flush, write zeroes, deallocate): a listed namespace, or any nsid where the
+    /// controller has more namespaces than homi lists.
+    pub(crate) fn check_nsid(&self, nsid: u32) -> Result<(), Failure> {
+        if self.find(nsid).is_some() || !self.complete {
+            return Ok(());
         }
+        Err(Failure::invalid(format!("nsid {nsid}: no such active namespace")))
+    }
+
+    /// The LBA shift of `nsid` for a read or write, whose length is checked against
+    /// it. Refuses what the library cannot check or would move wrongly: an nsid homi
+    /// does not list, a namespace with metadata (extended LBAs move more than `len`,
+    /// separate metadata needs a metadata pointer; neither is supported), and an LBA
+    /// size above 64 KiB.
+    pub(crate) fn data_shift(&self, nsid: u32) -> Result<u32, Failure> {
+        let Some(ns) = self.find(nsid) else {
+            return Err(Failure::invalid(if self.complete {
+                format!("nsid {nsid}: no such active namespace")
+            } else {
+                format!(
+                    "nsid {nsid} is not among the 16 namespaces homi lists, so its LBA size cannot be \
+                     checked: reads and writes are refused"
+                )
+            }));
+        };
+        if ns.meta_size != 0 {
+            return Err(Failure::invalid(format!(
+                "nsid {nsid} has {} bytes of metadata per block: reads and writes of namespaces with \
+                 metadata are not supported",
+                ns.meta_size
+            )));
+        }
+        if ns.lba_shift > MAX_LBA_SHIFT {
+            return Err(Failure::invalid(format!("nsid {nsid}: LBA shift {} out of range", ns.lba_shift)));
+        }
+        Ok(ns.lba_shift)
     }
 }
 
@@ -175,14 +240,19 @@ pub unsafe extern "C" fn homi_ctrl_open(nvme_char_dev: *const c_char, out: *mut 
         let info = ctrl.info()?;
         let c = HomiCtrl {
             ctrl,
-            ns: Arc::new(Namespaces::from_info(&info)),
             max_transfer: info.max_transfer.min(PRP_MAX_TRANSFER),
-            max_depth: info.max_queue_entries.min(65536),
+            max_depth: max_depth(info.max_queue_entries),
         };
         // SAFETY: checked writable above.
         unsafe { put(out, "out", Box::into_raw(Box::new(c)))? };
         Ok(0)
     })
+}
+
+/// The deepest queue homi_qpair_create() makes on a controller of `max_queue_entries`
+/// (CAP.MQES + 1, up to 65536): the engine's command identifiers allow 65535.
+pub(crate) fn max_depth(max_queue_entries: u32) -> u32 {
+    max_queue_entries.min(homi::MAX_QUEUE_DEPTH)
 }
 
 /// Releases the handle. Queue pairs and buffers made from it stay usable and keep the
@@ -330,10 +400,24 @@ mod tests {
 
     #[test]
     fn namespace_lookup() {
-        let ns = Namespaces::of(&[(1, 9), (3, 12)]);
-        assert_eq!(ns.lba_shift(3).unwrap(), Some(12));
-        assert_eq!(ns.lba_shift(2).unwrap_err().code, HomiErr::HOMI_E_INVALID);
-        let partial = Namespaces { list: vec![(1, 9)], complete: false };
-        assert_eq!(partial.lba_shift(40).unwrap(), None);
+        let ns = Namespaces::of(&[(1, 9, 0), (3, 12, 0), (4, 9, 8), (5, 40, 0)]);
+        assert_eq!(ns.data_shift(3).unwrap(), 12);
+        assert!(ns.check_nsid(3).is_ok() && ns.check_nsid(4).is_ok());
+        for bad in [2, 4, 5] {
+            assert_eq!(ns.data_shift(bad).unwrap_err().code, HomiErr::HOMI_E_INVALID, "nsid {bad}");
+        }
+        assert!(ns.data_shift(4).unwrap_err().msg.contains("metadata"));
+        assert_eq!(ns.check_nsid(2).unwrap_err().code, HomiErr::HOMI_E_INVALID);
+        let partial = Namespaces::of(&[(1, 9, 0)]).incomplete();
+        assert!(partial.check_nsid(40).is_ok());
+        let e = partial.data_shift(40).unwrap_err();
+        assert!(e.msg.contains("cannot be checked"), "{}", e.msg);
+    }
+
+    #[test]
+    fn depth_is_clamped_to_what_cids_allow() {
+        assert_eq!(max_depth(65536), 65535);
+        assert_eq!(max_depth(65535), 65535);
+        assert_eq!(max_depth(1024), 1024);
     }
 }

@@ -33,6 +33,11 @@ const _: () = {
     movable::<HomiQpair>();
 };
 
+/// Version of this C interface: the major of the library's SONAME (libhomi.so.0), bumped
+/// when a signature or struct in homi.h changes incompatibly. capi/build.rs and
+/// `cargo xtask capi` spell the same number (a unit test checks).
+pub const HOMI_CAPI_MAJOR: u32 = 0;
+
 /// The library's version ("0.1.0"), static text.
 #[no_mangle]
 pub extern "C" fn homi_version() -> *const c_char {
@@ -71,4 +76,25 @@ pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fai
 pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Failure> {
     // SAFETY: NULL or a live, unaliased `T` (caller).
     unsafe { p.as_mut() }.ok_or_else(|| Failure::null(what))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The number after `const ABI_MAJOR: u32 = ` in `text`.
+    fn abi_major(text: &str, file: &str) -> u32 {
+        let at = text.find("const ABI_MAJOR: u32 = ").unwrap_or_else(|| panic!("{file} defines no ABI_MAJOR"));
+        let rest = &text[at + "const ABI_MAJOR: u32 = ".len()..];
+        rest[..rest.find(';').expect("a ;")].trim().parse().expect("a number")
+    }
+
+    #[test]
+    fn every_copy_of_the_abi_major_agrees() {
+        assert_eq!(abi_major(include_str!("../build.rs"), "capi/build.rs"), super::HOMI_CAPI_MAJOR);
+        assert_eq!(abi_major(include_str!("../../xtask/src/capi.rs"), "xtask/src/capi.rs"), super::HOMI_CAPI_MAJOR);
+        let header = include_str!("../include/homi.h");
+        assert!(
+            header.contains(&format!("#define HOMI_CAPI_MAJOR {}\n", super::HOMI_CAPI_MAJOR)),
+            "homi.h defines another HOMI_CAPI_MAJOR"
+        );
+    }
 }

@@ -2,7 +2,6 @@
 
 use std::ffi::c_int;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
 use homi::uapi::{HOMI_CTRL_NOT_LIVE, HOMI_QUEUE_DEAD};
 use homi::{Command, Controller, QueuePair};
@@ -12,15 +11,18 @@ use crate::ctrl::{HomiCtrl, Namespaces};
 use crate::error::{guard, guard_or, Failure, HomiErr};
 use crate::{handle, handle_mut, put};
 
-/// A reserved NVMe I/O queue pair. Opaque; one thread at a time may use it (it may move
-/// between threads).
+/// A reserved NVMe I/O queue pair. Opaque; every homi_qpair_* call, getters included,
+/// and every homi_submit_*, homi_ring and homi_poll on it must come from the thread
+/// that owns it: one thread at a time (it may move between threads between calls).
 #[derive(Debug)]
 pub struct HomiQpair {
     qp: QueuePair,
     /// The controller, for its state; `None` for a queue of the software controller
     /// (unit tests).
     ctrl: Option<Controller>,
-    ns: Arc<Namespaces>,
+    /// The namespaces the submit functions check against, read when the queue was
+    /// created and again after the controller generation moves.
+    ns: Namespaces,
     max_transfer: u32,
     /// The attachment it was made through (see [`HomiBuf::owner`]).
     owner: i32,
@@ -65,7 +67,23 @@ impl HomiQpair {
     /// A queue of the software controller (unit tests).
     #[cfg(test)]
     pub(crate) fn soft(qp: QueuePair, ns: Namespaces, max_transfer: u32) -> Self {
-        Self { qp, ctrl: None, ns: Arc::new(ns), max_transfer, owner: -1 }
+        Self { qp, ctrl: None, ns, max_transfer, owner: -1 }
+    }
+
+    /// The namespace table, read again from INFO when the controller generation moved
+    /// since it was read: a reset (and the rearm it needs) may come with a reformat, a
+    /// new LBA size or new namespaces. One load from the status page per call; the
+    /// ioctl only after a generation change. A namespace reformatted without a reset
+    /// is seen by queues created after it, and by older ones after their next reset.
+    fn namespaces(&mut self) -> Result<&Namespaces, Failure> {
+        if let Some(c) = &self.ctrl {
+            let generation = c.generation();
+            if generation != self.ns.generation {
+                let info = c.info()?;
+                self.ns = Namespaces::from_info(&info, generation);
+            }
+        }
+        Ok(&self.ns)
     }
 
     /// Checks a data command's arguments and pushes it.
@@ -84,14 +102,14 @@ impl HomiQpair {
         if !(1..=MAX_BLOCKS).contains(&nblocks) {
             return Err(Failure::invalid(format!("nblocks {nblocks} outside 1..=65536")));
         }
-        if let Some(shift) = self.ns.lba_shift(nsid)? {
-            let want = u64::from(nblocks) << shift;
-            if len as u64 != want {
-                return Err(Failure::invalid(format!(
-                    "len {len} is not nblocks {nblocks} times the LBA size {} of nsid {nsid}",
-                    1u64 << shift
-                )));
-            }
+        let shift = self.namespaces()?.data_shift(nsid)?;
+        // `data_shift` bounds the shift to 16, so this cannot overflow; checked anyway.
+        let want = u64::from(nblocks).checked_shl(shift).filter(|w| w >> shift == u64::from(nblocks));
+        if want != Some(len as u64) {
+            return Err(Failure::invalid(format!(
+                "len {len} is not nblocks {nblocks} times the LBA size {} of nsid {nsid}",
+                1u64 << shift
+            )));
         }
         self.check_range(b, buf_off, len)?;
         self.qp.push_io(cmd(nsid, slba, nblocks), &b.buf, buf_off, len, token)?;
@@ -132,16 +150,18 @@ impl HomiQpair {
 }
 
 /// Reserves a spare qid of the controller and creates a queue pair of `depth` entries
-/// (2..=max_queue_entries of homi_ctrl_info(); at most depth - 1 commands are in
-/// flight at once). Stores it in `*out` (NULL on failure). HOMI_E_NO_SPARE_QUEUES when
-/// every qid is taken, HOMI_E_SHADOW_DOORBELLS on a controller whose shadow doorbells a
-/// stock kernel keeps private.
+/// (2..=max_queue_entries of homi_ctrl_info(), and at most 65535; at most depth - 1
+/// commands are in flight at once). Stores it in `*out` (NULL on failure).
+/// HOMI_E_NO_SPARE_QUEUES when every qid is taken, HOMI_E_SHADOW_DOORBELLS on a
+/// controller whose shadow doorbells a stock kernel keeps private. The thread that
+/// creates the queue owns it; it may hand it to another between calls. Also reads the
+/// namespace table the submit functions check against (an ioctl).
 ///
 /// # Safety
 ///
 /// `c` must be NULL or a live controller handle; `out` NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn homi_qpair_create(c: *mut HomiCtrl, depth: u32, out: *mut *mut HomiQpair) -> c_int {
+pub unsafe extern "C" fn homi_qpair_create(c: *const HomiCtrl, depth: u32, out: *mut *mut HomiQpair) -> c_int {
     guard("homi_qpair_create", || {
         // SAFETY: NULL or writable (caller).
         unsafe { put(out, "out", std::ptr::null_mut())? };
@@ -151,10 +171,17 @@ pub unsafe extern "C" fn homi_qpair_create(c: *mut HomiCtrl, depth: u32, out: *m
             return Err(Failure::invalid(format!("depth {depth} outside 2..={}", c.max_depth)));
         }
         let qp = c.ctrl.create_qpair(depth)?;
+        // The namespaces as they are now (a reformat since homi_ctrl_open() shows here).
+        // Where INFO fails, the first submission reads it instead.
+        let generation = c.ctrl.generation();
+        let ns = match c.ctrl.info() {
+            Ok(info) => Namespaces::from_info(&info, generation),
+            Err(_) => Namespaces::stale(),
+        };
         let q = HomiQpair {
             qp,
             ctrl: Some(c.ctrl.clone()),
-            ns: c.ns.clone(),
+            ns,
             max_transfer: c.max_transfer,
             owner: c.ctrl.homi_fd().as_raw_fd(),
         };
@@ -181,22 +208,24 @@ pub unsafe extern "C" fn homi_qpair_destroy(q: *mut HomiQpair) {
     })
 }
 
-/// The queue ID; 0 for NULL.
+/// The queue ID; 0 for NULL. Like every homi_qpair_* call, from the owning thread only.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_qid(q: *const HomiQpair) -> u16 {
     // SAFETY: NULL or a live queue pair (caller).
     guard_or("homi_qpair_qid", 0, || unsafe { q.as_ref() }.map_or(0, |q| q.qp.qid()))
 }
 
-/// Entries per ring; 0 for NULL.
+/// Entries per ring; 0 for NULL. From the owning thread only.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_depth(q: *const HomiQpair) -> u32 {
     // SAFETY: NULL or a live queue pair (caller).
@@ -204,22 +233,25 @@ pub unsafe extern "C" fn homi_qpair_depth(q: *const HomiQpair) -> u32 {
 }
 
 /// Commands that can be submitted before HOMI_E_QUEUE_FULL (depth - 1 - in flight);
-/// 0 for NULL.
+/// 0 for NULL. From the owning thread only: it reads state that submit and poll change.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_free_slots(q: *const HomiQpair) -> u32 {
     // SAFETY: NULL or a live queue pair (caller).
     guard_or("homi_qpair_free_slots", 0, || unsafe { q.as_ref() }.map_or(0, |q| q.qp.free_slots()))
 }
 
-/// Commands submitted (pushed) and not yet returned by homi_poll(); 0 for NULL.
+/// Commands submitted (pushed) and not yet returned by homi_poll(); 0 for NULL. From
+/// the owning thread only: it reads state that submit and poll change.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_in_flight(q: *const HomiQpair) -> u32 {
     // SAFETY: NULL or a live queue pair (caller).
@@ -227,11 +259,12 @@ pub unsafe extern "C" fn homi_qpair_in_flight(q: *const HomiQpair) -> u32 {
 }
 
 /// The largest `len` in bytes one read or write may move on this queue: the
-/// controller's limit (MDTS), at most 2 MiB. 0 for NULL.
+/// controller's limit (MDTS), at most 2 MiB. 0 for NULL. From the owning thread only.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_max_transfer(q: *const HomiQpair) -> u32 {
     // SAFETY: NULL or a live queue pair (caller).
@@ -241,11 +274,13 @@ pub unsafe extern "C" fn homi_qpair_max_transfer(q: *const HomiQpair) -> u32 {
 /// Whether the queue still exists, from a shared status page without a syscall: 0 when
 /// live, HOMI_E_RESET when a controller reset destroyed it (in-flight commands are
 /// lost: homi_qpair_rearm() it or destroy it), HOMI_E_GONE when the controller left
-/// its driver, HOMI_E_NOT_LIVE while the controller is resetting.
+/// its driver, HOMI_E_NOT_LIVE while the controller is resetting. From the owning
+/// thread only.
 ///
 /// # Safety
 ///
-/// `q` must be NULL or a live queue pair.
+/// `q` must be NULL or a live queue pair, used by no other thread during the call (the
+/// owning thread's).
 #[no_mangle]
 pub unsafe extern "C" fn homi_qpair_check(q: *const HomiQpair) -> c_int {
     guard("homi_qpair_check", || {
@@ -258,7 +293,8 @@ pub unsafe extern "C" fn homi_qpair_check(q: *const HomiQpair) -> c_int {
 /// Recreates the queue after a reset destroyed it: same qid and depth, empty rings,
 /// and every command that was in flight forgotten (the buffers they held are
 /// released). HOMI_E_NOT_LIVE while the controller is still resetting: try again;
-/// HOMI_E_INVALID if the queue was not destroyed.
+/// HOMI_E_INVALID if the queue was not destroyed. The next submission reads the
+/// namespace table again (the reset may have come with a reformat).
 ///
 /// # Safety
 ///
@@ -274,11 +310,14 @@ pub unsafe extern "C" fn homi_qpair_rearm(q: *mut HomiQpair) -> c_int {
 
 /// Writes a Read of `nblocks` blocks at `slba` of namespace `nsid` into the submission
 /// queue, into `len` bytes at `buf_off` of `b`. `len` must be `nblocks` times the
-/// namespace's LBA size (checked for the namespaces homi_ns_info() knows), at most
-/// homi_qpair_max_transfer(), inside the buffer; `buf_off` a multiple of 4. The
-/// command is not yet visible to the controller: homi_ring() publishes it. `token`
-/// comes back in its completion. The queue keeps `b` alive until it completes.
-/// HOMI_E_QUEUE_FULL when no slot is free.
+/// namespace's LBA size, at most homi_qpair_max_transfer(), inside the buffer;
+/// `buf_off` a multiple of 4. HOMI_E_INVALID for a namespace whose LBA size the library
+/// cannot check (one beyond the 16 homi_ns_info() knows) and for a namespace with
+/// metadata (meta_size != 0: not supported). The command is not yet visible to the
+/// controller: homi_ring() publishes it. `token` comes back in its completion. The
+/// queue keeps `b` alive until it completes (the handle is `const`: the call does not
+/// change it, though the controller writes the bytes). HOMI_E_QUEUE_FULL when no slot
+/// is free.
 ///
 /// # Safety
 ///
@@ -291,7 +330,7 @@ pub unsafe extern "C" fn homi_submit_read(
     nsid: u32,
     slba: u64,
     nblocks: u32,
-    b: *mut HomiBuf,
+    b: *const HomiBuf,
     buf_off: usize,
     len: usize,
     token: u64,
@@ -315,7 +354,7 @@ pub unsafe extern "C" fn homi_submit_write(
     nsid: u32,
     slba: u64,
     nblocks: u32,
-    b: *mut HomiBuf,
+    b: *const HomiBuf,
     buf_off: usize,
     len: usize,
     token: u64,
@@ -339,7 +378,7 @@ pub unsafe extern "C" fn homi_submit_flush(q: *mut HomiQpair, nsid: u32, token: 
         // SAFETY: NULL or a live, unshared queue pair (caller).
         let q = unsafe { handle_mut(q, "q")? };
         if nsid != u32::MAX {
-            q.ns.lba_shift(nsid)?;
+            q.namespaces()?.check_nsid(nsid)?;
         }
         // SAFETY: a flush names no memory.
         unsafe { q.qp.push(&Command::flush(nsid), token)? };
@@ -367,7 +406,7 @@ pub unsafe extern "C" fn homi_submit_write_zeroes(
         if !(1..=MAX_BLOCKS).contains(&nblocks) {
             return Err(Failure::invalid(format!("nblocks {nblocks} outside 1..=65536")));
         }
-        q.ns.lba_shift(nsid)?;
+        q.namespaces()?.check_nsid(nsid)?;
         // SAFETY: Write Zeroes names no memory.
         unsafe { q.qp.push(&Command::write_zeroes(nsid, slba, nblocks), token)? };
         Ok(0)
@@ -387,7 +426,7 @@ pub unsafe extern "C" fn homi_submit_write_zeroes(
 pub unsafe extern "C" fn homi_submit_dsm(
     q: *mut HomiQpair,
     nsid: u32,
-    ranges: *mut HomiBuf,
+    ranges: *const HomiBuf,
     buf_off: usize,
     nr_ranges: u32,
     token: u64,
@@ -398,7 +437,7 @@ pub unsafe extern "C" fn homi_submit_dsm(
         if !(1..=MAX_DSM_RANGES).contains(&nr_ranges) {
             return Err(Failure::invalid(format!("nr_ranges {nr_ranges} outside 1..=256")));
         }
-        q.ns.lba_shift(nsid)?;
+        q.namespaces()?.check_nsid(nsid)?;
         let len = nr_ranges as usize * std::mem::size_of::<HomiDsmRange>();
         q.check_range(b, buf_off, len)?;
         q.qp.push_io(Command::deallocate(nsid, nr_ranges), &b.buf, buf_off, len, token)?;
@@ -427,7 +466,10 @@ pub unsafe extern "C" fn homi_ring(q: *mut HomiQpair) {
 /// completion queue for the next call. Returns how many were reaped (0: none ready).
 /// Returns HOMI_E_RESET (or HOMI_E_GONE) once the queue no longer exists: its
 /// in-flight commands are lost, their completions will never come; call
-/// homi_qpair_rearm() or homi_qpair_destroy(). `cpls` may be NULL when `max` is 0.
+/// homi_qpair_rearm() or homi_qpair_destroy(). Returns HOMI_E_INVALID when the next
+/// completion names a command that is not in flight (a controller bug): completions
+/// before it are returned first (a count), the error on the following call, and every
+/// call after (the queue cannot go on: destroy it). `cpls` may be NULL when `max` is 0.
 ///
 /// # Safety
 ///
@@ -466,6 +508,7 @@ pub unsafe extern "C" fn homi_poll(q: *mut HomiQpair, cpls: *mut HomiCpl, max: u
 #[cfg(test)]
 mod tests {
     use std::ffi::CStr;
+    use std::sync::Arc;
 
     use homi::DmaBuffer;
     use homi_instruments::{SoftConfig, SoftController};
@@ -484,9 +527,13 @@ mod tests {
 
     impl Rig {
         fn new(depth: u32) -> Self {
+            Self::with(depth, Namespaces::of(&[(1, 9, 0)]))
+        }
+
+        fn with(depth: u32, ns: Namespaces) -> Self {
             let ctrl = SoftController::new_inline(SoftConfig::default());
             let qp = ctrl.create_qpair(depth).unwrap();
-            let q = HomiQpair::soft(qp, Namespaces::of(&[(1, 9)]), 512 * 1024);
+            let q = HomiQpair::soft(qp, ns, 512 * 1024);
             Self { ctrl, q: Box::into_raw(Box::new(q)) }
         }
 
@@ -589,6 +636,9 @@ mod tests {
     fn bad_arguments_are_refused_before_the_queue() {
         let r = Rig::new(4);
         let b = r.buf(8192);
+        // Larger than the transfer refused for its size: only the max-transfer check
+        // can refuse it.
+        let big = r.buf(2 << 20);
         let null_q = std::ptr::null_mut();
         // SAFETY: every case passes live objects of this thread or NULL.
         let cases: Vec<Case> = unsafe {
@@ -601,7 +651,7 @@ mod tests {
                 ("unaligned offset", INVALID, Box::new(|| homi_submit_read(r.q, 1, 0, 1, b, 2, 512, 0))),
                 ("nblocks 0", INVALID, Box::new(|| homi_submit_read(r.q, 1, 0, 0, b, 0, 0, 0))),
                 ("nblocks 65537", INVALID, Box::new(|| homi_submit_write_zeroes(r.q, 1, 0, 65537, 0))),
-                ("over max transfer", INVALID, Box::new(|| homi_submit_read(r.q, 1, 0, 2048, b, 0, 1 << 20, 0))),
+                ("over max transfer", INVALID, Box::new(|| homi_submit_read(r.q, 1, 0, 2048, big, 0, 1 << 20, 0))),
                 ("no such nsid", INVALID, Box::new(|| homi_submit_read(r.q, 2, 0, 1, b, 0, 512, 0))),
                 ("no such nsid (flush)", INVALID, Box::new(|| homi_submit_flush(r.q, 5, 0))),
                 ("0 ranges", INVALID, Box::new(|| homi_submit_dsm(r.q, 1, b, 0, 0, 0))),
@@ -627,7 +677,65 @@ mod tests {
             assert_eq!(homi_submit_write(r.q, 1, 0, 1, other, 0, 512, 0), INVALID);
             assert!(last().contains("another controller handle"), "{}", last());
             crate::buf::homi_buf_free(other);
+            assert_eq!(homi_submit_read(r.q, 1, 0, 2048, big, 0, 1 << 20, 0), INVALID);
+            assert!(last().contains("max transfer"), "{}", last());
+            assert_eq!(homi_submit_read(r.q, 1, 0, 1024, big, 0, 512 * 1024, 0), OK, "the largest transfer fits");
             crate::buf::homi_buf_free(b);
+            crate::buf::homi_buf_free(big);
+        }
+    }
+
+    #[test]
+    fn namespaces_whose_lengths_cannot_be_checked_refuse_reads_and_writes() {
+        // nsid 2 has 8 bytes of metadata per block, nsid 3 an absurd LBA shift, and the
+        // controller has more namespaces than listed (nsid 40 is one of them).
+        let r = Rig::with(8, Namespaces::of(&[(1, 9, 0), (2, 9, 8), (3, 64, 0)]).incomplete());
+        let b = r.buf(8192);
+        // SAFETY: the rig's queue and a live buffer.
+        unsafe {
+            assert_eq!(homi_submit_write(r.q, 2, 0, 1, b, 0, 512, 0), INVALID);
+            assert!(last().contains("metadata"), "{}", last());
+            assert_eq!(homi_submit_read(r.q, 2, 0, 1, b, 0, 512, 0), INVALID);
+            assert_eq!(homi_submit_read(r.q, 3, 0, 1, b, 0, 512, 0), INVALID);
+            assert!(last().contains("LBA shift 64"), "{}", last());
+            assert_eq!(homi_submit_read(r.q, 40, 0, 1, b, 0, 512, 0), INVALID);
+            assert!(last().contains("cannot be checked"), "{}", last());
+            assert_eq!(homi_submit_write(r.q, 40, 0, 1, b, 0, 512, 0), INVALID);
+            assert_eq!(homi_qpair_in_flight(r.q), 0, "nothing refused reached the queue");
+            // Commands that move no blocks of data by LBA size still go.
+            assert_eq!(homi_submit_flush(r.q, 2, 1), OK);
+            assert_eq!(homi_submit_write_zeroes(r.q, 40, 0, 1, 2), OK);
+            crate::buf::homi_buf_free(b);
+        }
+    }
+
+    #[test]
+    fn an_unknown_cid_comes_after_the_completions_before_it() {
+        let r = Rig::new(16);
+        // SAFETY: the rig's queue.
+        unsafe {
+            assert_eq!(homi_submit_flush(r.q, 1, 1), OK);
+            assert_eq!(homi_submit_flush(r.q, 1, 2), OK);
+            homi_ring(r.q);
+        }
+        r.ctrl.serve();
+        r.ctrl.inject(homi_instruments::Fault::Cid { cid: 12, count: 1 });
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(homi_submit_flush(r.q, 1, 3), OK);
+            homi_ring(r.q);
+        }
+        r.ctrl.serve();
+        let mut c = [HomiCpl::default(); 8];
+        // SAFETY: the rig's queue; room for 8.
+        unsafe {
+            assert_eq!(homi_poll(r.q, c.as_mut_ptr(), 8), 2, "{}", last());
+            assert_eq!((c[0].token, c[1].token), (1, 2));
+            for _ in 0..2 {
+                assert_eq!(homi_poll(r.q, c.as_mut_ptr(), 8), INVALID);
+                assert!(last().contains("not in flight"), "{}", last());
+            }
+            assert_eq!(homi_qpair_in_flight(r.q), 1);
         }
     }
 

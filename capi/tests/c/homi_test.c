@@ -27,33 +27,51 @@
 static int passed, failed;
 static char why[1024];
 
-#define FAIL(...)                                         \
+/*
+ * Each check macro comes in two forms: FAIL, EXPECT, CALL and REFUSED return the
+ * reason at once, for a test that holds nothing yet; the _OUT forms store it in the
+ * test's `w` and jump to its `out:` label, which releases what the test holds, so that
+ * one failure does not leave queues, buffers or pins behind for the later checks.
+ */
+#define FAIL_(done, ...)                                  \
 	do {                                              \
 		snprintf(why, sizeof(why), __VA_ARGS__); \
-		return why;                               \
+		done;                                     \
 	} while (0)
-#define EXPECT(cond, ...)              \
-	do {                           \
-		if (!(cond))           \
-			FAIL(__VA_ARGS__); \
+#define EXPECT_(done, cond, ...)                  \
+	do {                                      \
+		if (!(cond))                      \
+			FAIL_(done, __VA_ARGS__); \
 	} while (0)
 /* A call that must succeed. */
-#define CALL(expr)                                                                                    \
-	do {                                                                                          \
-		int rc_ = (expr);                                                                     \
-		if (rc_ < 0)                                                                          \
-			FAIL("%s: %s (%d): %s", #expr, homi_strerror(rc_), rc_, homi_last_error()); \
+#define CALL_(done, expr)                                                                                   \
+	do {                                                                                                \
+		int rc_ = (expr);                                                                           \
+		if (rc_ < 0)                                                                                \
+			FAIL_(done, "%s: %s (%d): %s", #expr, homi_strerror(rc_), rc_, homi_last_error()); \
 	} while (0)
 /* A call that must fail with `code` and leave a message naming `fn`. */
-#define REFUSED(expr, code, fn)                                                                          \
-	do {                                                                                             \
-		int rc_ = (expr);                                                                        \
-		if (rc_ != (code))                                                                       \
-			FAIL("%s returned %d (%s), expected %d (%s)", #expr, rc_, homi_strerror(rc_), \
-			     (int)(code), homi_strerror(code));                                           \
-		if (strncmp(homi_last_error(), fn ": ", strlen(fn) + 2) != 0)                            \
-			FAIL("%s: message %s does not name %s", #expr, homi_last_error(), fn);           \
+#define REFUSED_(done, expr, code, fn)                                                                         \
+	do {                                                                                                   \
+		int rc_ = (expr);                                                                              \
+		if (rc_ != (code))                                                                             \
+			FAIL_(done, "%s returned %d (%s), expected %d (%s)", #expr, rc_, homi_strerror(rc_), \
+			      (int)(code), homi_strerror(code));                                                \
+		if (strncmp(homi_last_error(), fn ": ", strlen(fn) + 2) != 0)                                  \
+			FAIL_(done, "%s: message %s does not name %s", #expr, homi_last_error(), fn);          \
 	} while (0)
+#define RETURN_WHY return why
+#define GOTO_OUT   \
+	w = why;   \
+	goto out
+#define FAIL(...) FAIL_(RETURN_WHY, __VA_ARGS__)
+#define EXPECT(cond, ...) EXPECT_(RETURN_WHY, cond, __VA_ARGS__)
+#define CALL(expr) CALL_(RETURN_WHY, expr)
+#define REFUSED(expr, code, fn) REFUSED_(RETURN_WHY, expr, code, fn)
+#define FAIL_OUT(...) FAIL_(GOTO_OUT, __VA_ARGS__)
+#define EXPECT_OUT(cond, ...) EXPECT_(GOTO_OUT, cond, __VA_ARGS__)
+#define CALL_OUT(expr) CALL_(GOTO_OUT, expr)
+#define REFUSED_OUT(expr, code, fn) REFUSED_(GOTO_OUT, expr, code, fn)
 
 static void run(const char *name, const char *(*check)(void))
 {
@@ -294,7 +312,7 @@ static const char *t_module_buffer(void)
 {
 	homi_buf *b = NULL, *bad = (homi_buf *)&why;
 	uint8_t kernel[8192];
-	const char *w;
+	const char *w = NULL;
 	REFUSED(homi_buf_alloc(c, 0, &bad), HOMI_E_INVALID, "homi_buf_alloc");
 	EXPECT(bad == NULL, "*out is not NULL after a failed alloc");
 	REFUSED(homi_buf_alloc(c, 1000, &bad), HOMI_E_INVALID, "homi_buf_alloc");
@@ -302,10 +320,10 @@ static const char *t_module_buffer(void)
 	REFUSED(homi_buf_alloc(NULL, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_alloc");
 	REFUSED(homi_buf_alloc(c, 4096, NULL), HOMI_E_NULL_ARG, "homi_buf_alloc");
 	CALL(homi_buf_alloc(c, 8192, &b));
-	EXPECT(homi_buf_len(b) == 8192 && homi_buf_ptr(b) != NULL, "len %zu ptr %p", homi_buf_len(b),
-	       homi_buf_ptr(b));
-	EXPECT(homi_buf_len(NULL) == 0 && homi_buf_ptr(NULL) == NULL && homi_qpair_in_flight(NULL) == 0,
-	       "getters of NULL");
+	EXPECT_OUT(homi_buf_len(b) == 8192 && homi_buf_ptr(b) != NULL, "len %zu ptr %p", homi_buf_len(b),
+		   homi_buf_ptr(b));
+	EXPECT_OUT(homi_buf_len(NULL) == 0 && homi_buf_ptr(NULL) == NULL && homi_qpair_in_flight(NULL) == 0,
+		   "getters of NULL");
 	homi_buf_free(NULL);
 	fill(homi_buf_ptr(b), 8192, 1);
 	if ((w = io(1, AREA, b, 0, 8192)) != NULL)
@@ -336,24 +354,17 @@ static const char *t_registered_buffer(void)
 	void *mem = NULL;
 	const char *w = NULL;
 	EXPECT(posix_memalign(&mem, 4096, 16384) == 0, "out of memory");
-	REFUSED(homi_buf_register(c, (char *)mem + 512, 4096, &bad), HOMI_E_INVALID, "homi_buf_register");
-	EXPECT(bad == NULL, "*out is not NULL after a failed register");
-	REFUSED(homi_buf_register(c, mem, 1000, &bad), HOMI_E_INVALID, "homi_buf_register");
-	REFUSED(homi_buf_register(c, NULL, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_register");
-	REFUSED(homi_buf_register(NULL, mem, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_register");
-	if (homi_buf_register(c, mem, 16384, &b) != 0) {
-		snprintf(why, sizeof(why), "register: %s", homi_last_error());
-		free(mem);
-		return why;
-	}
-	EXPECT(homi_buf_ptr(b) == mem && homi_buf_len(b) == 16384, "ptr %p len %zu", homi_buf_ptr(b),
-	       homi_buf_len(b));
-	if (homi_ctrl_info(c, &i) == 0 && i.pinned_pages != base.pinned_pages + 4) {
-		snprintf(why, sizeof(why), "%llu pages pinned, expected %llu", (unsigned long long)i.pinned_pages,
-			 (unsigned long long)base.pinned_pages + 4);
-		w = why;
-		goto out;
-	}
+	REFUSED_OUT(homi_buf_register(c, (char *)mem + 512, 4096, &bad), HOMI_E_INVALID, "homi_buf_register");
+	EXPECT_OUT(bad == NULL, "*out is not NULL after a failed register");
+	REFUSED_OUT(homi_buf_register(c, mem, 1000, &bad), HOMI_E_INVALID, "homi_buf_register");
+	REFUSED_OUT(homi_buf_register(c, NULL, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_register");
+	REFUSED_OUT(homi_buf_register(NULL, mem, 4096, &bad), HOMI_E_NULL_ARG, "homi_buf_register");
+	CALL_OUT(homi_buf_register(c, mem, 16384, &b));
+	EXPECT_OUT(homi_buf_ptr(b) == mem && homi_buf_len(b) == 16384, "ptr %p len %zu", homi_buf_ptr(b),
+		   homi_buf_len(b));
+	CALL_OUT(homi_ctrl_info(c, &i));
+	EXPECT_OUT(i.pinned_pages == base.pinned_pages + 4, "%llu pages pinned, expected %llu",
+		   (unsigned long long)i.pinned_pages, (unsigned long long)base.pinned_pages + 4);
 	fill(mem, 16384, 2);
 	if ((w = io(1, AREA + (1 << 20), b, 0, 16384)) != NULL)
 		goto out;
@@ -380,7 +391,7 @@ static const char *t_prp_list(void)
 	void *mem = NULL;
 	const char *w = NULL;
 	uint8_t *kernel = malloc(len);
-	EXPECT(kernel != NULL && posix_memalign(&mem, 4096, size) == 0, "out of memory");
+	EXPECT_OUT(kernel != NULL && posix_memalign(&mem, 4096, size) == 0, "out of memory");
 	memset(mem, 0, size);
 	if (homi_buf_alloc(c, size, &out) || homi_buf_register(c, mem, size, &back)) {
 		snprintf(why, sizeof(why), "buffers: %s", homi_last_error());
@@ -658,12 +669,17 @@ static const char *t_queue_full(void)
 
 static const char *t_bad_submits(void)
 {
-	homi_buf *b = NULL, *other_buf = NULL;
+	homi_buf *b = NULL, *big = NULL, *other_buf = NULL;
 	homi_ctrl *other = NULL;
 	homi_cpl cpl;
 	const char *w = NULL;
 	uint32_t mt = homi_qpair_max_transfer(q);
+	/* Over max transfer by one block, in a buffer that holds it: only the max-transfer
+	 * check can refuse it. */
+	size_t over = (size_t)mt + ns.lba_size, big_len = (over + 4095) / 4096 * 4096;
 	CALL(homi_buf_alloc(c, 8192, &b));
+	if (big_len <= HOMI_BUF_ALLOC_MAX)
+		CALL_OUT(homi_buf_alloc(c, big_len, &big));
 #define BAD(expr, code, fn)                                                                                 \
 	do {                                                                                                \
 		int rc_ = (expr);                                                                           \
@@ -681,8 +697,16 @@ static const char *t_bad_submits(void)
 	    "homi_submit_read");
 	BAD(homi_submit_read(q, nsid, 0, 0, b, 0, 0, 1), HOMI_E_INVALID, "homi_submit_read");
 	BAD(homi_submit_write(q, nsid, 0, 65537, b, 0, 4096, 1), HOMI_E_INVALID, "homi_submit_write");
-	BAD(homi_submit_write(q, nsid, 0, blocks_of((size_t)mt + 4096), b, 0, (size_t)mt + 4096, 1), HOMI_E_INVALID,
-	    "homi_submit_write");
+	if (big) {
+		BAD(homi_submit_write(q, nsid, 0, blocks_of(over), big, 0, over, 1), HOMI_E_INVALID, "homi_submit_write");
+		if (strstr(homi_last_error(), "max transfer") == NULL) {
+			snprintf(why, sizeof(why), "over max transfer refused for another reason: %s", homi_last_error());
+			w = why;
+			goto out;
+		}
+	} else {
+		printf("# over max transfer: max transfer %u leaves no buffer that holds it\n", mt);
+	}
 	BAD(homi_submit_write(q, 0x7777, 0, blocks_of(4096), b, 0, 4096, 1), HOMI_E_INVALID, "homi_submit_write");
 	BAD(homi_submit_write(q, nsid, 0, blocks_of(4096), b, 2, 4096, 1), HOMI_E_INVALID, "homi_submit_write");
 	BAD(homi_submit_write(NULL, nsid, 0, blocks_of(4096), b, 0, 4096, 1), HOMI_E_NULL_ARG, "homi_submit_write");
@@ -707,6 +731,7 @@ static const char *t_bad_submits(void)
 #undef BAD
 out:
 	homi_buf_free(b);
+	homi_buf_free(big);
 	homi_buf_free(other_buf);
 	homi_ctrl_close(other);
 	return w;
@@ -720,34 +745,68 @@ static const char *t_free_in_flight(void)
 	const char *w = NULL;
 	CALL(homi_buf_alloc(c, 65536, &b));
 	fill(homi_buf_ptr(b), 65536, 6);
-	CALL(homi_submit_write(q, nsid, lba_of(AREA + (8 << 20)), blocks_of(65536), b, 0, 65536, 600));
+	CALL_OUT(homi_submit_write(q, nsid, lba_of(AREA + (8 << 20)), blocks_of(65536), b, 0, 65536, 600));
 	homi_buf_free(b);
-	CALL(wait_token(q, 600, &st));
-	EXPECT(st == 0, "write status 0x%03x", st);
-	CALL(homi_buf_alloc(c, 65536, &back));
+	b = NULL;
+	CALL_OUT(wait_token(q, 600, &st));
+	EXPECT_OUT(st == 0, "write status 0x%03x", st);
+	CALL_OUT(homi_buf_alloc(c, 65536, &back));
 	if ((w = io(0, AREA + (8 << 20), back, 0, 65536)) == NULL && !filled(homi_buf_ptr(back), 65536, 6)) {
 		snprintf(why, sizeof(why), "the data of a buffer freed in flight did not arrive whole");
 		w = why;
 	}
+out:
+	homi_buf_free(b);
 	homi_buf_free(back);
 	return w;
 }
 
-/* A queue destroyed with commands in flight, and buffers freed while they are. */
+/* A queue destroyed with commands in flight, and buffers freed while they are: its
+ * qid comes back, its rings are freed, and the buffer is freed or, while the other
+ * queue of this handle lives, quarantined. */
 static const char *t_destroy_in_flight(void)
 {
+	struct homi_ctrl_info before, during, after;
 	homi_qpair *tmp = NULL;
 	homi_buf *b = NULL;
+	const char *w = NULL;
 	int i;
+	CALL(homi_ctrl_info(c, &before));
 	CALL(homi_qpair_create(c, 32, &tmp));
-	CALL(homi_buf_alloc(c, 65536, &b));
+	CALL_OUT(homi_buf_alloc(c, 65536, &b));
 	for (i = 0; i < 16; i++)
-		CALL(homi_submit_read(tmp, nsid, lba_of(AREA) + (uint64_t)i * blocks_of(4096), blocks_of(4096), b,
-				      (size_t)i * 4096, 4096, i));
+		CALL_OUT(homi_submit_read(tmp, nsid, lba_of(AREA) + (uint64_t)i * blocks_of(4096), blocks_of(4096), b,
+					  (size_t)i * 4096, 4096, i));
 	homi_ring(tmp);
+	CALL_OUT(homi_ctrl_info(c, &during));
+	EXPECT_OUT(during.qpairs == before.qpairs + 1 && during.spare_free == before.spare_free - 1,
+		   "with the queue: %u queue pairs, %u spare; before: %u, %u", during.qpairs, during.spare_free,
+		   before.qpairs, before.spare_free);
+	EXPECT_OUT(during.dma_bytes >= before.dma_bytes + 65536, "with the queue and buffer: %llu DMA bytes, %llu before",
+		   (unsigned long long)during.dma_bytes, (unsigned long long)before.dma_bytes);
+	homi_buf_free(b);
+	b = NULL;
+	homi_qpair_destroy(tmp);
+	tmp = NULL;
+	CALL(homi_ctrl_info(c, &after));
+	EXPECT(after.qpairs == before.qpairs, "%u queue pairs after the destroy, %u before", after.qpairs,
+	       before.qpairs);
+	EXPECT(after.spare_free == before.spare_free, "%u spare qids after the destroy, %u before", after.spare_free,
+	       before.spare_free);
+	EXPECT(after.dma_bytes < during.dma_bytes, "%llu DMA bytes after the destroy, %llu with the queue",
+	       (unsigned long long)after.dma_bytes, (unsigned long long)during.dma_bytes);
+	EXPECT(after.dma_bytes - after.quarantined_bytes <= before.dma_bytes - before.quarantined_bytes,
+	       "%llu DMA bytes (%llu quarantined) after the destroy, %llu (%llu) before",
+	       (unsigned long long)after.dma_bytes, (unsigned long long)after.quarantined_bytes,
+	       (unsigned long long)before.dma_bytes, (unsigned long long)before.quarantined_bytes);
+	printf("# destroyed with 16 in flight: %llu DMA bytes with it, %llu after (%llu quarantined)\n",
+	       (unsigned long long)during.dma_bytes, (unsigned long long)after.dma_bytes,
+	       (unsigned long long)after.quarantined_bytes);
+	return NULL;
+out:
 	homi_buf_free(b);
 	homi_qpair_destroy(tmp);
-	return NULL;
+	return w;
 }
 
 static int write_file(const char *path, const char *text)
@@ -774,12 +833,10 @@ static const char *t_reset(void)
 	const char *w = NULL;
 	snprintf(path, sizeof(path), "/sys/class/nvme/%s/reset_controller", ctrl_path + 5);
 	CALL(homi_buf_alloc(c, 4096, &b));
-	CALL(homi_submit_read(q, nsid, lba_of(AREA), blocks_of(4096), b, 0, 4096, 700));
+	CALL_OUT(homi_submit_read(q, nsid, lba_of(AREA), blocks_of(4096), b, 0, 4096, 700));
 	homi_ring(q);
-	if (write_file(path, "1") != 0) {
-		homi_buf_free(b);
-		FAIL("cannot write %s", path);
-	}
+	if (write_file(path, "1") != 0)
+		FAIL_OUT("cannot write %s", path);
 	/* The read may complete before the reset; after it, poll must say reset. */
 	deadline = now() + 30.0;
 	do {
