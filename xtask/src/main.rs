@@ -198,17 +198,24 @@ fn demo(opts: &vm::VmOptions) -> anyhow::Result<i32> {
     let k = kbuild::kernel(&opts.kernel)?;
     let ko = kbuild::kmod(&k)?;
     let bin = build_guest_binaries()?;
+    let capi = capi::guest_binaries()?;
+    // Where fio's source cannot be had the demo says so at that step.
+    fio::build()?;
     let script = format!(
         r#"set -e
 B={bin}
 cd "$TMPDIR"
 echo "== the kernel's nvme driver owns nvme0 and uses $(ls /sys/block/nvme0n1/mq | wc -l) I/O queues"
-dmesg | grep -o 'nvme nvme0: .*user queues.*' || true
+[ "$(cat /sys/class/nvme/nvme0/transport)" = pcie ] || {{ echo "   nvme0 is not nvme-pci's"; exit 1; }}
+dmesg | grep -o 'nvme nvme0: .*user queues.*' || {{ echo "   nvme-pci reserved no user queues"; exit 1; }}
 insmod {ko}
 echo "== homi info"
-$B/homi info
+$B/homi info | tee info.txt
+grep -q 'shadow doorbells: ON; homi queues ring them with event index' info.txt ||
+  {{ echo "   homi does not ring nvme-pci's shadow doorbells here"; exit 1; }}
 echo "== 20000 random 4 KiB reads at QD 32 through a homi queue, shadow doorbells with event index"
-$B/homi perf --path homi --qd 32 --ios 20000 2> perf.err || {{ cat perf.err; exit 1; }}
+$B/homi perf --path homi --qd 32 --ios 20000 2> perf.err | tee perf.txt || {{ cat perf.err; exit 1; }}
+grep -q 'doorbells (shadow, event index)' perf.txt || {{ echo "   the queue did not use shadow doorbells"; exit 1; }}
 echo "== 1 MiB written through a homi queue, read back by the kernel (O_DIRECT)"
 head -c 1048576 /dev/urandom > a
 $B/homi write --lba 2048 --file a
@@ -234,6 +241,21 @@ cmp d.kernel d.cmb || {{ echo "   the CMB holds something else than the kernel r
 echo "   identical to the kernel's O_DIRECT view"
 echo "== the library's example program: 128 KiB through PRP lists, module and registered memory"
 $B/examples/readwrite /dev/nvme0
+echo "== the C library (libhomi.a, C99): its example writes 128 KiB through a homi queue and reads it back"
+{capi}/readwrite /dev/nvme0n1 163840
+echo "== fio with the homi engine: 2 jobs x 4 MiB of 4 KiB random writes at iodepth 32, every block read back and checked (crc32c)"
+if [ -f {fio}/libfio_homi.so ]; then
+  fio --name=homi --ioengine=external:{fio}/libfio_homi.so --filename=/dev/nvme0n1 --rw=randwrite --bs=4k \
+    --iodepth=32 --numjobs=2 --size=4m --offset=64m --offset_increment=4m --verify=crc32c --do_verify=1 \
+    --group_reporting --output-format=json > fio.json 2> fio.err || {{ cat fio.err; exit 1; }}
+  grep -q '"error" : 0' fio.json && ! grep -q '"error" : [1-9]' fio.json || {{ echo "   fio reported an error"; exit 1; }}
+  w=$(grep -A3 '"write" :' fio.json | grep -m1 '"io_bytes"' | tr -dc 0-9)
+  r=$(grep -A3 '"read" :' fio.json | grep -m1 '"io_bytes"' | tr -dc 0-9)
+  [ "$w" = 8388608 ] && [ "$r" = 8388608 ] || {{ echo "   fio wrote $w and verified $r bytes, not 8 MiB each"; exit 1; }}
+  echo "   fio wrote 8 MiB through homi queues and verified all of it"
+else
+  echo "   skipped: $(cat {fio}/unavailable.txt 2>/dev/null || echo 'the fio engine was not built')"
+fi
 echo "== while a process holds queues, homi queues names it"
 $B/homi perf --path homi --qd 4 --threads 2 --ios 200000 --json > perf.json &
 perf=$!
@@ -268,7 +290,9 @@ rmmod homi
 echo "== done: homi.ko unloaded"
 "#,
         ko = ko.display(),
-        bin = bin.display()
+        bin = bin.display(),
+        capi = capi.display(),
+        fio = fio::engine_dir().display(),
     );
     let run = vm::boot(&k, opts, &script)?;
     println!(
