@@ -213,7 +213,9 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
     let boots = [
         ("stock", base.clone(), "basic queues hardening stress unbind dmabuf"),
         ("dbcs-on", dbcs.clone(), "dbcs"),
-        ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind"),
+        // The C library, the fio engine and `homi bench`, as their users run them.
+        ("tools", base.clone(), "capi fio bench"),
+        ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind capi"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
         (
