@@ -13,7 +13,7 @@ use std::process::Command as Proc;
 use anyhow::{bail, ensure, Context};
 use homi::uapi::{HOMI_INFO_SHADOW_DOORBELLS, HOMI_INFO_USER_QUEUES};
 
-use crate::common::{open_live, NS};
+use crate::common::{ensure_nothing_held, open_live, NS};
 use crate::harness::Harness;
 use crate::kmod;
 
@@ -101,17 +101,6 @@ pub fn capi(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         Ok(())
     });
 
-    h.check("capi: homi holds no queue, pin or DMA memory once the C programs exited", || {
-        let i = open_live()?.info()?;
-        ensure!(
-            i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
-            "{} queue pairs, {} pinned pages, {} DMA bytes, {} quarantined bytes",
-            i.qpairs,
-            i.pinned_pages,
-            i.dma_bytes,
-            i.quarantined_bytes
-        );
-        Ok(())
-    });
+    h.check("capi: homi holds no queue, pin or DMA memory once the C programs exited", ensure_nothing_held);
     Ok(())
 }

@@ -98,6 +98,21 @@ pub(crate) fn open_live() -> anyhow::Result<Controller> {
     }
 }
 
+/// Fails unless homi holds no queue pair, pinned page, DMA memory or quarantined memory
+/// on the controller (after the programs that used it exited).
+pub(crate) fn ensure_nothing_held() -> anyhow::Result<()> {
+    let i = open_live()?.info()?;
+    anyhow::ensure!(
+        i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
+        "homi holds {} queue pairs, {} pinned pages, {} DMA bytes, {} quarantined bytes",
+        i.qpairs,
+        i.pinned_pages,
+        i.dma_bytes,
+        i.quarantined_bytes
+    );
+    Ok(())
+}
+
 /// A deterministic pattern for `len` bytes, different for each `seed`.
 pub(crate) use homi_instruments::pattern;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use serde_json::Value;
 
-use crate::common::{open_live, NS};
+use crate::common::{ensure_nothing_held, open_live, NS};
 use crate::harness::Harness;
 use crate::kmod;
 
@@ -387,18 +387,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
-    h.check(NAMES[14], || {
-        let i = open_live()?.info()?;
-        ensure!(
-            i.qpairs == 0 && i.pinned_pages == 0 && i.dma_bytes == 0 && i.quarantined_bytes == 0,
-            "homi holds {} queue pairs, {} pinned pages, {} DMA bytes, {} quarantined bytes",
-            i.qpairs,
-            i.pinned_pages,
-            i.dma_bytes,
-            i.quarantined_bytes
-        );
-        Ok(())
-    });
+    h.check(NAMES[14], ensure_nothing_held);
     Ok(())
 }
 
