@@ -22,7 +22,7 @@
  *
  * Struct layouts. The engine reads these fio fields, and nothing else:
  *   thread_data: o (iodepth, td_ddir, max_bs, nr_files, read_iolog_file,
- *     disable_clat/slat/bw), eo, io_ops, io_ops_data, files, files_index,
+ *     io_submit_mode, disable_clat/slat/bw), last_issue, eo, io_ops, io_ops_data, files, files_index,
  *     orig_buffer, orig_buffer_size, error, first_error, verror, parent (the last
  *     four through td_vmsg);
  *   io_u: ddir, offset, xfer_buf, xfer_buflen, error, resid, issue_time, file,
@@ -36,9 +36,11 @@
  * --enable-gfio --enable-libnbd) does not set; thread_options has none. What
  * configure finds besides (libaio, numa, rbd, ...) adds engines, not fields.
  * `cargo xtask fio` checks this against Debian's /usr/bin/fio itself:
- * sizeof(struct thread_data) and the offset of every thread_data field above must
- * appear as constants in its machine code (xtask/src/fio.rs), and ->init checks
- * at run time that fio handed this engine's own ops back through td->io_ops.
+ * sizeof(struct thread_data) and the offset of every thread_data field above (and
+ * last_issue) must appear, exactly, in the machine code of an exported fio
+ * function whose source uses it (fio/layout_probe.c names them; xtask/src/fio.rs),
+ * and ->init checks at run time that fio handed this engine's own ops back through
+ * td->io_ops. thread_options, io_u and fio_file offsets are not checked that way.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -137,6 +139,28 @@ static int homi_target(struct thread_data *td, struct fio_file *f, char *ctrl,
 			return 1;
 		}
 		*nsid = o->nsid ? o->nsid : 1;
+		/*
+		 * A block device as the file name must then be a namespace of that
+		 * controller: fio's cache invalidation acts on it.
+		 */
+		if (!stat(f->file_name, &st) && S_ISBLK(st.st_mode)) {
+			char own[256];
+			uint32_t own_nsid;
+			struct stat a, b;
+
+			rc = homi_ns_resolve(f->file_name, own, sizeof(own), &own_nsid);
+			if (rc || stat(own, &a) || stat(ctrl, &b) || a.st_rdev != b.st_rdev) {
+				homi_fail(td, EINVAL, "homi_nvme", "%s is not a namespace of homi_nvme=%s%s%s",
+					  f->file_name, ctrl, rc ? "" : " but of ", rc ? "" : own);
+				return 1;
+			}
+			if (o->nsid && o->nsid != own_nsid) {
+				homi_fail(td, EINVAL, "homi_nsid", "%s is namespace %u, but homi_nsid=%u",
+					  f->file_name, own_nsid, o->nsid);
+				return 1;
+			}
+			*nsid = own_nsid;
+		}
 		return 0;
 	}
 	if (stat(f->file_name, &st) || !S_ISBLK(st.st_mode)) {
@@ -255,6 +279,7 @@ static int fio_homi_init(struct thread_data *td)
 {
 	struct homi_data *hd;
 	struct fio_file *f;
+	unsigned long long max_bs;
 	uint32_t nsid;
 	unsigned int i;
 	int rc;
@@ -262,6 +287,15 @@ static int fio_homi_init(struct thread_data *td)
 	/* fio passes back the ops it found in this library: a td laid out otherwise fails here. */
 	if (td->io_ops != &ioengine) {
 		log_err("fio: homi: this fio's struct thread_data does not match the headers libfio_homi.so was built with; rebuild it (cargo xtask fio)\n");
+		return 1;
+	}
+	/*
+	 * Offload workers get a td of their own (iodepth 1, no fio I/O buffers of the
+	 * job's): the queue pair and its registered memory would not be theirs.
+	 */
+	if (td->o.io_submit_mode == IO_MODE_OFFLOAD) {
+		homi_fail(td, EINVAL, "init",
+			  "io_submit_mode=offload is not supported; use the default io_submit_mode=inline");
 		return 1;
 	}
 	if (!td->files_index || !td->files[0]) {
@@ -302,9 +336,12 @@ static int fio_homi_init(struct thread_data *td)
 		goto err;
 	}
 	hd->max_transfer = homi_qpair_max_transfer(hd->qp);
-	if (td_max_bs(td) > hd->max_transfer) {
+	/* Trims carry no data: only reads and writes are bounded by the transfer size. */
+	max_bs = td->o.max_bs[DDIR_READ] > td->o.max_bs[DDIR_WRITE] ? td->o.max_bs[DDIR_READ]
+								      : td->o.max_bs[DDIR_WRITE];
+	if ((td_read(td) || td_write(td)) && max_bs > hd->max_transfer) {
 		homi_fail(td, EINVAL, "init", "bs %llu is above the queue's largest transfer, %u bytes",
-			  td_max_bs(td), hd->max_transfer);
+			  max_bs, hd->max_transfer);
 		goto err;
 	}
 	hd->pending = calloc(hd->depth, sizeof(*hd->pending));
@@ -407,6 +444,8 @@ static enum fio_q_status fio_homi_queue(struct thread_data *td, struct io_u *io_
 	int rc;
 
 	fio_ro_check(td, io_u);
+	if (hd->failed)
+		return homi_done(io_u, EIO); /* the queue pair is gone */
 	if (!homi_qpair_free_slots(hd->qp))
 		return FIO_Q_BUSY;
 	if (ddir_rw(io_u->ddir) || io_u->ddir == DDIR_TRIM) {
@@ -447,6 +486,14 @@ static enum fio_q_status fio_homi_queue(struct thread_data *td, struct io_u *io_
 			io_u->ddir);
 		return homi_done(io_u, EOPNOTSUPP);
 	}
+	if (rc == HOMI_E_QUEUE_FULL && (hd->nr_pending || hd->inflight)) {
+		/*
+		 * Out of something other than command slots (the queue's PRP-list pages
+		 * are fewer than its slots at large depths): fio commits and reaps, then
+		 * retries. With nothing outstanding nothing would free it: that fails.
+		 */
+		return FIO_Q_BUSY;
+	}
 	if (rc) {
 		log_err("fio: homi: submit failed: %s\n", homi_why(rc));
 		return homi_done(io_u, EIO);
@@ -464,6 +511,10 @@ static int fio_homi_commit(struct thread_data *td)
 
 	if (!hd->nr_pending)
 		return 0;
+	if (hd->failed) {
+		hd->nr_pending = 0;
+		return -EIO;
+	}
 	homi_ring(hd->qp);
 	if (fio_fill_issue_time(td)) {
 		fio_gettime(&now, NULL);
@@ -472,21 +523,41 @@ static int fio_homi_commit(struct thread_data *td)
 			io_u_queued(td, hd->pending[i]);
 		}
 	}
+	/* Replaying an iolog paces itself on the last issue (as libaio does). */
+	if (td->o.read_iolog_file) {
+		fio_gettime(&now, NULL);
+		memcpy(&td->last_issue, &now, sizeof(now));
+	}
 	io_u_mark_submit(td, hd->nr_pending);
 	hd->inflight += hd->nr_pending;
 	hd->nr_pending = 0;
 	return 0;
 }
 
+/*
+ * Gives the queue pair up while commands may still be live: homi_qpair_destroy
+ * deletes the queue on the controller before it releases anything, so nothing can
+ * write into fio's buffers once fio frees them. The job fails; later calls say so.
+ */
+static void homi_abandon(struct homi_data *hd)
+{
+	if (hd->qp)
+		homi_qpair_destroy(hd->qp);
+	hd->qp = NULL;
+	hd->failed = 1;
+}
+
 static int fio_homi_getevents(struct thread_data *td, unsigned int min, unsigned int max,
 			      const struct timespec *t)
 {
 	struct homi_data *hd = td->io_ops_data;
-	struct timespec start, now;
+	struct timespec start, last, now;
 	unsigned int nr = 0, i;
 	uint64_t limit_ms = t ? (uint64_t)t->tv_sec * 1000 + t->tv_nsec / 1000000 : 0;
 	int started = 0;
 
+	if (hd->failed)
+		return -EIO;
 	if (max > hd->depth)
 		max = hd->depth;
 	for (;;) {
@@ -494,14 +565,18 @@ static int fio_homi_getevents(struct thread_data *td, unsigned int min, unsigned
 
 		if (r < 0) {
 			/*
+			 * What this call reaped already goes to fio first; the error comes
+			 * back on the next call (homi_poll reports it again).
+			 */
+			if (nr)
+				break;
+			/*
 			 * A reset destroyed the queue (HOMI_E_RESET): what was in flight is
 			 * lost. Said once; fio asks again while it winds the job down.
 			 */
-			if (!hd->failed)
-				homi_fail(td, EIO, "homi_poll",
-					  "%s: the queue pair failed with %u commands in flight: %s",
-					  hd->ctrl_path, hd->inflight, homi_why(r));
-			hd->failed = 1;
+			homi_fail(td, EIO, "homi_poll", "%s: the queue pair failed with %u commands in flight: %s",
+				  hd->ctrl_path, hd->inflight, homi_why(r));
+			homi_abandon(hd);
 			return -EIO;
 		}
 		for (i = 0; i < (unsigned int)r; i++) {
@@ -522,19 +597,22 @@ static int fio_homi_getevents(struct thread_data *td, unsigned int min, unsigned
 		hd->inflight -= (unsigned int)r;
 		if (nr >= min || nr >= max)
 			break;
+		fio_gettime(&now, NULL);
 		if (!started) {
-			fio_gettime(&start, NULL);
+			start = last = now;
 			started = 1;
-		} else if (r == 0) {
-			fio_gettime(&now, NULL);
-			uint64_t ms = mtime_since(&start, &now);
-
-			if (t && ms >= limit_ms)
+		} else if (r > 0) {
+			last = now; /* the stall clock runs from the last completion */
+		} else {
+			if (t && mtime_since(&start, &now) >= limit_ms)
 				break;
-			if (ms >= HOMI_STALL_MS) {
+			if (mtime_since(&last, &now) >= HOMI_STALL_MS) {
+				if (nr)
+					break; /* these first; the stall is seen again next call */
 				homi_fail(td, ETIMEDOUT, "homi_poll",
-					  "%s: %u commands in flight, none completed in %d s", hd->ctrl_path,
-					  hd->inflight, HOMI_STALL_MS / 1000);
+					  "%s: %u commands in flight, none completed in %d s; queue pair destroyed",
+					  hd->ctrl_path, hd->inflight, HOMI_STALL_MS / 1000);
+				homi_abandon(hd);
 				return -ETIMEDOUT;
 			}
 		}

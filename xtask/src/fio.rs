@@ -6,9 +6,11 @@
 //!
 //! Before linking, the structures the engine touches are compared with the fio binary
 //! that will load it: the size of `struct thread_data` and the offset of each of its
-//! fields the engine uses must appear in `/usr/bin/fio`'s machine code
-//! (`fio/layout_probe.c` prints them under the fetched headers).
+//! fields the engine uses must appear in the machine code of an exported fio
+//! function whose source uses that field (`fio/layout_probe.c` prints them under the
+//! fetched headers, each with its function).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,6 +27,10 @@ pub fn engine_dir() -> PathBuf {
 /// Why the engine cannot be built on this machine (not a failure: the fio checks
 /// report themselves skipped with it), written beside where the engine would be.
 const UNAVAILABLE: &str = "unavailable.txt";
+
+/// Why the engine build failed where it could have been built (a layout mismatch, a
+/// compile error): the VM's fio checks fail with it rather than skip.
+const FAILED: &str = "failed.txt";
 
 /// What came of building the engine.
 pub enum Built {
@@ -70,7 +76,7 @@ pub fn build() -> anyhow::Result<Built> {
     std::fs::create_dir_all(&dir)?;
     let so = dir.join("libfio_homi.so");
     // Nothing stale may stand in for a build that failed.
-    for f in [&so, &dir.join(UNAVAILABLE)] {
+    for f in [&so, &dir.join(UNAVAILABLE), &dir.join(FAILED)] {
         if f.exists() {
             std::fs::remove_file(f).with_context(|| format!("remove {}", f.display()))?;
         }
@@ -78,7 +84,7 @@ pub fn build() -> anyhow::Result<Built> {
     let outcome = build_into(&dir, &so);
     match &outcome {
         Ok(Built::Unavailable(why)) => std::fs::write(dir.join(UNAVAILABLE), why)?,
-        Err(e) => std::fs::write(dir.join(UNAVAILABLE), format!("the engine build failed: {e:#}"))?,
+        Err(e) => std::fs::write(dir.join(FAILED), format!("the engine build failed: {e:#}"))?,
         Ok(Built::Engine(_)) => {}
     }
     outcome
@@ -121,7 +127,7 @@ fn build_into(dir: &Path, so: &Path) -> anyhow::Result<Built> {
     if !disasm.status.success() {
         bail!("objdump -d {} failed: {}", fio.display(), String::from_utf8_lossy(&disasm.stderr));
     }
-    let missing = layout_mismatches(&layout, &String::from_utf8_lossy(&disasm.stdout));
+    let missing = layout_mismatches(&layout, &String::from_utf8_lossy(&disasm.stdout), &exported_functions(&fio)?);
     std::fs::write(dir.join("layout.txt"), &layout)?;
     if !missing.is_empty() {
         bail!(
@@ -179,10 +185,55 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-/// The checked lines of `layout_probe`'s output whose value the disassembly never
-/// uses: a `disp` offset as a displacement (`0x2e610(%rbx)`), an `imm` size as an
-/// immediate (`$0x2ee38,`).
-fn layout_mismatches(layout: &str, disasm: &str) -> Vec<String> {
+/// `(start, end)` of each function `/usr/bin/fio` exports (`nm -D -S`: fio is
+/// linked with `-rdynamic` for external engines, so its functions keep their names).
+fn exported_functions(fio: &Path) -> anyhow::Result<HashMap<String, (u64, u64)>> {
+    let o = Command::new("nm").args(["-D", "-S", "--defined-only"]).arg(fio).output().context("run nm")?;
+    if !o.status.success() {
+        bail!("nm -D -S {}: {}", fio.display(), String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(function_table(&String::from_utf8_lossy(&o.stdout)))
+}
+
+/// Parses `nm -S` lines (`ADDR SIZE T NAME`) of text symbols.
+fn function_table(nm: &str) -> HashMap<String, (u64, u64)> {
+    nm.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [addr, size, kind, name] = f[..] else { return None };
+            if !kind.eq_ignore_ascii_case("t") {
+                return None;
+            }
+            let (addr, size) = (u64::from_str_radix(addr, 16).ok()?, u64::from_str_radix(size, 16).ok()?);
+            Some((name.to_string(), (addr, addr + size)))
+        })
+        .collect()
+}
+
+/// The instructions of `objdump -d` output whose address lies in `[start, end)`.
+fn instructions_in(disasm: &str, (start, end): (u64, u64)) -> String {
+    let mut out = String::new();
+    for line in disasm.lines() {
+        let Some((addr, insn)) = line.trim_start().split_once(":\t") else { continue };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+        if (start..end).contains(&addr) {
+            out.push(' ');
+            out.push_str(insn);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The checked lines of `layout_probe`'s output that the disassembly contradicts:
+/// a `disp` offset must be a displacement (`0x2e610(%rbx)`), an `imm` size an
+/// immediate (`$0x2ee38,`), written exactly (a neighbouring field's value 8 bytes off
+/// is another string and does not count). A line naming a function is looked for in
+/// that function's instructions only: the fio source has that function read or write
+/// the field, so the value that fio was compiled with must be there. A line without
+/// one is looked for anywhere in the binary, which proves little (large constants
+/// recur), and says so in the reasons a caller can print.
+fn layout_mismatches(layout: &str, disasm: &str, funcs: &HashMap<String, (u64, u64)>) -> Vec<String> {
     let mut missing = Vec::new();
     for line in layout.lines() {
         let mut it = line.split_whitespace();
@@ -192,13 +243,25 @@ fn layout_mismatches(layout: &str, disasm: &str) -> Vec<String> {
         let Ok(value) = value.parse::<u64>() else {
             continue;
         };
+        let func = it.next();
+        let scope = match func {
+            Some(f) => match funcs.get(f) {
+                Some(&range) => std::borrow::Cow::Owned(instructions_in(disasm, range)),
+                None => {
+                    missing.push(format!("  {name}: the binary exports no function {f} to check it in"));
+                    continue;
+                }
+            },
+            None => std::borrow::Cow::Borrowed(disasm),
+        };
         let found = match kind {
-            "disp" => disasm.contains(&format!(" {value:#x}(%")) || disasm.contains(&format!(",{value:#x}(%")),
-            "imm" => disasm.contains(&format!("${value:#x},")),
+            "disp" => scope.contains(&format!(" {value:#x}(%")) || scope.contains(&format!(",{value:#x}(%")),
+            "imm" => scope.contains(&format!("${value:#x},")),
             _ => continue,
         };
         if !found {
-            missing.push(format!("  {name} = {value} ({value:#x}) never appears as {kind} in the binary"));
+            let place = func.map_or_else(|| "the binary".to_string(), |f| format!("{f}()"));
+            missing.push(format!("  {name} = {value} ({value:#x}) never appears as {kind} in {place}"));
         }
     }
     missing
@@ -241,14 +304,23 @@ fn check_symbols(so: &Path, fio: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::layout_mismatches;
+    use super::{function_table, layout_mismatches};
 
     #[test]
-    fn layout_constants_are_found_in_machine_code() {
-        let disasm = "  2db62:\timul   $0x2ee38,%rbx,%rbx\n  3000:\tmov    0x2e610(%rbx),%rax\n";
-        let layout = "imm sizeof(thread_data) 192056\ndisp thread_data.io_ops_data 189968\ninfo io_u.ddir 44\n";
-        assert!(layout_mismatches(layout, disasm).is_empty());
-        let moved = "disp thread_data.io_ops_data 189976\n";
-        assert_eq!(layout_mismatches(moved, disasm).len(), 1);
+    fn layout_constants_are_found_in_their_functions() {
+        let nm = "0000000000003000 0000000000000010 T close_ioengine\n0000000000004000 0000000000000008 T other\n";
+        let funcs = function_table(nm);
+        let disasm = "  2db62:\timul   $0x2ee38,%rbx,%rbx\n  3000:\tmov    0x2e610(%rbx),%rax\n  \
+                      4000:\tmov    0x2e618(%rbx),%rax\n";
+        let layout = "imm sizeof(thread_data) 192056\ndisp thread_data.io_ops_data 189968 close_ioengine\n\
+                      info io_u.ddir 44\n";
+        assert!(layout_mismatches(layout, disasm, &funcs).is_empty());
+        // Moved by 8: the value is in the binary, but not in the function that uses it.
+        let moved = "disp thread_data.io_ops_data 189976 close_ioengine\n";
+        assert_eq!(layout_mismatches(moved, disasm, &funcs).len(), 1);
+        let anywhere = "disp thread_data.io_ops_data 189976\n";
+        assert!(layout_mismatches(anywhere, disasm, &funcs).is_empty());
+        let unknown = "disp thread_data.io_ops_data 189968 no_such_function\n";
+        assert_eq!(layout_mismatches(unknown, disasm, &funcs).len(), 1);
     }
 }
