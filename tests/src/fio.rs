@@ -229,7 +229,7 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         "fio: io_uring, io_uring_cmd and homi side by side, 4k randread QD 32",
         "fio: a namespace that does not exist is refused with the engine's message",
         "fio: a file that is no namespace is refused with the engine's message",
-        "fio: a block size above the queue's largest transfer, and a homi_nsid the block device is not, are refused",
+        "fio: a block size above the queue's largest transfer, a homi_nsid the block device is not, and io_submit_mode=offload are refused",
         "fio: a controller reset ends a running homi job with the engine's message",
         "fio: homi holds nothing once fio has exited",
         "fio: iodepth 300 with 64k blocks (more PRP lists than the queue keeps) runs at depth",
@@ -432,6 +432,13 @@ pub fn fio_suite(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(!run.ok, "fio succeeded with homi_nsid=2 on {NS}");
         let want = format!("{NS} is namespace 1, but homi_nsid=2");
         ensure!(run.stderr.contains(&want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
+        let run = fio(
+            "offload",
+            &format!("{}io_submit_mode=offload\nrw=read\nbs=4k\nsize=1m\n[offload]\n", homi_global(&so)),
+        )?;
+        ensure!(!run.ok, "fio succeeded with io_submit_mode=offload");
+        let want = "io_submit_mode=offload is not supported";
+        ensure!(run.stderr.contains(want), "fio's stderr lacks {want:?}:\n{}", run.stderr.trim());
         Ok(())
     });
     h.check(NAMES[13], || {
