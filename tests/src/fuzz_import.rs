@@ -48,7 +48,9 @@ impl Worker<'_> {
             _ => self.rng.pick(&self.sh.forged),
         };
         let pages = 1 + self.rng.below(16);
-        let mut addrs = vec![0u64; pages as usize + 1];
+        // Room for every length the module may accept here (up to the whole udmabuf),
+        // and for the one-page-too-long one: it writes `len / 4096` addresses.
+        let mut addrs = vec![0u64; (UDMABUF_LEN / PAGE as u64) as usize + 1];
         let bad = self.rng.bad(self.sh.none.addr) as u64;
         let mut r = HomiRegisterDmabuf {
             fd,
