@@ -19,7 +19,7 @@ pub const IOCTL_TYPE: u32 = 0xB9;
 /// ABI major version: bumped on incompatible changes.
 pub const ABI_MAJOR: u32 = 0;
 /// ABI minor version: bumped on compatible additions.
-pub const ABI_MINOR: u32 = 6;
+pub const ABI_MINOR: u32 = 7;
 
 /// Name of the misc device node, under `/dev`.
 pub const DEVICE_NAME: &str = "homi";
@@ -421,6 +421,144 @@ pub struct HomiQpairEntry {
     pub reserved: u32,
 }
 
+/// `_IOWR(0xB9, 0x0c, struct homi_map_file)`: maps a byte range of a regular file to
+/// the LBAs that hold it, under a lease that keeps the map true until it is let go.
+///
+/// The file's file system must live on a namespace (or a partition of one) of the
+/// attached controller, directly: device-mapper, md and loop stacks are refused
+/// (`EXDEV`), as are files on other devices. Also refused, each with one log line:
+/// encrypted, verity, DAX, inline or otherwise unaligned data (`EINVAL`), files that
+/// share blocks (XFS reflink, `ETXTBSY`), and file systems for which homi cannot keep
+/// the map true (`EOPNOTSUPP`).
+///
+/// How the map is kept true, per file system:
+/// - **XFS** (any file system with the pNFS block export operations): an in-kernel
+///   layout lease. Truncate, hole punch, fallocate, reflink onto the file and every
+///   write break it. Extents come from the export `map_blocks` operation, which first
+///   writes back dirty pages and drops the page cache of the file.
+/// - **ext4**: a read lease, which every open for writing and every truncate break.
+///   The fd must be opened read-only, nobody may have the file open for writing
+///   (`EAGAIN`), and maps are read-only ([`HOMI_MAP_WRITE`] is refused with
+///   `EOPNOTSUPP`). Data journalling (`data=journal`, `chattr +j`) is refused.
+///
+/// When the lease breaks, the module sets the map's slot in [`HomiMapStatus`] to
+/// [`HOMI_MAP_REVOKED`] and the file system operation waits. The holder stops issuing
+/// I/O on the map, waits for what it has in flight, and acknowledges with
+/// [`HOMI_IOCTL_UNMAP_FILE`]. A holder that does not acknowledge within the module
+/// parameter `map_revoke_ms` loses every queue pair of this file (deleted on the
+/// controller, which ends their commands, as a reset would: their status slots turn
+/// [`HOMI_QUEUE_DEAD`]); the map turns [`HOMI_MAP_FENCED`] and the lease is released.
+///
+/// The map is a coherence contract, not a protection: a queue holder can still send
+/// any command to any LBA (see the security model).
+pub const HOMI_IOCTL_MAP_FILE: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    0x0c,
+    core::mem::size_of::<HomiMapFile>(),
+);
+/// `_IOW(0xB9, 0x0d, struct homi_id)`: lets a file map go and releases its lease; for a
+/// revoked map, this is the holder's acknowledgement that none of its I/O on the map
+/// is in flight. A writable map's range is dropped from the page cache first, so the
+/// kernel reads what homi wrote.
+pub const HOMI_IOCTL_UNMAP_FILE: u32 = ioc(IOC_WRITE, 0x0d, core::mem::size_of::<HomiId>());
+
+/// [`HomiMapFile::flags`] (in): the caller will write through the map. Only mapped
+/// extents may be written; holes and unwritten extents never are.
+pub const HOMI_MAP_WRITE: u32 = 1 << 0;
+/// [`HomiMapFile::flags`] (out): the map is kept by a layout lease (XFS).
+pub const HOMI_MAP_LAYOUT_LEASE: u32 = 1 << 8;
+/// [`HomiMapFile::flags`] (out): the map is kept by a read lease (ext4).
+pub const HOMI_MAP_READ_LEASE: u32 = 1 << 9;
+
+/// The most extents one [`HOMI_IOCTL_MAP_FILE`] returns.
+pub const HOMI_MAP_MAX_EXTENTS: u32 = 1 << 20;
+
+/// Input and reply of [`HOMI_IOCTL_MAP_FILE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiMapFile {
+    /// In: an fd of a regular file.
+    pub fd: i32,
+    /// In: [`HOMI_MAP_WRITE`] or zero. Out: also `HOMI_MAP_*_LEASE`.
+    pub flags: u32,
+    /// In: byte offset into the file, a multiple of 4096.
+    pub offset: u64,
+    /// In: bytes from `offset`, non-zero. Out: bytes the extents cover, clipped to the
+    /// end of the file rounded up to its block size, and shorter where `capacity`
+    /// extents did not reach further (map the rest with another call).
+    pub len: u64,
+    /// In: user pointer to an array of `capacity` [`HomiExtent`].
+    pub extents: u64,
+    /// In: entries the array holds, `1..=HOMI_MAP_MAX_EXTENTS`.
+    pub capacity: u32,
+    /// Out: extents written, in file order, with no gaps between them.
+    pub count: u32,
+    /// Out: the map id, for [`HOMI_IOCTL_UNMAP_FILE`].
+    pub id: u32,
+    /// Out: this map's slot in [`HomiMapStatus::map_state`].
+    pub status_slot: u32,
+    /// Out: the file's size in bytes when it was mapped.
+    pub file_size: u64,
+    /// Out: the file system's block size in bytes.
+    pub block_size: u32,
+    /// Out: the namespace that holds the file.
+    pub nsid: u32,
+    /// Out: log2 of that namespace's LBA data size.
+    pub lba_shift: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// [`HomiExtent::kind`]: data at `lba`.
+pub const HOMI_EXTENT_MAPPED: u32 = 1;
+/// [`HomiExtent::kind`]: allocated but unwritten: reads as zeros, never read from or
+/// written to `lba` through homi.
+pub const HOMI_EXTENT_UNWRITTEN: u32 = 2;
+/// [`HomiExtent::kind`]: a hole: reads as zeros; `lba` is 0.
+pub const HOMI_EXTENT_HOLE: u32 = 3;
+
+/// One extent of a [`HOMI_IOCTL_MAP_FILE`] reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HomiExtent {
+    /// Byte offset in the file.
+    pub file_offset: u64,
+    /// First LBA on the namespace, partition offset added (0 for a hole).
+    pub lba: u64,
+    /// Length in the namespace's logical blocks.
+    pub blocks: u64,
+    /// The namespace.
+    pub nsid: u32,
+    /// `HOMI_EXTENT_*`.
+    pub kind: u32,
+}
+
+/// The mmap offset of the file's map status page ([`HomiMapStatus`], read-only, one
+/// page). It can be mapped before attaching and stays valid until the file is closed.
+pub const HOMI_MAP_STATUS_OFFSET: u64 = 4096;
+/// Slots in [`HomiMapStatus::map_state`]: also the most file maps one file holds.
+pub const HOMI_MAP_SLOTS: usize = 1024;
+/// [`HomiMapStatus::map_state`]: no map in this slot.
+pub const HOMI_MAP_NONE: u32 = 0;
+/// [`HomiMapStatus::map_state`]: the map is true; I/O on it may go on.
+pub const HOMI_MAP_LIVE: u32 = 1;
+/// [`HomiMapStatus::map_state`]: the lease broke: issue no more I/O on the map, wait
+/// for what is in flight, then [`HOMI_IOCTL_UNMAP_FILE`].
+pub const HOMI_MAP_REVOKED: u32 = 2;
+/// [`HomiMapStatus::map_state`]: the holder did not acknowledge in time: this file's
+/// queue pairs were destroyed and the lease released. [`HOMI_IOCTL_UNMAP_FILE`] frees
+/// the slot.
+pub const HOMI_MAP_FENCED: u32 = 3;
+
+/// The read-only map status page, written by the module before a file system
+/// operation that breaks a map's lease may go on. Read it with acquire loads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HomiMapStatus {
+    /// `HOMI_MAP_*` of each of this file's maps, by [`HomiMapFile::status_slot`].
+    pub map_state: [u32; HOMI_MAP_SLOTS],
+}
+
 /// The mmap offset of the file's status page ([`HomiStatus`], read-only, one page).
 /// It can be mapped before attaching and stays valid until the file is closed.
 pub const HOMI_STATUS_OFFSET: u64 = 0;
@@ -474,3 +612,6 @@ const _: () = assert!(core::mem::size_of::<HomiStatus>() == 16 + 4 * HOMI_STATUS
 const _: () = assert!(core::mem::size_of::<HomiStatus>() == 4096);
 const _: () = assert!(core::mem::size_of::<HomiList>() == 16);
 const _: () = assert!(core::mem::size_of::<HomiQpairEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<HomiMapFile>() == 72);
+const _: () = assert!(core::mem::size_of::<HomiExtent>() == 32);
+const _: () = assert!(core::mem::size_of::<HomiMapStatus>() == 4096);
