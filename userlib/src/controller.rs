@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use homi_uapi::*;
 
@@ -21,6 +21,10 @@ pub(crate) struct Shared {
     status: Mapping,
     pub(crate) doorbell_stride: usize,
     pub(crate) max_transfer: usize,
+    /// The controller's instance (`nvmeX`).
+    pub(crate) instance: u32,
+    /// The map status page, mapped on the first file map.
+    map_status: OnceLock<Mapping>,
     _nvme: File,
 }
 
@@ -56,6 +60,17 @@ impl Shared {
         }
         // SAFETY: as for `generation`, at the 4-aligned `slot`, inside the page.
         unsafe { AtomicU32::from_ptr(self.status.ptr().add(16 + 4 * slot).cast()) }.load(Ordering::Acquire)
+    }
+
+    /// The map status page's first byte (read-only, mapped for the life of `self`).
+    pub(crate) fn map_status_page(&self) -> Result<*const u8> {
+        if let Some(m) = self.map_status.get() {
+            return Ok(m.ptr());
+        }
+        let m = Mapping::new(self.fd().as_fd(), HOMI_MAP_STATUS_OFFSET, 4096, false, "map status page")?;
+        // Two threads may race to map it; the loser's mapping is dropped.
+        let _ = self.map_status.set(m);
+        Ok(self.map_status.get().expect("set above").ptr())
     }
 
     /// Fails if the controller was reset since `generation` or left its driver.
@@ -105,7 +120,16 @@ impl Controller {
         tracing::debug!(nvme = %nvme.display(), spare = info.spare_free, "attached");
         let doorbell_stride = info.doorbell_stride as usize;
         let max_transfer = info.max_transfer as usize;
-        Ok(Self { shared: Arc::new(Shared { dev, status, doorbell_stride, max_transfer, _nvme: nvme_file }) })
+        let shared = Shared {
+            dev,
+            status,
+            doorbell_stride,
+            max_transfer,
+            instance: info.instance,
+            map_status: OnceLock::new(),
+            _nvme: nvme_file,
+        };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Asks the module about the controller (admin commands: Get Features, Identify).

@@ -3,6 +3,40 @@
 use std::path::PathBuf;
 
 use crate::command::Status;
+use crate::filemap::MapState;
+
+/// Why the module refused to map a file: its errno, named.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapRefusal {
+    /// `EXDEV`: the file lives on another block device.
+    #[error(
+        "it is on {device}, not on a namespace of {controller} (files on other devices and device-mapper, md or loop stacks are refused)"
+    )]
+    OtherDevice {
+        /// The file's block device (`DEVNAME` in sysfs), or its `major:minor`.
+        device: String,
+        /// The attached controller, `nvmeX`.
+        controller: String,
+    },
+    /// `ETXTBSY`: an XFS file whose blocks another file shares.
+    #[error("it shares blocks with another file (reflink or dedupe); a write to either would move them (unshare it: cp --reflink=never)")]
+    SharedBlocks,
+    /// `EOPNOTSUPP` for a writable map.
+    #[error("writable maps need XFS (ext4 maps are read-only), and a file system that homi can keep the map true on")]
+    WriteUnsupported,
+    /// `EOPNOTSUPP` for a read-only map.
+    #[error("its file system cannot keep the map true (homi maps files on XFS, and on ext4 without data journalling)")]
+    Unsupported,
+    /// `EINVAL`.
+    #[error("its data is encrypted, verity-protected, DAX, inline or not block-aligned (or the offset is not a multiple of 4096)")]
+    Unmappable,
+    /// `EAGAIN`, after retries.
+    #[error("it is open for writing elsewhere (ext4 maps need no writer) or its layout kept changing while being mapped; try again")]
+    Busy,
+    /// `EBADF`.
+    #[error("not a regular file open for reading (and writing, for a writable map)")]
+    BadFile,
+}
 
 /// Errors returned by this crate.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +124,37 @@ pub enum Error {
         op: &'static str,
         /// What the kernel answered.
         source: std::io::Error,
+    },
+    /// The module refused to map a file ([`Controller::map_file`](crate::Controller::map_file)).
+    #[error("cannot map {file}: {reason}")]
+    MapRefused {
+        /// The file, by path where it can be found.
+        file: String,
+        /// Why.
+        reason: MapRefusal,
+    },
+    /// The file map's lease broke ([`MapState::Revoked`]: unmap it, which acknowledges,
+    /// and map again) or the module fenced its holder ([`MapState::Fenced`]: this
+    /// file's queue pairs are gone too).
+    #[error("the file map was {state}; unmap it and map the file again")]
+    MapRevoked {
+        /// The map's state when the I/O was refused or finished.
+        state: MapState,
+    },
+    /// A write would land in a hole or an unwritten extent, which homi never writes
+    /// (allocating blocks is the file system's job).
+    #[error("file offset {offset} is in a hole or an unwritten extent: homi writes only into mapped extents")]
+    NotMapped {
+        /// The first byte of the range that is not mapped.
+        offset: u64,
+    },
+    /// The I/O range lies outside what the file map covers.
+    #[error("bytes {offset}..+{len} are outside the file map")]
+    OutsideMap {
+        /// First byte asked for.
+        offset: u64,
+        /// Bytes asked for.
+        len: u64,
     },
     /// A CUDA call failed (feature `cuda`).
     #[cfg(feature = "cuda")]

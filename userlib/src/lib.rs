@@ -28,12 +28,14 @@
 //! # }
 //! ```
 
+mod blockdev;
 mod buffer;
 mod command;
 mod controller;
 mod device;
 mod doorbell;
 mod error;
+mod filemap;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 mod mapping;
@@ -43,12 +45,14 @@ mod prp;
 pub(crate) mod queue;
 pub(crate) mod sys;
 
+pub use blockdev::{block_device_of, nvme_controller_of};
 pub use buffer::{DmaBuffer, HostPages};
 pub use command::{Command, Opcode, Sqe, Status, StatusType};
 pub use controller::Controller;
 pub use device::HomiDevice;
 pub use doorbell::{need_event, Doorbell, DoorbellStats};
-pub use error::{Error, Result};
+pub use error::{Error, MapRefusal, Result};
+pub use filemap::{Extent, ExtentKind, FileMap, Lease, MapState};
 pub use homi_uapi as uapi;
 pub use p2pmem::{udmabuf, P2pMemory};
 pub use placement::RingPlacement;

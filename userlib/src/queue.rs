@@ -320,6 +320,11 @@ impl QueuePair {
         self.depth - self.free_cids.len() as u32
     }
 
+    /// Largest transfer in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+
     /// Commands that can be pushed before the queue is full.
     pub fn free_slots(&self) -> u32 {
         (self.depth - 1).saturating_sub(self.in_flight())
@@ -376,6 +381,25 @@ impl QueuePair {
         len: usize,
         token: u64,
     ) -> Result<u16> {
+        // SAFETY: the queue keeps a reference to `buf` until the command completes.
+        unsafe { self.push_span(cmd, buf, offset, len, token, Some(buf.clone())) }
+    }
+
+    /// [`push_io`](Self::push_io) for a borrowed buffer, kept alive by `held` if given.
+    ///
+    /// # Safety
+    ///
+    /// Without `held`, `buf` must stay alive, and its range untouched, until the
+    /// command completes.
+    pub(crate) unsafe fn push_span(
+        &mut self,
+        cmd: Command,
+        buf: &DmaBuffer,
+        offset: usize,
+        len: usize,
+        token: u64,
+        held: Option<Arc<DmaBuffer>>,
+    ) -> Result<u16> {
         if len > self.max_transfer {
             return Err(Error::Invalid("transfer larger than the controller's maximum"));
         }
@@ -391,7 +415,7 @@ impl QueuePair {
                 }
             },
         };
-        self.slots[usize::from(cid)].held = Some(buf.clone());
+        self.slots[usize::from(cid)].held = held;
         self.write_sqe(cmd.with_prps(prps.0, prps.1).to_sqe(cid));
         Ok(cid)
     }

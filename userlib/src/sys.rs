@@ -17,6 +17,8 @@ nix::ioctl_readwrite!(homi_register, IOCTL_TYPE, 0x08, HomiRegister);
 nix::ioctl_write_ptr!(homi_unregister, IOCTL_TYPE, 0x09, HomiId);
 nix::ioctl_readwrite!(homi_list_qpairs, IOCTL_TYPE, 0x0a, HomiList);
 nix::ioctl_readwrite!(homi_register_dmabuf, IOCTL_TYPE, 0x0b, HomiRegisterDmabuf);
+nix::ioctl_readwrite!(homi_map_file, IOCTL_TYPE, 0x0c, HomiMapFile);
+nix::ioctl_write_ptr!(homi_unmap_file, IOCTL_TYPE, 0x0d, HomiId);
 
 #[cfg(test)]
 mod tests {
@@ -41,5 +43,7 @@ mod tests {
         assert_eq!(w!(t, 0x09, size_of::<HomiId>()), HOMI_IOCTL_UNREGISTER as Num);
         assert_eq!(rw!(t, 0x0a, size_of::<HomiList>()), HOMI_IOCTL_LIST_QPAIRS as Num);
         assert_eq!(rw!(t, 0x0b, size_of::<HomiRegisterDmabuf>()), HOMI_IOCTL_REGISTER_DMABUF as Num);
+        assert_eq!(rw!(t, 0x0c, size_of::<HomiMapFile>()), HOMI_IOCTL_MAP_FILE as Num);
+        assert_eq!(w!(t, 0x0d, size_of::<HomiId>()), HOMI_IOCTL_UNMAP_FILE as Num);
     }
 }
