@@ -208,7 +208,7 @@ pub fn rearm(qp: &mut QueuePair) -> anyhow::Result<()> {
 
 /// Runs `f` until it stops failing because the controller is resetting (not live, or
 /// an admin command the reset aborted), for up to 60 s.
-fn while_resetting<T>(mut f: impl FnMut() -> homi::Result<T>) -> homi::Result<T> {
+pub(crate) fn while_resetting<T>(mut f: impl FnMut() -> homi::Result<T>) -> homi::Result<T> {
     let start = Instant::now();
     loop {
         match f() {

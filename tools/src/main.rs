@@ -5,6 +5,7 @@ mod bench;
 mod bench_gpu;
 mod bench_grid;
 mod bench_out;
+mod file;
 mod import;
 mod io;
 mod perf;
@@ -62,6 +63,16 @@ enum Cmd {
     /// Run one I/O workload through one path (pread, io_uring, io_uring-poll,
     /// passthru, homi) and report IOPS, bandwidth, latency and CPU time per I/O.
     Perf(perf::PerfArgs),
+    /// Print a file's extents as homi maps them: file offset, length, kind, namespace,
+    /// LBA, under a header with the device, the lease, the file and block sizes.
+    Map(file::MapArgs),
+    /// Write a file's bytes to stdout, read through a homi queue pair at its extents
+    /// (remapping when the map is revoked); or, with --loop-secs, read it over and over
+    /// and report revocations.
+    Cat(file::CatArgs),
+    /// Write into a file's mapped extents through a homi queue pair and a writable map
+    /// (XFS only), then unmap, which drops the range from the page cache.
+    WriteFile(file::WriteFileArgs),
     /// Run perf over a grid of paths, access patterns, sizes, queue depths and
     /// threads, repeated and interleaved (default: every path on a fixed matrix), or
     /// (--gpu) the device-initiated sweeps; write JSON, CSV, a table and SVG plots.
@@ -260,5 +271,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::ReadInto(a) => import::run(&a),
         Cmd::Perf(a) => perf::main(&a),
         Cmd::Bench(a) => bench::main(&a),
+        Cmd::Map(a) => file::map(&a),
+        Cmd::Cat(a) => file::cat(&a),
+        Cmd::WriteFile(a) => file::write_file(&a),
     }
 }
