@@ -9,6 +9,9 @@ mod bench;
 mod capi;
 mod common;
 mod dmabuf;
+mod files;
+mod files_refuse;
+mod files_revoke;
 mod fio;
 mod fuzz;
 mod hardening;
@@ -49,6 +52,15 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("helper") {
         let role = argv.get(2).map_or("", String::as_str);
+        if role == "files-holder" {
+            return match files::helper(argv.get(3).map_or("", String::as_str)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("helper: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         if role == "dmabuf-holder" {
             return match dmabuf::helper() {
                 Ok(()) => ExitCode::SUCCESS,

@@ -47,9 +47,10 @@ pub fn run(name: &str, kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> 
         "bench" => crate::bench::bench(kmod_path, h),
         "fio" => crate::fio::fio_suite(kmod_path, h),
         "capi" => crate::capi::capi(kmod_path, h),
+        "files" => crate::files::files(kmod_path, h),
         other => bail!(
             "unknown suite {other:?} (known: basic, queues, stress, unbind, dbcs, nospare, shapes, paths, shadow, \
-             placement, dmabuf, bench, fio, capi, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], \
+             placement, dmabuf, bench, fio, capi, files, hardening, manyq, lockdown, swiotlb, soak[:RESETS:KILLS], \
              fuzz[:SECONDS])"
         ),
     }

@@ -215,6 +215,9 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         ("dbcs-on", dbcs.clone(), "dbcs"),
         // The C library, the fio engine and `homi bench`, as their users run them.
         ("tools", base.clone(), "capi fio bench"),
+        // File-backed I/O on file systems of their own: XFS on nsid 1, and on nsid 2 a
+        // partition table with ext4, XFS and a scratch partition at odd offsets.
+        ("files", VmOptions { namespaces: 2, ..base.clone() }, "files"),
         ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind capi"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),

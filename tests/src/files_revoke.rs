@@ -1,0 +1,506 @@
+//! File maps that the file system takes back: every layout-changing operation on XFS
+//! and the lease-breaking ones on ext4 revoke a map while a reader holds it, the
+//! operation waits for the reader's acknowledgement and then completes; the blocks a
+//! truncate frees, once another file holds them, never reach the reader; a holder
+//! that never acknowledges is fenced after `map_revoke_ms`; a SIGKILLed holder leaves
+//! nothing behind.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command as Proc, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use homi::uapi::*;
+use homi::{Error, Extent, ExtentKind, MapRefusal, MapState};
+use nix::errno::Errno;
+
+use crate::common::*;
+use crate::files::*;
+use crate::harness::Harness;
+
+const MIB: u64 = 1 << 20;
+
+/// What a reader thread saw, shared with the test.
+#[derive(Default)]
+struct Seen {
+    stop: AtomicBool,
+    /// Whole passes over the file.
+    passes: AtomicU64,
+    /// When each pass ended.
+    pass_ends: Mutex<Vec<Instant>>,
+    /// When each revocation was noticed (before the acknowledgement).
+    revoked_at: Mutex<Vec<Instant>>,
+    /// Maps refused as busy (ext4: a writer has the file open).
+    busy: AtomicU64,
+    /// Blocks read that held [`FORBIDDEN`].
+    forbidden: AtomicU64,
+    /// The extents of the first map, and its LBA shift.
+    first: Mutex<(Vec<Extent>, u32)>,
+    /// What stopped the reader, if anything did.
+    error: Mutex<Option<String>>,
+}
+
+/// A thread that maps `path` read-only and reads it whole through homi, again and
+/// again; on revocation it acknowledges (unmap), waits a little, and maps again.
+struct Reader {
+    seen: Arc<Seen>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reader {
+    fn start(path: &Path) -> Self {
+        let seen = Arc::new(Seen::default());
+        let (s, p) = (seen.clone(), path.to_owned());
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = read_loop(&p, &s) {
+                *s.error.lock().unwrap() = Some(format!("{e:#}"));
+            }
+        });
+        Self { seen, thread: Some(thread) }
+    }
+
+    fn passes(&self) -> u64 {
+        self.seen.passes.load(Ordering::Acquire)
+    }
+
+    fn revocations(&self) -> usize {
+        self.seen.revoked_at.lock().unwrap().len()
+    }
+
+    /// Waits until the reader finished `n` passes (at most 60 s).
+    fn wait_passes(&self, n: u64) -> anyhow::Result<()> {
+        let t = Instant::now();
+        while self.passes() < n {
+            if let Some(e) = self.seen.error.lock().unwrap().clone() {
+                bail!("reader failed: {e}");
+            }
+            ensure!(t.elapsed() < Duration::from_secs(60), "reader made {} of {n} passes in 60 s", self.passes());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Stops the reader; fails with what stopped it early, if anything did.
+    fn stop(mut self) -> anyhow::Result<Arc<Seen>> {
+        self.seen.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| anyhow::anyhow!("reader panicked"))?;
+        }
+        if let Some(e) = self.seen.error.lock().unwrap().clone() {
+            bail!("reader failed: {e}");
+        }
+        Ok(self.seen.clone())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.seen.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn read_loop(path: &Path, seen: &Seen) -> anyhow::Result<()> {
+    let ctrl = open_live()?;
+    let mut qp = ctrl.create_qpair(32)?;
+    let buf = ctrl.alloc(1 << 20)?;
+    let mut block = vec![0u8; 1 << 20];
+    'map: while !seen.stop.load(Ordering::Acquire) {
+        let f = File::open(path)?;
+        let size = f.metadata()?.len();
+        if size == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        let map = match map_whole(&ctrl, &f, false) {
+            Ok(m) => m,
+            Err(Error::MapRefused { reason: MapRefusal::Busy, .. }) => {
+                seen.busy.fetch_add(1, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(e) => return Err(e).context("map_file"),
+        };
+        {
+            let mut first = seen.first.lock().unwrap();
+            if first.0.is_empty() {
+                *first = (map.extents().to_vec(), map.lba_shift());
+            }
+        }
+        while !seen.stop.load(Ordering::Acquire) {
+            let mut off = 0;
+            while off < map.file_size() {
+                let n = round_up(map.file_size() - off, 512).min(buf.len() as u64) as usize;
+                match qp.read_at(&map, off, &buf, 0, n, TIMEOUT) {
+                    Ok(got) => {
+                        buf.read_at(0, &mut block[..n])?;
+                        let bad = block[..got].chunks(16).filter(|c| *c == FORBIDDEN).count();
+                        seen.forbidden.fetch_add(bad as u64, Ordering::AcqRel);
+                        off += got.max(1) as u64;
+                    }
+                    Err(Error::MapRevoked { state }) => {
+                        seen.revoked_at.lock().unwrap().push(Instant::now());
+                        ensure!(state == MapState::Revoked, "the reader's map was {state} (it was acknowledging)");
+                        map.unmap().context("acknowledge (unmap)")?;
+                        // Give the operation that broke the lease room to run.
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue 'map;
+                    }
+                    Err(e) => return Err(e).context(format!("read_at {off}")),
+                }
+            }
+            seen.passes.fetch_add(1, Ordering::AcqRel);
+            seen.pass_ends.lock().unwrap().push(Instant::now());
+        }
+        map.unmap()?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in a thread and waits for it at most `limit`: a hung operation fails the
+/// check instead of the whole run.
+fn bounded<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<(T, Instant, Instant)> {
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    std::thread::spawn(move || {
+        let r = f();
+        let _ = tx.send((r, Instant::now()));
+    });
+    match rx.recv_timeout(limit) {
+        Ok((r, t1)) => Ok((r.with_context(|| what.to_owned())?, t0, t1)),
+        Err(_) => bail!("{what} did not complete within {limit:?}"),
+    }
+}
+
+/// The module's `map_revoke_ms`, as loaded.
+fn revoke_ms() -> Option<u64> {
+    std::fs::read_to_string("/sys/module/homi/parameters/map_revoke_ms").ok()?.trim().parse().ok()
+}
+
+fn new_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    f.write_all_at(&pattern(seed, size as usize), 0)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+type Op = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + Send>;
+
+/// The reader holds the file; `op` runs; the map must have been revoked while `op`
+/// ran, which must complete well before the holder would have been fenced, and the
+/// reader must map and read the file again afterwards.
+fn revoke_case(h: &mut Harness, fs: &Fs, what: &str, op: Op) {
+    h.check(&format!("files: {}: {what} revokes the map, waits for the holder, completes", fs.label), || {
+        let path = fs.path("revoked");
+        new_file(&path, 8 * MIB, 500)?;
+        let _ = new_file(&fs.path("clone-src"), MIB, 501);
+        let reader = Reader::start(&path);
+        reader.wait_passes(1)?;
+        let before = reader.revocations();
+        let p = path.clone();
+        let limit = Duration::from_millis(revoke_ms().unwrap_or(REVOKE_MS)) + Duration::from_secs(30);
+        let ((), t0, t1) = bounded(what, limit, move || op(&p))?;
+        let passes = reader.passes();
+        reader.wait_passes(passes + 2)?;
+        let seen = reader.stop()?;
+        let revoked = seen.revoked_at.lock().unwrap().clone();
+        ensure!(revoked.len() > before, "the reader's map was never revoked");
+        ensure!(
+            revoked.iter().any(|&r| r >= t0 && r <= t1),
+            "no revocation while the operation ran ({} revocations, none in its {:?})",
+            revoked.len(),
+            t1 - t0
+        );
+        if let Some(ms) = revoke_ms() {
+            ensure!(
+                t1 - t0 < Duration::from_millis(ms),
+                "took {:?}, as long as fencing would (map_revoke_ms {ms})",
+                t1 - t0
+            );
+        }
+        println!(
+            "#   {what}: completed in {:?}; {} revocation(s), {} passes",
+            t1 - t0,
+            revoked.len(),
+            seen.passes.load(Ordering::Acquire)
+        );
+        Ok(())
+    });
+}
+
+fn falloc(mode: i32, off: u64, len: u64) -> Op {
+    Box::new(move |p: &Path| fallocate(&OpenOptions::new().write(true).open(p)?, mode, off, len))
+}
+
+pub fn revoke(h: &mut Harness, fses: &[Fs]) {
+    use nix::libc::{FALLOC_FL_COLLAPSE_RANGE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE};
+    for fs in fses.iter().filter(|f| f.xfs) {
+        revoke_case(h, fs, "truncate", Box::new(|p: &Path| Ok(OpenOptions::new().write(true).open(p)?.set_len(MIB)?)));
+        revoke_case(h, fs, "hole punch", falloc(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 2 * MIB, MIB));
+        revoke_case(h, fs, "fallocate zero-range", falloc(FALLOC_FL_ZERO_RANGE, 2 * MIB, MIB));
+        revoke_case(h, fs, "fallocate collapse-range", falloc(FALLOC_FL_COLLAPSE_RANGE, 2 * MIB, MIB));
+        revoke_case(h, fs, "fallocate preallocation past the end", falloc(0, 8 * MIB, 4 * MIB));
+        revoke_case(
+            h,
+            fs,
+            "reflink onto the file (FICLONERANGE)",
+            Box::new(|p: &Path| {
+                let src = File::open(p.with_file_name("clone-src"))?;
+                let dst = OpenOptions::new().write(true).open(p)?;
+                // struct file_clone_range: src_fd, src_offset, src_length, dest_offset.
+                let arg: [u64; 4] = [src.as_raw_fd() as u64, 0, MIB, 3 * MIB];
+                // SAFETY: FICLONERANGE = _IOW(0x94, 13, struct file_clone_range) reads it.
+                let rc =
+                    unsafe { nix::libc::ioctl(dst.as_raw_fd(), nix::request_code_write!(0x94, 13, 32) as _, &arg) };
+                Errno::result(rc).context("FICLONERANGE")?;
+                Ok(())
+            }),
+        );
+        revoke_case(
+            h,
+            fs,
+            "an ordinary write",
+            Box::new(|p: &Path| {
+                Ok(OpenOptions::new().write(true).open(p)?.write_all_at(&pattern(502, 4096), 4 * MIB)?)
+            }),
+        );
+        stale_blocks(h, fs);
+    }
+    for fs in fses.iter().filter(|f| !f.xfs) {
+        revoke_case(h, fs, "truncate(2)", Box::new(|p: &Path| Ok(nix::unistd::truncate(p, MIB as i64)?)));
+        revoke_case(
+            h,
+            fs,
+            "an open for writing",
+            Box::new(|p: &Path| {
+                let w = OpenOptions::new().write(true).open(p)?;
+                // Held open a while: the reader's maps meanwhile are refused as busy.
+                std::thread::sleep(Duration::from_millis(300));
+                drop(w);
+                Ok(())
+            }),
+        );
+        h.check(
+            &format!(
+                "files: {}: a map while a writer has the file open is refused (EAGAIN), and works after",
+                fs.label
+            ),
+            || {
+                let path = fs.path("revoked");
+                let reader = Reader::start(&path);
+                reader.wait_passes(1)?;
+                let w = OpenOptions::new().write(true).open(&path)?;
+                let t = Instant::now();
+                while reader.seen.busy.load(Ordering::Acquire) == 0 {
+                    ensure!(
+                        t.elapsed() < Duration::from_secs(30),
+                        "the reader was never refused while the writer held the file"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                drop(w);
+                let passes = reader.passes();
+                reader.wait_passes(passes + 1)?;
+                reader.stop()?;
+                Ok(())
+            },
+        );
+    }
+    if let Some(fs) = fses.iter().find(|f| f.xfs) {
+        fence(h, fs);
+        crash(h, fs);
+    }
+    h.check("files: nothing held after the revocations", ensure_nothing_held_files);
+}
+
+/// LBA ranges (start, end) in 512-byte sectors of the mapped extents.
+fn sectors(extents: &[Extent], shift: u32) -> Vec<(u64, u64)> {
+    extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Mapped)
+        .map(|e| ((e.lba << shift) / 512, ((e.lba << shift) + e.len) / 512))
+        .collect()
+}
+
+/// After a truncate, the freed blocks go to another file full of [`FORBIDDEN`]; the
+/// reader of the first file, which remaps after the revocation, never returns it.
+fn stale_blocks(h: &mut Harness, fs: &Fs) {
+    h.check(
+        &format!("files: {}: blocks freed by truncate, now another file's, never reach the reader", fs.label),
+        || {
+            let path = fs.path("victim");
+            new_file(&path, 16 * MIB, 510)?;
+            let reader = Reader::start(&path);
+            reader.wait_passes(1)?;
+            let (first, shift) = reader.seen.first.lock().unwrap().clone();
+            let keep = MIB;
+            let freed: Vec<(u64, u64)> = sectors(
+                &first
+                    .iter()
+                    .filter(|e| e.end() > keep)
+                    .map(|e| {
+                        let cut = keep.saturating_sub(e.file_offset);
+                        Extent { file_offset: e.file_offset + cut, len: e.len - cut, lba: e.lba + (cut >> shift), ..*e }
+                    })
+                    .collect::<Vec<_>>(),
+                shift,
+            );
+            let total: u64 = freed.iter().map(|(a, b)| b - a).sum();
+            ensure!(total > 0, "premise: the truncate frees no mapped block ({first:?})");
+            let p = path.clone();
+            let (_, t0, t1) = bounded("truncate", Duration::from_secs(60), move || {
+                Ok(OpenOptions::new().write(true).open(&p)?.set_len(keep)?)
+            })?;
+            nix::unistd::sync();
+            // Fill a file with the forbidden pattern until it holds every freed block.
+            let other = fs.path("reuser");
+            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&other)?;
+            let chunk: Vec<u8> = FORBIDDEN.iter().copied().cycle().take(MIB as usize).collect();
+            let ctrl = open_live()?;
+            let mut covered = 0;
+            let mut off = 0;
+            // Bounded, so that a file system that never reuses them fails rather than fills.
+            while covered < total && off < 256 * MIB {
+                match f.write_all_at(&chunk, off) {
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                    r => r?,
+                }
+                off += MIB;
+                f.sync_all()?;
+                let m = map_whole(&ctrl, &File::open(&other)?, false)?;
+                let have = sectors(m.extents(), m.lba_shift());
+                m.unmap()?;
+                covered = freed
+                    .iter()
+                    .map(|&(a, b)| have.iter().map(|&(c, d)| b.min(d).saturating_sub(a.max(c))).sum::<u64>())
+                    .sum();
+            }
+            drop(f);
+            println!(
+                "#   {}: {covered} of {total} freed sectors now in a {off}-byte file of the forbidden pattern",
+                fs.label
+            );
+            ensure!(
+                covered == total,
+                "only {covered} of {total} freed sectors were reused before the file system filled"
+            );
+            let reused = Instant::now();
+            let n = reader.passes();
+            reader.wait_passes(n + 3)?;
+            let seen = reader.stop()?;
+            let _ = std::fs::remove_file(&other);
+            let revoked = seen.revoked_at.lock().unwrap().clone();
+            ensure!(revoked.iter().any(|&r| r >= t0 && r <= t1), "the truncate did not revoke the map while it ran");
+            let after = seen.pass_ends.lock().unwrap().iter().filter(|&&t| t > reused).count();
+            ensure!(after >= 3, "only {after} passes after the blocks were reused");
+            let bad = seen.forbidden.load(Ordering::Acquire);
+            ensure!(bad == 0, "the reader returned {bad} 16-byte pieces of another file's data (stale LBAs)");
+            Ok(())
+        },
+    );
+}
+
+/// A holder that never acknowledges: the truncate waits `map_revoke_ms`, then the
+/// holder's queue pairs are destroyed and its map is fenced.
+fn fence(h: &mut Harness, fs: &Fs) {
+    let Some(ms) = revoke_ms() else {
+        h.skip("files: a holder that never acknowledges is fenced", "homi.ko has no map_revoke_ms parameter");
+        return;
+    };
+    h.check(
+        &format!("files: {}: a holder that never acknowledges is fenced after map_revoke_ms ({ms})", fs.label),
+        || {
+            let path = fs.path("fenced");
+            new_file(&path, 4 * MIB, 520)?;
+            let ctrl = open_live()?;
+            let mut qp = ctrl.create_qpair(16)?;
+            let mut other = ctrl.create_qpair(16)?;
+            let buf = ctrl.alloc(MIB as usize)?;
+            let f = File::open(&path)?;
+            let map = map_whole(&ctrl, &f, false)?;
+            qp.read_at(&map, 0, &buf, 0, MIB as usize, TIMEOUT).context("read before the truncate")?;
+            let p = path.clone();
+            let r = bounded("truncate", Duration::from_millis(ms) + Duration::from_secs(30), move || {
+                Ok(OpenOptions::new().write(true).open(&p)?.set_len(MIB)?)
+            });
+            let ((), t0, t1) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    let state = map.state();
+                    map.unmap()?;
+                    bail!("{e:#} (map {state})");
+                }
+            };
+            let took = t1 - t0;
+            ensure!(
+                took >= Duration::from_millis(ms * 9 / 10),
+                "the truncate completed after {took:?}, before map_revoke_ms"
+            );
+            ensure!(map.state() == MapState::Fenced, "map {} after the truncate", map.state());
+            for q in [&qp, &other] {
+                ensure!(
+                    q.queue_state() == Some(HOMI_QUEUE_DEAD),
+                    "qid {} state {:?}, not dead",
+                    q.qid(),
+                    q.queue_state()
+                );
+            }
+            let r = qp.read_at(&map, 0, &buf, 0, 4096, TIMEOUT);
+            ensure!(matches!(r, Err(Error::MapRevoked { state: MapState::Fenced })), "read on the fenced map: {r:?}");
+            let raw = homi_read(&mut other, &buf, 0, 4096);
+            ensure!(raw.is_err(), "a plain read on a fenced holder's other queue pair succeeded");
+            ensure!(f.metadata()?.len() == MIB, "the truncate did not happen");
+            map.unmap().context("unmap the fenced map")?;
+            println!("#   fenced: the truncate took {took:?}");
+            drop((qp, other, buf, f, ctrl));
+            ensure_nothing_held_files()
+        },
+    );
+}
+
+/// A SIGKILLed holder leaves nothing held, and the file's truncate completes at once.
+fn crash(h: &mut Harness, fs: &Fs) {
+    h.check(
+        &format!("files: {}: a SIGKILLed holder leaves nothing held; a truncate then completes at once", fs.label),
+        || {
+            let path: PathBuf = fs.path("crashed");
+            new_file(&path, 4 * MIB, 530)?;
+            let mut child = Proc::new(std::env::current_exe()?)
+                .args(["helper", "files-holder"])
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+            if !line.starts_with("mapped") {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the holder did not map the file: {line:?}");
+            }
+            let locks = std::fs::read_to_string("/proc/locks")?;
+            ensure!(locks.contains("LEASE"), "premise: no lease in /proc/locks while the holder runs:\n{locks}");
+            child.kill()?;
+            child.wait()?;
+            wait_for("the holder's queue pairs and leases to go", || ensure_nothing_held_files().is_ok())?;
+            let p = path.clone();
+            let (_, t0, t1) = bounded("truncate", Duration::from_secs(30), move || {
+                Ok(OpenOptions::new().write(true).open(&p)?.set_len(MIB)?)
+            })?;
+            ensure!(t1 - t0 < Duration::from_millis(500), "the truncate took {:?}", t1 - t0);
+            Ok(())
+        },
+    );
+}
