@@ -91,6 +91,7 @@ impl BenchArgs {
             span: 256 << 20,
             json: false,
             gpu: Default::default(),
+            file: None,
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn base(runtime: f64, nvme: std::path::PathBuf) -> PerfArgs {
         span: 1 << 30,
         json: false,
         gpu: GpuOpts::default(),
+        file: None,
     }
 }
 

@@ -9,6 +9,7 @@ mod file;
 mod import;
 mod io;
 mod perf;
+mod perf_file;
 mod perf_gpu;
 mod plot;
 mod stats;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
+use clap::builder::ArgPredicate;
 use hdrhistogram::Histogram;
 use homi::{Command, Controller};
 use serde::{Deserialize, Serialize};
@@ -73,7 +74,13 @@ impl Rw {
 #[derive(clap::Args, Clone, Debug)]
 pub struct PerfArgs {
     /// The I/O path.
-    #[arg(long, value_enum)]
+    #[arg(
+        long,
+        value_enum,
+        required = false,
+        required_unless_present = "file",
+        default_value_if("file", ArgPredicate::IsPresent, "homi")
+    )]
     pub path: IoPath,
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
@@ -108,6 +115,12 @@ pub struct PerfArgs {
     /// Options of `--path gpu`.
     #[command(flatten)]
     pub gpu: crate::perf_gpu::GpuOpts,
+    /// Read this file side by side through io_uring (O_DIRECT on the file), io_uring
+    /// passthrough and homi queues at its extents' LBAs (from a file map), instead of
+    /// one path on the namespace: --path, --nvme, --nsid and --span come from the file;
+    /// --json prints an array of reports, one per path.
+    #[arg(long, conflicts_with = "path")]
+    pub file: Option<PathBuf>,
 }
 
 /// Latency statistics in microseconds.
@@ -152,10 +165,10 @@ pub struct Doorbells {
 }
 
 /// Whether a queue pair rings through shadow doorbells, and its doorbell counts.
-type Bells = (bool, homi::DoorbellStats);
+pub(crate) type Bells = (bool, homi::DoorbellStats);
 
 /// What one worker needs from a path: submit up to `qd` commands, reap completions.
-trait Engine {
+pub(crate) trait Engine {
     /// Submits an I/O of `bs` bytes at byte offset `off` into slot `slot`.
     fn submit(&mut self, slot: usize, off: u64, write: bool) -> anyhow::Result<()>;
     /// Makes submitted I/Os visible to the device.
@@ -212,7 +225,7 @@ fn ns_block_device(args: &PerfArgs, prefix: &str) -> anyhow::Result<PathBuf> {
     bail!("{ctrl} has no namespace {}", args.nsid)
 }
 
-fn open_direct(path: &PathBuf) -> anyhow::Result<File> {
+pub(crate) fn open_direct(path: &PathBuf) -> anyhow::Result<File> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -255,6 +268,17 @@ struct Uring {
     file: File,
     slots: Slots,
     polled: bool,
+}
+
+/// An io_uring engine on `file` (opened with `O_DIRECT`), offsets in its bytes.
+pub(crate) fn uring(args: &PerfArgs, file: File) -> anyhow::Result<Box<dyn Engine + Send>> {
+    let polled = args.path == IoPath::IoUringPoll;
+    let mut b = io_uring::IoUring::builder();
+    if polled {
+        b.setup_iopoll();
+    }
+    let ring = b.build((2 * args.qd).next_power_of_two()).context("create io_uring")?;
+    Ok(Box::new(Uring { ring, file, slots: Slots::new(args.qd as usize, args.bs), polled }))
 }
 
 impl Engine for Uring {
@@ -426,7 +450,8 @@ pub fn lba_shift(args: &PerfArgs) -> anyhow::Result<u32> {
     Ok(lbs.trailing_zeros())
 }
 
-fn engine(args: &PerfArgs, ctrl: Option<&Controller>, shift: u32) -> anyhow::Result<Box<dyn Engine + Send>> {
+/// The engine of `args.path` on namespace `args.nsid`, offsets in its bytes.
+pub(crate) fn engine(args: &PerfArgs, ctrl: Option<&Controller>, shift: u32) -> anyhow::Result<Box<dyn Engine + Send>> {
     let qd = args.qd as usize;
     Ok(match args.path {
         IoPath::Pread => Box::new(Pread {
@@ -434,15 +459,7 @@ fn engine(args: &PerfArgs, ctrl: Option<&Controller>, shift: u32) -> anyhow::Res
             slots: Slots::new(1, args.bs),
             pending: None,
         }),
-        IoPath::IoUring | IoPath::IoUringPoll => {
-            let mut b = io_uring::IoUring::builder();
-            if args.path == IoPath::IoUringPoll {
-                b.setup_iopoll();
-            }
-            let ring = b.build((2 * args.qd).next_power_of_two()).context("create io_uring")?;
-            let file = open_direct(&ns_block_device(args, "nvme")?)?;
-            Box::new(Uring { ring, file, slots: Slots::new(qd, args.bs), polled: args.path == IoPath::IoUringPoll })
-        }
+        IoPath::IoUring | IoPath::IoUringPoll => uring(args, open_direct(&ns_block_device(args, "nvme")?)?)?,
         IoPath::Passthru => {
             let ring = io_uring::IoUring::<io_uring::squeue::Entry128, io_uring::cqueue::Entry32>::builder()
                 .build((2 * args.qd).next_power_of_two())
@@ -561,6 +578,12 @@ pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
     ensure!(args.bs % (1 << shift) == 0, "--bs must be a multiple of the namespace's {} B blocks", 1 << shift);
     let ctrl = if args.path == IoPath::Homi { Some(Controller::open(&args.nvme)?) } else { None };
     let engines = (0..args.threads).map(|_| engine(args, ctrl.as_ref(), shift)).collect::<anyhow::Result<Vec<_>>>()?;
+    measure(args, engines, progress)
+}
+
+/// Runs one worker per engine (`args.threads` of them) over offsets
+/// `0..args.span` in steps of `args.bs`, and returns the report.
+pub(crate) fn measure(args: &PerfArgs, engines: Vec<Box<dyn Engine + Send>>, progress: bool) -> anyhow::Result<Report> {
     let done = Arc::new(AtomicU64::new(0));
     let cpu0 = cpu_time()?;
     let start = Instant::now();
@@ -632,6 +655,9 @@ pub fn run(args: &PerfArgs, progress: bool) -> anyhow::Result<Report> {
 
 /// `homi perf`.
 pub fn main(args: &PerfArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.file {
+        return crate::perf_file::main(args, file);
+    }
     if args.path == IoPath::Gpu {
         return crate::perf_gpu::main(args);
     }
@@ -740,6 +766,7 @@ mod tests {
             span: 1 << 20,
             json: false,
             gpu: Default::default(),
+            file: None,
         };
         let err = |a: PerfArgs| validate(&a).unwrap_err().to_string();
         assert!(err(PerfArgs { bs: 1000, ..base.clone() }).contains("--bs"));
