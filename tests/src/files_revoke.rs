@@ -335,6 +335,57 @@ fn sectors(extents: &[Extent], shift: u32) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Truncates `path` to 1 MiB, then fills another file with [`FORBIDDEN`] until it
+/// holds every block the truncate freed (`first` is the map from before). Returns when
+/// the truncate started and ended, and when the blocks were all reused.
+fn truncate_and_reuse(
+    fs: &Fs,
+    path: &Path,
+    first: &[Extent],
+    shift: u32,
+) -> anyhow::Result<(Instant, Instant, Instant)> {
+    let keep = MIB;
+    let tail: Vec<Extent> = first
+        .iter()
+        .filter(|e| e.end() > keep)
+        .map(|e| {
+            let cut = keep.saturating_sub(e.file_offset);
+            Extent { file_offset: e.file_offset + cut, len: e.len - cut, lba: e.lba + (cut >> shift), ..*e }
+        })
+        .collect();
+    let freed = sectors(&tail, shift);
+    let total: u64 = freed.iter().map(|(a, b)| b - a).sum();
+    ensure!(total > 0, "premise: the truncate frees no mapped block ({first:?})");
+    let p = path.to_owned();
+    let ((), t0, t1) = bounded("truncate", Duration::from_secs(60), move || {
+        Ok(OpenOptions::new().write(true).open(&p)?.set_len(keep)?)
+    })?;
+    // The log forced: XFS reuses no extent freed by an uncommitted transaction.
+    nix::unistd::sync();
+    let other = fs.path("reuser");
+    let f = OpenOptions::new().write(true).create(true).truncate(true).open(&other)?;
+    let chunk: Vec<u8> = FORBIDDEN.iter().copied().cycle().take(MIB as usize).collect();
+    let ctrl = open_live()?;
+    let (mut covered, mut off) = (0, 0);
+    // Bounded, so that a file system that never reuses them fails rather than fills.
+    while covered < total && off < 256 * MIB {
+        match f.write_all_at(&chunk, off) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+            r => r?,
+        }
+        off += MIB;
+        f.sync_all()?;
+        let m = map_whole(&ctrl, &File::open(&other)?, false)?;
+        let have = sectors(m.extents(), m.lba_shift());
+        m.unmap()?;
+        covered =
+            freed.iter().map(|&(a, b)| have.iter().map(|&(c, d)| b.min(d).saturating_sub(a.max(c))).sum::<u64>()).sum();
+    }
+    println!("#   {}: {covered} of {total} freed sectors now in a {off}-byte file of the forbidden pattern", fs.label);
+    ensure!(covered == total, "only {covered} of {total} freed sectors were reused ({off} bytes written)");
+    Ok((t0, t1, Instant::now()))
+}
+
 /// After a truncate, the freed blocks go to another file full of [`FORBIDDEN`]; the
 /// reader of the first file, which remaps after the revocation, never returns it.
 fn stale_blocks(h: &mut Harness, fs: &Fs) {
@@ -346,62 +397,12 @@ fn stale_blocks(h: &mut Harness, fs: &Fs) {
             let reader = Reader::start(&path);
             reader.wait_passes(1)?;
             let (first, shift) = reader.seen.first.lock().unwrap().clone();
-            let keep = MIB;
-            let freed: Vec<(u64, u64)> = sectors(
-                &first
-                    .iter()
-                    .filter(|e| e.end() > keep)
-                    .map(|e| {
-                        let cut = keep.saturating_sub(e.file_offset);
-                        Extent { file_offset: e.file_offset + cut, len: e.len - cut, lba: e.lba + (cut >> shift), ..*e }
-                    })
-                    .collect::<Vec<_>>(),
-                shift,
-            );
-            let total: u64 = freed.iter().map(|(a, b)| b - a).sum();
-            ensure!(total > 0, "premise: the truncate frees no mapped block ({first:?})");
-            let p = path.clone();
-            let (_, t0, t1) = bounded("truncate", Duration::from_secs(60), move || {
-                Ok(OpenOptions::new().write(true).open(&p)?.set_len(keep)?)
-            })?;
-            nix::unistd::sync();
-            // Fill a file with the forbidden pattern until it holds every freed block.
-            let other = fs.path("reuser");
-            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&other)?;
-            let chunk: Vec<u8> = FORBIDDEN.iter().copied().cycle().take(MIB as usize).collect();
-            let ctrl = open_live()?;
-            let mut covered = 0;
-            let mut off = 0;
-            // Bounded, so that a file system that never reuses them fails rather than fills.
-            while covered < total && off < 256 * MIB {
-                match f.write_all_at(&chunk, off) {
-                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
-                    r => r?,
-                }
-                off += MIB;
-                f.sync_all()?;
-                let m = map_whole(&ctrl, &File::open(&other)?, false)?;
-                let have = sectors(m.extents(), m.lba_shift());
-                m.unmap()?;
-                covered = freed
-                    .iter()
-                    .map(|&(a, b)| have.iter().map(|&(c, d)| b.min(d).saturating_sub(a.max(c))).sum::<u64>())
-                    .sum();
-            }
-            drop(f);
-            println!(
-                "#   {}: {covered} of {total} freed sectors now in a {off}-byte file of the forbidden pattern",
-                fs.label
-            );
-            ensure!(
-                covered == total,
-                "only {covered} of {total} freed sectors were reused before the file system filled"
-            );
-            let reused = Instant::now();
+            let r = truncate_and_reuse(fs, &path, &first, shift);
+            let _ = std::fs::remove_file(fs.path("reuser"));
+            let (t0, t1, reused) = r?;
             let n = reader.passes();
             reader.wait_passes(n + 3)?;
             let seen = reader.stop()?;
-            let _ = std::fs::remove_file(&other);
             let revoked = seen.revoked_at.lock().unwrap().clone();
             ensure!(revoked.iter().any(|&r| r >= t0 && r <= t1), "the truncate did not revoke the map while it ran");
             let after = seen.pass_ends.lock().unwrap().iter().filter(|&&t| t > reused).count();
@@ -411,6 +412,46 @@ fn stale_blocks(h: &mut Harness, fs: &Fs) {
             Ok(())
         },
     );
+    h.check(&format!("files: {}: the same with `homi cat --loop-secs --forbid` as the reader", fs.label), || {
+        let path = fs.path("victim");
+        new_file(&path, 16 * MIB, 511)?;
+        let (first, shift) = {
+            let ctrl = open_live()?;
+            let m = map_whole(&ctrl, &File::open(&path)?, false)?;
+            let r = (m.extents().to_vec(), m.lba_shift());
+            m.unmap()?;
+            r
+        };
+        let word: String = FORBIDDEN[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let cat = Proc::new(homi_cli()?)
+            .args(["cat", "--loop-secs", "300", "--forbid", &word])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(2));
+        let r = truncate_and_reuse(fs, &path, &first, shift);
+        let _ = std::fs::remove_file(fs.path("reuser"));
+        if r.is_ok() {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(cat.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let out = cat.wait_with_output()?;
+        r?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last =
+            err.lines().rfind(|l| l.starts_with("homi cat: passes=")).with_context(|| format!("no summary:\n{err}"))?;
+        let field = |k: &str| -> u64 {
+            last.split_whitespace().find_map(|w| w.strip_prefix(k)?.strip_prefix('=')?.parse().ok()).unwrap_or(u64::MAX)
+        };
+        println!("#   {last}");
+        ensure!(out.status.success(), "homi cat failed ({}):\n{err}", out.status);
+        ensure!(field("forbidden_blocks") == 0, "{last}");
+        ensure!((1..u64::MAX).contains(&field("revocations")), "no revocation: {last}");
+        ensure!(field("fenced") == 0, "fenced: {last}");
+        ensure!((3..u64::MAX).contains(&field("passes")), "too few passes: {last}");
+        Ok(())
+    });
 }
 
 /// A holder that never acknowledges: the truncate waits `map_revoke_ms`, then the
