@@ -68,13 +68,14 @@ fn map_len(file: &File, offset: u64, len: Option<u64>) -> anyhow::Result<u64> {
     Ok(len.unwrap_or(size.saturating_sub(offset)).next_multiple_of(4096))
 }
 
-/// Maps, retrying for up to `patience` while the module says the file is busy (open
-/// for writing elsewhere, or changing).
-fn map_retrying(o: &Opened, offset: u64, len: u64, write: bool, patience: Duration) -> homi::Result<FileMap> {
-    let start = Instant::now();
+/// Maps, retrying until `until` (or SIGINT/SIGTERM in `homi cat --loop-secs`) while
+/// the module says the file is busy (open for writing elsewhere, or changing).
+fn map_retrying(o: &Opened, offset: u64, len: u64, write: bool, until: Instant) -> homi::Result<FileMap> {
     loop {
         match o.ctrl.map_file(&o.file, offset, len, write) {
-            Err(homi::Error::MapRefused { reason: homi::MapRefusal::Busy, .. }) if start.elapsed() < patience => {
+            Err(homi::Error::MapRefused { reason: homi::MapRefusal::Busy, .. })
+                if Instant::now() < until && !STOP.load(Ordering::Relaxed) =>
+            {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
@@ -278,8 +279,10 @@ struct Reader<'a> {
     map: Option<FileMap>,
     stats: CatStats,
     max_remaps: u32,
-    /// How long to keep retrying a map while the file is busy.
-    patience: Duration,
+    /// Until when to keep retrying a map while the file is busy.
+    until: Instant,
+    /// Reading over and over: a file still busy at `until` ends the pass, not the run.
+    looping: bool,
 }
 
 impl Reader<'_> {
@@ -305,7 +308,11 @@ impl Reader<'_> {
                     if want == 0 {
                         break;
                     }
-                    let m = map_retrying(self.o, pos, want, false, self.patience)?;
+                    let m = match map_retrying(self.o, pos, want, false, self.until) {
+                        Ok(m) => m,
+                        Err(homi::Error::MapRefused { reason: homi::MapRefusal::Busy, .. }) if self.looping => break,
+                        Err(e) => return Err(e.into()),
+                    };
                     if m.is_empty() {
                         break;
                     }
@@ -367,7 +374,8 @@ pub fn cat(a: &CatArgs) -> anyhow::Result<()> {
         map: None,
         stats: CatStats::default(),
         max_remaps: a.max_remaps,
-        patience: Duration::from_secs(10),
+        until: Instant::now() + Duration::from_secs(10),
+        looping: a.loop_secs.is_some(),
     };
     let forbid = a.forbid;
     let check = |stats: &mut CatStats, pass: u64, pos: u64, data: &[u8]| {
@@ -404,7 +412,7 @@ pub fn cat(a: &CatArgs) -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
-    r.patience = Duration::from_secs_f64(secs);
+    r.until = deadline;
     let mut seen = CatStats::default();
     while Instant::now() < deadline && !STOP.load(Ordering::Relaxed) {
         let pass = r.stats.passes + 1;
@@ -466,8 +474,8 @@ pub fn write_file(a: &WriteFileArgs) -> anyhow::Result<()> {
     };
     ensure!(!data.is_empty(), "nothing to write");
     let o = open(&a.target, true)?;
-    let map =
-        map_retrying(&o, a.target.offset, (data.len() as u64).next_multiple_of(4096), true, Duration::from_secs(5))?;
+    let until = Instant::now() + Duration::from_secs(5);
+    let map = map_retrying(&o, a.target.offset, (data.len() as u64).next_multiple_of(4096), true, until)?;
     let lba = 1usize << map.lba_shift();
     ensure!(data.len() % lba == 0, "the length must be a multiple of the namespace's {lba}-byte blocks");
     let mut qp = o.ctrl.create_qpair(QUEUE_DEPTH)?;

@@ -319,7 +319,7 @@ impl FileMap {
             held: true,
         };
         // From here on, dropping `map` unmaps.
-        if r.status_slot as usize >= HOMI_MAP_SLOTS || !(9..=16).contains(&r.lba_shift) || r.len > HOMI_MAP_MAX_LEN {
+        if r.status_slot as usize >= HOMI_MAP_SLOTS || !(9..=16).contains(&r.lba_shift) || r.len > MAX_REPLY_LEN {
             return Err(Error::Invalid("the module's file map reply is malformed"));
         }
         map.extents = extents_from_raw(&map.raw, r.offset, r.len, r.lba_shift)?;
@@ -441,7 +441,7 @@ impl Drop for FileMap {
 }
 
 /// The largest `len` a reply may claim (anything more is a malformed reply).
-const HOMI_MAP_MAX_LEN: u64 = 1 << 62;
+const MAX_REPLY_LEN: u64 = 1 << 62;
 
 impl QueuePair {
     /// Reads `len` bytes of the mapped file at `offset` into `buf[buf_off..]`.
@@ -536,7 +536,24 @@ impl QueuePair {
     }
 
     /// Moves the mapped pieces, keeping the queue full, and waits for all of them.
+    /// A map fenced meanwhile wins over any other outcome: the module destroyed the
+    /// queue, so completions (or their absence) and data mean nothing.
     fn transfer(
+        &mut self,
+        map: &FileMap,
+        pieces: &[Piece],
+        buf: &DmaBuffer,
+        write: bool,
+        timeout: Duration,
+    ) -> Result<()> {
+        let r = self.transfer_pieces(map, pieces, buf, write, timeout);
+        match map.state() {
+            MapState::Fenced => Err(Error::MapRevoked { state: MapState::Fenced }),
+            _ => r,
+        }
+    }
+
+    fn transfer_pieces(
         &mut self,
         map: &FileMap,
         pieces: &[Piece],
@@ -601,13 +618,7 @@ impl QueuePair {
                 std::hint::spin_loop();
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        match map.state() {
-            MapState::Fenced => Err(Error::MapRevoked { state: MapState::Fenced }),
-            _ => Ok(()),
-        }
+        failed.map_or(Ok(()), Err)
     }
 }
 
