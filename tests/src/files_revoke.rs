@@ -38,6 +38,8 @@ struct Seen {
     revoked_at: Mutex<Vec<Instant>>,
     /// Maps refused as busy (ext4: a writer has the file open).
     busy: AtomicU64,
+    /// Maps refused because the file shares blocks (after a reflink onto it).
+    shared: AtomicU64,
     /// Blocks read that held [`FORBIDDEN`].
     forbidden: AtomicU64,
     /// The extents of the first map, and its LBA shift.
@@ -127,6 +129,11 @@ fn read_loop(path: &Path, seen: &Seen) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
+            Err(Error::MapRefused { reason: MapRefusal::SharedBlocks, .. }) => {
+                seen.shared.fetch_add(1, Ordering::AcqRel);
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
             Err(e) => return Err(e).context("map_file"),
         };
         {
@@ -203,6 +210,12 @@ type Op = Box<dyn FnOnce(&Path) -> anyhow::Result<()> + Send>;
 /// ran, which must complete well before the holder would have been fenced, and the
 /// reader must map and read the file again afterwards.
 fn revoke_case(h: &mut Harness, fs: &Fs, what: &str, op: Op) {
+    revoke_case_then(h, fs, what, false, op)
+}
+
+/// As [`revoke_case`]; with `shares`, the operation leaves the file sharing blocks, so
+/// the reader's next map must be refused rather than read.
+fn revoke_case_then(h: &mut Harness, fs: &Fs, what: &str, shares: bool, op: Op) {
     h.check(&format!("files: {}: {what} revokes the map, waits for the holder, completes", fs.label), || {
         let path = fs.path("revoked");
         new_file(&path, 8 * MIB, 500)?;
@@ -213,8 +226,17 @@ fn revoke_case(h: &mut Harness, fs: &Fs, what: &str, op: Op) {
         let p = path.clone();
         let limit = Duration::from_millis(revoke_ms().unwrap_or(REVOKE_MS)) + Duration::from_secs(30);
         let ((), t0, t1) = bounded(what, limit, move || op(&p))?;
-        let passes = reader.passes();
-        reader.wait_passes(passes + 2)?;
+        if shares {
+            // The file now shares blocks: mapping it again is refused (ETXTBSY).
+            let t = Instant::now();
+            while reader.seen.shared.load(Ordering::Acquire) == 0 {
+                ensure!(t.elapsed() < Duration::from_secs(30), "the reflinked file was mapped again, or never tried");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        } else {
+            let passes = reader.passes();
+            reader.wait_passes(passes + 2)?;
+        }
         let seen = reader.stop()?;
         let revoked = seen.revoked_at.lock().unwrap().clone();
         ensure!(revoked.len() > before, "the reader's map was never revoked");
@@ -253,10 +275,11 @@ pub fn revoke(h: &mut Harness, fses: &[Fs]) {
         revoke_case(h, fs, "fallocate zero-range", falloc(FALLOC_FL_ZERO_RANGE, 2 * MIB, MIB));
         revoke_case(h, fs, "fallocate collapse-range", falloc(FALLOC_FL_COLLAPSE_RANGE, 2 * MIB, MIB));
         revoke_case(h, fs, "fallocate preallocation past the end", falloc(0, 8 * MIB, 4 * MIB));
-        revoke_case(
+        revoke_case_then(
             h,
             fs,
             "reflink onto the file (FICLONERANGE)",
+            true,
             Box::new(|p: &Path| {
                 let src = File::open(p.with_file_name("clone-src"))?;
                 let dst = OpenOptions::new().write(true).open(p)?;
