@@ -8,6 +8,11 @@
 //! nvme-pci reserved user queues, a [`QueuePair`] rings through the shadow slots and
 //! writes the MMIO register only when the event index asks ([`need_event`]);
 //! [`QueuePair::doorbell_stats`] counts both.
+//!
+//! Files: [`Controller::map_file`] maps part of a file on one of the controller's
+//! namespaces to its extents under a lease, and [`QueuePair::read_at`] and
+//! [`QueuePair::write_at`] move the file's bytes at those extents; a [`FileMap`]'s
+//! [`state`](FileMap::state) says when the lease broke and the map must be let go.
 
 //!
 //! ```no_run
