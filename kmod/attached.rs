@@ -17,6 +17,10 @@ use kernel::{
     },
 };
 
+use crate::filemap::{
+    MapEntry,
+    MapSlots, //
+};
 use crate::mapping::{
     Backing,
     Object, //
@@ -51,6 +55,9 @@ pub(crate) struct Attached {
     pub(crate) buffers: KVec<Buffer>,
     pub(crate) regs: KVec<Registration>,
     pub(crate) waiting: KVec<Waiting>,
+    /// File maps (MAP_FILE), each holding a lease.
+    pub(crate) maps: KVec<MapEntry>,
+    pub(crate) map_slots: MapSlots,
     pub(crate) next_id: u32,
     /// The process that attached, for LIST_QPAIRS.
     pub(crate) pid: i32,
@@ -159,8 +166,11 @@ impl Attached {
     /// what the controller may still reach is not.
     pub(crate) fn quarantine_rest(&mut self) {
         let born = self.zombies.iter().map(|z| z.born).max().unwrap_or(0);
-        let nheld =
-            2 * self.zombies.len() + self.buffers.len() + self.regs.len() + self.waiting.len();
+        let nheld = 2 * self.zombies.len()
+            + self.buffers.len()
+            + self.regs.len()
+            + self.waiting.len()
+            + self.maps.len();
         let mut qids = KVec::new();
         let mut held = KVec::new();
         if qids.reserve(self.zombies.len(), GFP_KERNEL).is_err()
@@ -171,6 +181,7 @@ impl Attached {
             mem::forget(mem::take(&mut self.buffers));
             mem::forget(mem::take(&mut self.regs));
             mem::forget(mem::take(&mut self.waiting));
+            mem::forget(mem::take(&mut self.maps));
             return;
         }
         // Room was reserved above: none of these pushes can fail and drop its value.
@@ -188,6 +199,9 @@ impl Attached {
         }
         for w in mem::take(&mut self.waiting) {
             let _ = held.push(w.held, GFP_KERNEL);
+        }
+        for m in mem::take(&mut self.maps) {
+            let _ = held.push(Held::new(Memory::FileBlocks(m)), GFP_KERNEL);
         }
         match Package::new(born, qids, held) {
             Ok(p) => self.c.quarantine(p),

@@ -408,14 +408,7 @@ impl FileState {
                 // Unregistered meanwhile: its drop unmaps, after the quarantine.
                 return Ok(());
             }
-            let c = a.c.clone();
-            for q in a.queues.iter_mut() {
-                self.untrack_doorbells(q.slot);
-                self.status.set_queue_state(q.slot, HOMI_QUEUE_DEAD);
-                q.zap_doorbells(self.mapping);
-                q.delete(&c);
-            }
-            a.sweep();
+            self.kill_queues(a);
             if a.lives()?.is_empty() {
                 if let Some(r) = a.regs.iter().find(|r| r.id == id) {
                     r.mem.unmap_revoked();

@@ -66,6 +66,7 @@ use crate::registry::{
 };
 use crate::status::{
     KernelPage,
+    MapStatusPage,
     StatusPage, //
 };
 use crate::uapi::*;
@@ -87,6 +88,7 @@ pub(crate) struct FileState {
     /// The file's `address_space`, for revoking user mappings.
     pub(crate) mapping: usize,
     pub(crate) status: StatusPage,
+    pub(crate) map_status: MapStatusPage,
     /// What revoked mappings of this file show.
     sink: KernelPage,
     /// The doorbell pages of its live queues, for revocation at reset without `inner`
@@ -112,6 +114,7 @@ impl FileState {
                 inner <- new_mutex!(Inner::Detached),
                 mapping,
                 status: StatusPage::new()?,
+                map_status: MapStatusPage::new()?,
                 sink: KernelPage::new()?,
                 doorbells <- new_mutex!(KVec::new()),
                 _module: ModuleRef::get()?,
@@ -203,6 +206,8 @@ impl FileState {
                 buffers: KVec::new(),
                 regs: KVec::new(),
                 waiting: KVec::new(),
+                maps: KVec::new(),
+                map_slots: Default::default(),
                 next_id: 0,
                 pid: kernel::current!().tgid_nr_ns(None),
                 _nvme_file: nvme_file.clone(),
@@ -244,6 +249,7 @@ impl FileState {
             while let Some(q) = a.queues.pop() {
                 a.retire(q);
             }
+            // File maps go after the queues: with `a` below, or with the quarantine.
             a.sweep();
             if !a.zombies.is_empty() {
                 a.quarantine_rest();
@@ -391,7 +397,9 @@ impl FileState {
             refuse!("mmap: homi mappings must be MAP_SHARED\n");
             return Err(EINVAL);
         }
-        if pgoff == HOMI_STATUS_OFFSET >> PAGE_SHIFT {
+        if pgoff == HOMI_STATUS_OFFSET >> PAGE_SHIFT
+            || pgoff == HOMI_MAP_STATUS_OFFSET >> PAGE_SHIFT
+        {
             let status = Object {
                 pgoff,
                 bytes: PAGE_SIZE,
@@ -420,6 +428,9 @@ impl FileState {
         let sink = Backing::Kernel(self.sink.addr());
         if pgoff == HOMI_STATUS_OFFSET >> PAGE_SHIFT {
             return insert(Backing::Kernel(self.status.addr()));
+        }
+        if pgoff == HOMI_MAP_STATUS_OFFSET >> PAGE_SHIFT {
+            return insert(Backing::Kernel(self.map_status.addr()));
         }
         let Inner::Attached(a) = &*inner else {
             return insert(sink);

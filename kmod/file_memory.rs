@@ -144,7 +144,7 @@ impl FileState {
                         addrs.push(*addr, GFP_KERNEL)?;
                     }
                 }
-                Memory::Coherent(_) => return Err(EINVAL),
+                Memory::Coherent(_) | Memory::FileBlocks(_) => return Err(EINVAL),
             }
             Ok(addrs)
         });

@@ -140,6 +140,20 @@ impl FileState {
             .ok_or(ENOENT)
     }
 
+    /// Makes every queue pair of the file dead, as a reset would, and deletes each on
+    /// the controller (which ends its commands): a dma-buf moved under them, or a file
+    /// map was not let go in time. They stay in the file's table until destroyed.
+    pub(crate) fn kill_queues(&self, a: &mut Attached) {
+        let c = a.c.clone();
+        for q in a.queues.iter_mut() {
+            self.untrack_doorbells(q.slot);
+            self.status.set_queue_state(q.slot, HOMI_QUEUE_DEAD);
+            q.zap_doorbells(self.mapping);
+            q.delete(&c);
+        }
+        a.sweep();
+    }
+
     pub(crate) fn destroy_qpair(&self, req: &HomiId) -> Result {
         if req.flags != 0 {
             return Err(EINVAL);

@@ -41,7 +41,9 @@ mod dmabuf;
 mod file;
 mod file_memory;
 mod file_queues;
+mod filemap;
 mod glue;
+mod lease;
 mod mapping;
 mod memory;
 mod placement;
@@ -124,7 +126,9 @@ abi_bytes!(
     HomiId,
     HomiAlloc,
     HomiRegister,
-    HomiRegisterDmabuf
+    HomiRegisterDmabuf,
+    HomiMapFile,
+    HomiExtent
 );
 
 // The ABI file encodes ioctl numbers with its own `_IOC`; the kernel's encoder must agree,
@@ -142,6 +146,8 @@ const _: () = {
     assert!(HOMI_IOCTL_UNREGISTER == _IOW::<HomiId>(IOCTL_TYPE, 0x09));
     assert!(HOMI_IOCTL_LIST_QPAIRS == _IOWR::<HomiList>(IOCTL_TYPE, 0x0a));
     assert!(HOMI_IOCTL_REGISTER_DMABUF == _IOWR::<HomiRegisterDmabuf>(IOCTL_TYPE, 0x0b));
+    assert!(HOMI_IOCTL_MAP_FILE == _IOWR::<HomiMapFile>(IOCTL_TYPE, 0x0c));
+    assert!(HOMI_IOCTL_UNMAP_FILE == _IOW::<HomiId>(IOCTL_TYPE, 0x0d));
 };
 
 module! {
@@ -150,6 +156,12 @@ module! {
     authors: ["The homi developers"],
     description: "NVMe I/O queue pairs for user space and GPUs beside nvme-pci",
     license: "GPL",
+    params: {
+        map_revoke_ms: u32 {
+            default: 2000,
+            description: "How long (ms, 10 to 60000) a file map's holder has to acknowledge a revocation before its queue pairs are destroyed",
+        },
+    },
 }
 
 /// The glue's module-wide state: the PCI bus notifier that tells homi a controller is
@@ -164,6 +176,7 @@ impl Glue {
         kernel::error::to_result(unsafe {
             glue::homi_glue_init(registry::unbinding, mapping::fault)
         })?;
+        lease::init();
         Ok(Self)
     }
 }
@@ -288,6 +301,11 @@ impl MiscDevice for HomiDev {
                 let r = me.register_dmabuf(&read_arg(arg)?)?;
                 write_made(arg, &r, r.id, |id| me.unregister(id))
             }
+            HOMI_IOCTL_MAP_FILE => {
+                let m = me.map_file(&read_arg(arg)?)?;
+                write_made(arg, &m, m.id, |id| me.unmap_file(id))
+            }
+            HOMI_IOCTL_UNMAP_FILE => me.unmap_file(&read_arg(arg)?).map(|()| 0),
             HOMI_IOCTL_LIST_QPAIRS => {
                 let mut l: HomiList = read_arg(arg)?;
                 l.count = file::list_qpairs(&l)?;

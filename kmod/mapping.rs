@@ -33,8 +33,8 @@ use crate::glue::{self, refuse};
 pub(crate) const PAGE_SIZE: usize = bindings::PAGE_SIZE;
 pub(crate) const PAGE_SHIFT: u32 = bindings::PAGE_SHIFT;
 
-/// The next unused mmap page offset (0 is the status page).
-static NEXT_PGOFF: AtomicU64 = AtomicU64::new(1);
+/// The next unused mmap page offset (0 is the status page, 1 the map status page).
+static NEXT_PGOFF: AtomicU64 = AtomicU64::new(2);
 
 /// Takes fresh page offsets for an object of `bytes`.
 pub(crate) fn take_pgoffs(bytes: usize) -> u64 {

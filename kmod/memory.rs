@@ -22,6 +22,7 @@ use crate::dma::{
     Pinned, //
 };
 use crate::dmabuf::Imported;
+use crate::filemap::MapEntry;
 use crate::mapping::PAGE_SIZE;
 
 /// Bytes in quarantine, module-wide (INFO's `quarantined_bytes`).
@@ -49,6 +50,11 @@ pub(crate) enum Memory {
     Pinned(Pinned),
     /// A range of a dma-buf, attached, pinned and mapped.
     DmaBuf(Imported),
+    /// A file map: the file's blocks, which the file system keeps for the file until
+    /// the map's lease goes. No bytes of homi's own.
+    FileBlocks(
+        #[expect(dead_code, reason = "held for its drop, which releases the lease")] MapEntry,
+    ),
 }
 
 impl Memory {
@@ -57,6 +63,7 @@ impl Memory {
             Memory::Coherent(m) => m.size(),
             Memory::Pinned(p) => p.bytes(),
             Memory::DmaBuf(d) => d.bytes(),
+            Memory::FileBlocks(_) => 0,
         }
     }
 
@@ -93,7 +100,7 @@ impl Memory {
             Memory::DmaBuf(d) if !d.revoked() => {
                 let _ = d.addrs().iter().try_for_each(|a| check(*a));
             }
-            Memory::DmaBuf(_) => return None,
+            Memory::DmaBuf(_) | Memory::FileBlocks(_) => return None,
         }
         (ok && i >= first + n).then_some(base).flatten()
     }

@@ -56,6 +56,38 @@ impl Drop for KernelPage {
     }
 }
 
+/// The file's map status page ([`HomiMapStatus`]), mapped read-only at
+/// [`HOMI_MAP_STATUS_OFFSET`]. homi writes a map's state before the file system
+/// operation that broke its lease may go on.
+pub(crate) struct MapStatusPage {
+    page: KernelPage,
+}
+
+impl MapStatusPage {
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            page: KernelPage::new()?,
+        })
+    }
+
+    pub(crate) fn addr(&self) -> *mut c_void {
+        self.page.addr()
+    }
+
+    /// Sets the state of the map in slot `slot` (below [`HOMI_MAP_SLOTS`]). Safe in
+    /// atomic context: the lease's break callback calls it under a spinlock.
+    pub(crate) fn set(&self, slot: u32, state: u32) {
+        let slot = slot as usize;
+        if slot < HOMI_MAP_SLOTS {
+            // SAFETY: a 4-aligned slot inside the live page; user space cannot write it,
+            // so atomic access from here is sound.
+            let p = unsafe { self.page.addr().cast::<u32>().add(slot) };
+            // SAFETY: as above.
+            unsafe { AtomicU32::from_ptr(p) }.store(state, Ordering::Release);
+        }
+    }
+}
+
 /// The file's status page, mapped read-only at [`HOMI_STATUS_OFFSET`]. homi writes it
 /// before it revokes anything, so a reader learns why a mapping went dead.
 pub(crate) struct StatusPage {

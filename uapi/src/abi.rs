@@ -437,9 +437,18 @@ pub struct HomiQpairEntry {
 ///   write break it. Extents come from the export `map_blocks` operation, which first
 ///   writes back dirty pages and drops the page cache of the file.
 /// - **ext4**: a read lease, which every open for writing and every truncate break.
-///   The fd must be opened read-only, nobody may have the file open for writing
-///   (`EAGAIN`), and maps are read-only ([`HOMI_MAP_WRITE`] is refused with
-///   `EOPNOTSUPP`). Data journalling (`data=journal`, `chattr +j`) is refused.
+///   The fd must be opened read-only (`EINVAL`), nobody may have the file open for
+///   writing (`EAGAIN`), and maps are read-only ([`HOMI_MAP_WRITE`] is refused with
+///   `EOPNOTSUPP`). Data journalling (`data=journal`, `chattr +j`) is refused
+///   (`EOPNOTSUPP`). Extents come from `bmap`, which does not tell unwritten blocks
+///   from holes: both are reported as [`HOMI_EXTENT_HOLE`] (both read as zeros). Not
+///   covered: writes through a shared writable mapping made before the map (none can
+///   exist: that needs an fd open for writing) and raw writes to the block device.
+///
+/// The fd's access mode is checked: reading needs it open for reading, and
+/// [`HOMI_MAP_WRITE`] open for reading and writing (`EBADF`). On XFS, writes through
+/// an existing shared writable mmap of the file do not break the lease (XFS does not
+/// break layouts in the page fault path): homi then reads what is on the device.
 ///
 /// When the lease breaks, the module sets the map's slot in [`HomiMapStatus`] to
 /// [`HOMI_MAP_REVOKED`] and the file system operation waits. The holder stops issuing
