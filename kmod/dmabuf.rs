@@ -99,7 +99,7 @@ unsafe extern "C" fn invalidate(attach: *mut bindings::dma_buf_attachment) {
     );
     let arc: Arc<Revoker> = r.into();
     // Enqueued once: `revoked` was false until now.
-    let _ = workqueue::system().enqueue(arc);
+    let _ = workqueue::system_long().enqueue(arc);
 }
 
 /// Importer operations: peer-to-peer capable (the memory may have no struct pages, as

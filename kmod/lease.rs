@@ -186,7 +186,7 @@ impl WorkItem for Lease {
     fn run(this: Arc<Lease>) {
         if this.holder.fence_map(&this) {
             // Queues that may still exist: try again after another bound.
-            let _ = workqueue::system().enqueue_delayed(this, revoke_jiffies());
+            let _ = workqueue::system_long().enqueue_delayed(this, revoke_jiffies());
         }
     }
 }
@@ -219,7 +219,7 @@ unsafe extern "C" fn broken(owner: *mut c_void) {
         .set(lease.map_slot, HOMI_MAP_REVOKED);
     let arc: Arc<Lease> = lease.into();
     // Enqueued once: the state left `LIVE` only now.
-    let _ = workqueue::system().enqueue_delayed(arc, revoke_jiffies());
+    let _ = workqueue::system_long().enqueue_delayed(arc, revoke_jiffies());
 }
 
 impl Lease {
