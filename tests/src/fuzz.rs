@@ -306,7 +306,8 @@ impl Worker<'_> {
                 750..=779 => self.register_dmabuf(),
                 780..=809 => self.placed_qpair(),
                 810..=992 => self.reshape(),
-                993..=996 => self.reopen(),
+                993..=994 => self.map_file(),
+                995..=996 => self.reopen(),
                 _ => self.fork(),
             }
         }
@@ -528,6 +529,35 @@ impl Worker<'_> {
         }
     }
 
+    /// MAP_FILE of what this VM offers, none of it a file on an NVMe namespace (forged
+    /// fds, `/dev/homi` itself), with random fields: every call must fail. UNMAP_FILE
+    /// of ids no map has.
+    fn map_file(&mut self) {
+        let homi = self.file();
+        if self.rng.one_in(3) {
+            let mut arg = HomiId { id: self.rng.odd() as u32, flags: self.rng.zeroish() };
+            self.call("UNMAP_FILE", &homi, HOMI_IOCTL_UNMAP_FILE, &mut arg, true);
+            return;
+        }
+        let mut extents = [HomiExtent::default(); 4];
+        let fd = if self.rng.one_in(4) { homi.as_raw_fd() } else { self.rng.pick(&self.sh.forged) };
+        let (odd_off, odd_len) = (self.rng.odd(), self.rng.odd());
+        let mut m = HomiMapFile {
+            fd,
+            flags: self.rng.zeroish(),
+            offset: self.rng.pick(&[0, 4096, 1, odd_off]),
+            len: self.rng.pick(&[0, 4096, u64::MAX, odd_len]),
+            extents: if self.rng.one_in(6) { self.rng.bad(self.sh.none.addr) as u64 } else { extents.as_mut_ptr() as u64 },
+            capacity: self.rng.pick(&[0, 1, 4, HOMI_MAP_MAX_EXTENTS + 1]),
+            reserved: self.rng.zeroish(),
+            ..Default::default()
+        };
+        if self.rng.one_in(8) {
+            m.id = self.rng.odd() as u32;
+        }
+        self.call("MAP_FILE", &homi, HOMI_IOCTL_MAP_FILE, &mut m, true);
+    }
+
     /// Numbers of homi's type with any direction, number and size, and numbers of any
     /// type, on random bytes.
     fn random_ioctl(&mut self) {
@@ -565,7 +595,8 @@ impl Worker<'_> {
             }
             Some(r) => (r, "mmap"),
             None if self.rng.one_in(2) => {
-                (Region { homi, off: HOMI_STATUS_OFFSET, len: PAGE as u64, write: false, ro: true }, "mmap")
+                let off = if self.rng.one_in(2) { HOMI_STATUS_OFFSET } else { HOMI_MAP_STATUS_OFFSET };
+                (Region { homi, off, len: PAGE as u64, write: false, ro: true }, "mmap")
             }
             None => (Region { homi, off, len, write: false, ro: false }, "mmap (random offset)"),
         };
