@@ -30,12 +30,21 @@ pub struct PerfArgs {
     /// Repetitions of each sweep run.
     #[arg(long, default_value_t = 3)]
     pub sweep_reps: u32,
+    /// Instead of the matrix: `homi perf --file` on a 256 MiB file of XFS on a second
+    /// namespace (io_uring with O_DIRECT on the file, passthrough at the file's LBAs and
+    /// homi through a file map, reading the same blocks), random and sequential 4 KiB
+    /// reads at QD 1 and 32, `--runtime` seconds each.
+    #[arg(long)]
+    pub file: bool,
 }
 
 /// The sweep: io_uring against homi, 4 KiB to 64 KiB, QD 1 to 32, random reads.
 const SWEEP: &str = "--paths io_uring,homi --rw randread --bs 4k,16k,64k --qd 1,8,32";
 
 pub fn run(a: &PerfArgs) -> anyhow::Result<i32> {
+    if a.file {
+        return file(a);
+    }
     let start = Instant::now();
     let k = kbuild::kernel(&a.opts.kernel)?;
     let ko = kbuild::kmod(&k)?;
@@ -104,6 +113,47 @@ pub fn run(a: &PerfArgs) -> anyhow::Result<i32> {
         );
     }
     println!("took {:.0} s", start.elapsed().as_secs_f64());
+    Ok(0)
+}
+
+/// `cargo xtask perf --file`: `homi perf --file` in one VM; the tables go to
+/// `target/bench/vm/file-perf.txt`.
+fn file(a: &PerfArgs) -> anyhow::Result<i32> {
+    let start = Instant::now();
+    let k = kbuild::kernel(&a.opts.kernel)?;
+    let ko = kbuild::kmod(&k)?;
+    let bin = build_guest_binaries()?;
+    let opts = VmOptions { quiet: true, namespaces: a.opts.namespaces.max(2), ..a.opts.clone() };
+    let script = format!(
+        r#"set -e
+insmod {ko}
+mkfs.xfs -q -f /dev/nvme0n2
+mkdir -p "$TMPDIR/x"
+mount /dev/nvme0n2 "$TMPDIR/x"
+f="$TMPDIR/x/data"
+dd if=/dev/urandom of="$f" bs=1M count=256 conv=fsync status=none
+for rw in randread read; do
+  for qd in 1 32; do
+    echo "== {homi} perf --file <256 MiB on XFS> --rw $rw --bs 4096 --qd $qd --runtime {rt}" >> "$HOMI_OUT/file-perf.txt"
+    {homi} perf --file "$f" --rw $rw --bs 4096 --qd $qd --runtime {rt} >> "$HOMI_OUT/file-perf.txt"
+  done
+done
+"#,
+        ko = ko.display(),
+        homi = bin.join("homi").display(),
+        rt = a.runtime,
+    );
+    let run = vm::boot_named(&k, &opts, &script, "perf-file")?;
+    if run.exit_status != 0 {
+        bail!("homi perf --file failed in the VM (exit {}); see {}", run.exit_status, run.dir.join("serial.log").display());
+    }
+    let dest = repo_root().join("target/bench/vm");
+    std::fs::create_dir_all(&dest)?;
+    let text = std::fs::read_to_string(run.dir.join("out/file-perf.txt")).context("read out/file-perf.txt")?;
+    std::fs::write(dest.join("file-perf.txt"), &text)?;
+    println!("one VM ({}, {} vCPUs, emulated NVMe), one thread, a 256 MiB file on XFS:\n", run.accel, opts.smp);
+    print!("{text}");
+    println!("\nwritten to {}; took {:.0} s", dest.join("file-perf.txt").display(), start.elapsed().as_secs_f64());
     Ok(0)
 }
 
