@@ -224,31 +224,40 @@ impl Builder<'_> {
         }
         let len = ((first + n) * bs).min(end) - pos;
         if phys == 0 {
+            // `bmap` also answers 0 when it failed: data the file system finds there
+            // must not be reported as a hole.
+            if lease::next_data(self.file, pos)? < pos + len {
+                pr_warn!("map_file: bmap found no block where the file has data\n");
+                return Err(EIO);
+            }
             Ok((HOMI_EXTENT_HOLE, len, 0))
         } else {
             Ok((HOMI_EXTENT_MAPPED, len, phys * bs + (pos - first * bs)))
         }
     }
 
-    /// Writes `start..end` back, then [`build`](Self::build)s, under a lease taken
-    /// before: a lease that broke meanwhile makes the extents worthless (`EAGAIN`).
-    fn build_leased(&mut self, lease: &Lease, start: u64, end: u64) -> Result<u64> {
+    /// Writes `start..end` back, then fills the array from `start`, under a lease
+    /// taken before: a lease that breaks meanwhile makes the extents worthless
+    /// (`EAGAIN`), and its breaker should not wait for the rest. Returns where the
+    /// extents stop (`end`, or less if the array filled).
+    fn build(&mut self, lease: &Lease, start: u64, end: u64) -> Result<u64> {
         if end > start {
             lease::flush(self.file, start, end)?;
+            if self.info.kind != FS_LAYOUT {
+                // As XFS's `map_blocks` does: with no cached pages over unwritten
+                // blocks, SEEK_DATA (the check of `bmap`'s holes) sees them as holes.
+                // Writes are denied by now, so only clean pages go.
+                let _ = lease::invalidate(self.file, start, end);
+            }
         }
-        let stop = self.build(start, end)?;
-        if !lease.is_live() {
-            refuse!("map_file: the file's layout changed while it was mapped; try again\n");
-            return Err(EAGAIN);
-        }
-        Ok(stop)
-    }
-
-    /// Fills the array from `start`; returns where the extents stop (`end`, or less if
-    /// the array filled).
-    fn build(&mut self, start: u64, end: u64) -> Result<u64> {
         let mut pos = start;
         while pos < end {
+            if !lease.is_live() {
+                return Err(EAGAIN);
+            }
+            if kernel::current!().signal_pending() {
+                return Err(ERESTARTSYS);
+            }
             let (kind, len, addr) = if self.info.kind == FS_LAYOUT {
                 self.layout_piece(pos, end)?
             } else {
@@ -281,7 +290,7 @@ impl FileState {
             || req.block_size != 0
             || req.nsid != 0
             || req.lba_shift != 0
-            || req.reserved != 0
+            || req.revoke_ms != 0
         {
             return Err(EINVAL);
         }
@@ -366,43 +375,61 @@ impl FileState {
             slot,
             (req.offset, end),
             write,
+            layout,
         )?;
-        lease.take(layout).inspect_err(|e| {
-            if *e == EAGAIN {
+        // Set before the lease exists, so that a break's REVOKED is never overwritten.
+        self.map_status.set(slot, HOMI_MAP_LIVE);
+        if let Err(e) = lease.take() {
+            self.map_status.set(slot, HOMI_MAP_NONE);
+            if e == EAGAIN {
                 refuse!("map_file: the file is open for writing, or its lease is being broken\n");
             }
-        })?;
-        self.map_status.set(slot, HOMI_MAP_LIVE);
+            return Err(e);
+        }
+        // From here on, dropping `entry` lets the lease go and clears the slot.
+        let entry = MapEntry {
+            lease: lease.clone(),
+        };
         let mut b = Builder {
             file: &file,
             info: &info,
             out: KVVec::new(),
             cap: req.capacity as usize,
         };
-        let built = b.build_leased(&lease, req.offset, end);
-        let (extents, stop) = match built.map(|stop| (b.out, stop)) {
-            Ok(v) => v,
-            Err(e) => {
-                lease.release();
-                self.map_status.set(slot, HOMI_MAP_NONE);
-                return Err(e);
+        let stop = b.build(&lease, req.offset, end).inspect_err(|e| {
+            if *e == EAGAIN {
+                refuse!("map_file: the file's layout changed while it was mapped; try again\n");
             }
-        };
-        let entry = MapEntry { lease };
-        self.with_attached(|a| {
+        })?;
+        let extents = b.out;
+        // Recorded before the last look at the lease: a break from here on finds the
+        // map for its fence, one before is caught below.
+        let mut entry = Some(entry);
+        let recorded = self.with_attached(|a| {
             if a.c.ctrl.key() != c.ctrl.key() {
                 return Err(ENODEV);
             }
-            // Room was reserved by `map_file`.
-            a.maps.push(entry, GFP_KERNEL)?;
+            a.maps.reserve(1, GFP_KERNEL)?;
+            if let Some(e) = entry.take() {
+                // Room was reserved just above.
+                a.maps.push(e, GFP_KERNEL)?;
+            }
             Ok(())
-        })?;
+        });
+        // An entry not recorded is dropped here, with `inner` released.
+        drop(entry);
+        recorded?;
+        if !lease.is_live() {
+            drop(self.take_map(id));
+            refuse!("map_file: the file's layout changed while it was mapped; try again\n");
+            return Err(EAGAIN);
+        }
         let reply = HomiMapFile {
             flags: req.flags
                 | if layout {
                     HOMI_MAP_LAYOUT_LEASE
                 } else {
-                    HOMI_MAP_READ_LEASE
+                    HOMI_MAP_DENY_WRITE
                 },
             len: stop - req.offset,
             count: extents.len() as u32,
@@ -412,17 +439,27 @@ impl FileState {
             block_size: info.block_size,
             nsid: info.nsid,
             lba_shift: info.lba_shift,
+            revoke_ms: lease::revoke_ms(),
             ..*req
         };
         // Copied with `inner` released (the copy can fault); a map whose extents did
-        // not reach user space is let go at once.
+        // not reach user space is let go at once (its slot is freed by `map_file`).
         let bytes = extents.len() * size_of::<HomiExtent>();
         let mut w = UserSlice::new(UserPtr::from_addr(req.extents as usize), bytes).writer();
         if let Err(e) = extents.iter().try_for_each(|x| w.write(x)) {
-            let _ = self.unmap_file(&HomiId { id, flags: 0 });
+            drop(self.take_map(id));
             return Err(e);
         }
         Ok(reply)
+    }
+
+    /// Takes map `id` out of the file's table; dropped by the caller with `inner`
+    /// released. Its slot stays taken.
+    fn take_map(&self, id: u32) -> Result<MapEntry> {
+        self.with_attached(|a| {
+            let i = a.maps.iter().position(|m| m.lease.id == id).ok_or(ENOENT)?;
+            a.maps.remove(i).map_err(|_| ENOENT)
+        })
     }
 
     /// UNMAP_FILE: the holder's acknowledgement, or a plain release.
@@ -430,14 +467,7 @@ impl FileState {
         if req.flags != 0 {
             return Err(EINVAL);
         }
-        let entry = self.with_attached(|a| {
-            let i = a
-                .maps
-                .iter()
-                .position(|m| m.lease.id == req.id)
-                .ok_or(ENOENT)?;
-            a.maps.remove(i).map_err(|_| ENOENT)
-        })?;
+        let entry = self.take_map(req.id)?;
         let slot = entry.lease.map_slot;
         // Released with `inner` released; the slot is freed only after, so no new map
         // can take it while its state is still being cleared.
@@ -458,13 +488,16 @@ impl FileState {
                 if !mine || lease.state.load(Ordering::Acquire) != HOMI_MAP_REVOKED {
                     return Ok(Fence::Nothing);
                 }
-                refuse!(
-                    "map {}: not acknowledged within map_revoke_ms; destroying the queue pairs of pid {}\n",
-                    lease.id,
-                    a.pid
-                );
+                if glue::log_ratelimit() {
+                    pr_warn!(
+                        "map {}: not acknowledged within map_revoke_ms; destroying the queue pairs of pid {}\n",
+                        lease.id,
+                        a.pid
+                    );
+                }
                 self.kill_queues(a);
-                if !a.lives()?.is_empty() {
+                // Out of memory counting them: try again too.
+                if a.lives().map_or(true, |l| !l.is_empty()) {
                     return Ok(Fence::Retry);
                 }
                 lease.state.store(HOMI_MAP_FENCED, Ordering::Release);

@@ -15,11 +15,13 @@
 #include <linux/fscrypt.h>
 #include <linux/fsverity.h>
 #include <linux/iomap.h>
-#include <linux/seq_file.h>
 #include <linux/slab.h>
 #include <linux/string.h>
 
 #include "nvme.h"
+/* ext4's private superblock info, for its data journalling mode (like nvme.h, compiled
+ * against the same tree and config). */
+#include "ext4.h"
 #include "homi_file_glue.h"
 
 static void (*homi_broken)(void *owner);
@@ -52,23 +54,10 @@ static int homi_layout_open_conflict(struct file *filp, int arg)
 	return 0;
 }
 
-/* A read lease cannot be had while anyone has the file open for writing. */
-static int homi_read_open_conflict(struct file *filp, int arg)
-{
-	return inode_is_open_for_write(file_inode(filp)) ? -EAGAIN : 0;
-}
-
 static const struct lease_manager_operations homi_layout_lm_ops = {
 	.lm_break = homi_lm_break,
 	.lm_change = homi_lm_change,
 	.lm_open_conflict = homi_layout_open_conflict,
-	.lm_breaker_timedout = homi_lm_breaker_timedout,
-};
-
-static const struct lease_manager_operations homi_read_lm_ops = {
-	.lm_break = homi_lm_break,
-	.lm_change = homi_lm_change,
-	.lm_open_conflict = homi_read_open_conflict,
 	.lm_breaker_timedout = homi_lm_breaker_timedout,
 };
 
@@ -77,50 +66,62 @@ void homi_file_glue_init(void (*broken)(void *owner))
 	homi_broken = broken;
 }
 
-int homi_lease_take(struct file *filp, void *owner, bool layout)
+/*
+ * A layout lease, with the checks fcntl(F_SETLEASE) makes: the caller owns the
+ * file or has CAP_LEASE, and the LSMs agree.
+ */
+int homi_lease_take(struct file *filp, void *owner)
 {
 	struct file_lease *fl = locks_alloc_lease();
 	int err;
 
 	if (!fl)
 		return -ENOMEM;
-	fl->fl_lmops = layout ? &homi_layout_lm_ops : &homi_read_lm_ops;
-	fl->c.flc_flags = layout ? FL_LAYOUT : FL_LEASE;
+	fl->fl_lmops = &homi_layout_lm_ops;
+	fl->c.flc_flags = FL_LAYOUT;
 	fl->c.flc_type = F_RDLCK;
 	fl->c.flc_owner = owner;
 	fl->c.flc_pid = current->tgid;
 	fl->c.flc_file = filp;
-	err = kernel_setlease(filp, F_RDLCK, &fl, NULL);
+	err = vfs_setlease(filp, F_RDLCK, &fl, NULL);
 	/* On success the lease list owns it and fl is NULL. */
 	if (fl)
 		locks_free_lease(fl);
 	return err;
 }
 
-void homi_lease_drop(struct file *filp, void *owner)
+int homi_lease_drop(struct file *filp, void *owner)
 {
-	kernel_setlease(filp, F_UNLCK, NULL, &owner);
+	return kernel_setlease(filp, F_UNLCK, NULL, &owner);
 }
 
 /*
- * Whether the file system mounts with data journalling, as /proc/mounts shows
- * its options: file data may then sit in the journal, not yet where the
- * extents point.
+ * Denies writes to the file's inode, as exec does: every open for writing and
+ * every truncate (O_RDONLY|O_TRUNC included) fails with ETXTBSY until
+ * homi_write_allow(). Fails if the file is open for writing now.
  */
-static int homi_sb_journals_data(struct super_block *sb, bool *journals)
+int homi_write_deny(struct file *filp)
 {
-	struct seq_file m = { .size = PAGE_SIZE };
+	return deny_write_access(filp) ? -EAGAIN : 0;
+}
 
-	*journals = false;
-	if (!sb->s_op->show_options)
-		return 0;
-	m.buf = kzalloc(m.size, GFP_KERNEL);
-	if (!m.buf)
-		return -ENOMEM;
-	sb->s_op->show_options(&m, sb->s_root);
-	*journals = m.count >= m.size || strnstr(m.buf, "data=journal", m.count);
-	kfree(m.buf);
-	return 0;
+void homi_write_allow(struct file *filp)
+{
+	allow_write_access(filp);
+}
+
+/*
+ * Whether ext4 journals this inode's data (data=journal, whether asked for at
+ * mount or by the superblock's default mount options, or chattr +j): the data
+ * may then sit in the journal, not yet where the extents point.
+ */
+static bool homi_ext4_journals_data(struct inode *inode)
+{
+	struct ext4_sb_info *sbi = EXT4_SB(inode->i_sb);
+
+	return sbi->s_journal &&
+	       (test_opt(inode->i_sb, DATA_FLAGS) == EXT4_MOUNT_JOURNAL_DATA ||
+		ext4_test_inode_flag(inode, EXT4_INODE_JOURNAL_DATA));
 }
 
 int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
@@ -133,7 +134,6 @@ int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 	struct block_device *bdev = sb->s_bdev;
 	struct nvme_ns *ns;
 	int srcu_idx, err;
-	bool journals;
 
 	memset(info, 0, sizeof(*info));
 	strscpy(info->fs, sb->s_type->name, sizeof(info->fs));
@@ -150,7 +150,11 @@ int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 	srcu_idx = srcu_read_lock(&ctrl->srcu);
 	list_for_each_entry_srcu(ns, &ctrl->namespaces, list,
 				 srcu_read_lock_held(&ctrl->srcu)) {
-		if (ns->disk == bdev->bd_disk) {
+		if (ns->disk == bdev->bd_disk
+#ifdef CONFIG_NVME_MULTIPATH
+		    || ns->head->disk == bdev->bd_disk
+#endif
+		    ) {
 			info->nsid = ns->head->ns_id;
 			info->lba_shift = ns->head->lba_shift;
 			break;
@@ -197,16 +201,14 @@ int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 		bops = sb->s_export_op->block_ops;
 	if (bops && bops->map_blocks) {
 		info->kind = HOMI_FS_LAYOUT;
-	} else if (!strcmp(sb->s_type->name, "ext4") &&
+	} else if (sb->s_magic == EXT4_SUPER_MAGIC &&
+		   !strcmp(sb->s_type->name, "ext4") &&
 		   inode->i_mapping->a_ops->bmap) {
-		err = homi_sb_journals_data(sb, &journals);
-		if (err)
-			return err;
-		if (journals) {
-			info->why = "mounted with data=journal: data may be in the journal only";
+		if (homi_ext4_journals_data(inode)) {
+			info->why = "ext4 journals its data (data=journal): data may be in the journal only";
 			return -EOPNOTSUPP;
 		}
-		info->kind = HOMI_FS_READ_LEASE;
+		info->kind = HOMI_FS_DENY_WRITE;
 	} else {
 		info->why = "homi cannot keep a map of this file system true (it offers neither layout leases nor the ext4 guarantees)";
 		return -EOPNOTSUPP;
@@ -265,6 +267,17 @@ int homi_file_bmap(struct file *filp, u64 block, u64 *phys)
 	return err;
 }
 
+/*
+ * The first byte of data at or after @pos, as SEEK_DATA finds it (the file's
+ * size if none): bmap answers 0 for holes and on errors alike.
+ */
+s64 homi_file_next_data(struct file *filp, u64 pos)
+{
+	loff_t at = vfs_llseek(filp, pos, SEEK_DATA);
+
+	return at == -ENXIO ? i_size_read(file_inode(filp)) : at;
+}
+
 int homi_file_flush(struct file *filp, u64 start, u64 end)
 {
 	return filemap_write_and_wait_range(filp->f_mapping, start, end - 1);
@@ -272,7 +285,13 @@ int homi_file_flush(struct file *filp, u64 start, u64 end)
 
 int homi_file_invalidate(struct file *filp, u64 start, u64 end)
 {
-	return invalidate_inode_pages2_range(filp->f_mapping,
-					     start >> PAGE_SHIFT,
-					     (end - 1) >> PAGE_SHIFT);
+	struct address_space *mapping = filp->f_mapping;
+	int err;
+
+	/* Keeps page faults from bringing pages back while they go. */
+	filemap_invalidate_lock(mapping);
+	err = invalidate_inode_pages2_range(mapping, start >> PAGE_SHIFT,
+					    (end - 1) >> PAGE_SHIFT);
+	filemap_invalidate_unlock(mapping);
+	return err;
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * File maps' C glue (homi_file_glue.c): leases, map_blocks, the namespace
- * behind a file. The Rust side declares these by hand in filemap_glue.rs.
+ * behind a file. The Rust side declares these by hand in lease.rs.
  */
 #ifndef HOMI_FILE_GLUE_H
 #define HOMI_FILE_GLUE_H
@@ -14,7 +14,7 @@ struct nvme_ctrl;
 /* How homi keeps a file's map true. */
 enum homi_fs_kind {
 	HOMI_FS_LAYOUT = 1,	/* layout lease + export map_blocks (XFS) */
-	HOMI_FS_READ_LEASE = 2,	/* read lease + bmap (ext4) */
+	HOMI_FS_DENY_WRITE = 2,	/* writes denied + bmap (ext4) */
 };
 
 struct homi_file_info {
@@ -46,8 +46,11 @@ struct homi_file_extent {
 };
 
 void homi_file_glue_init(void (*broken)(void *owner));
-int homi_lease_take(struct file *filp, void *owner, bool layout);
-void homi_lease_drop(struct file *filp, void *owner);
+int homi_lease_take(struct file *filp, void *owner);
+int homi_lease_drop(struct file *filp, void *owner);
+int homi_write_deny(struct file *filp);
+void homi_write_allow(struct file *filp);
+s64 homi_file_next_data(struct file *filp, u64 pos);
 int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 		       struct homi_file_info *info);
 int homi_file_map_blocks(struct file *filp, u64 offset, u64 len,

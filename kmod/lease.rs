@@ -2,9 +2,11 @@
 
 //! The lease behind one file map, and what happens when it breaks.
 //!
-//! - **Taking.** A layout lease (`FL_LAYOUT`, XFS) or a read lease (`FL_LEASE`, ext4)
-//!   on the mapped file, owned by the map's [`Lease`]. The lease list keeps a raw
-//!   pointer to it, so the map holds the lease until [`Lease::release`] removed it.
+//! - **Taking.** On XFS, a layout lease (`FL_LAYOUT`) on the mapped file, owned by the
+//!   map's [`Lease`]. The lease list keeps a raw pointer to it, so the map holds the
+//!   lease until [`Lease::release`] removed it. On ext4, which breaks no layout leases,
+//!   writes to the inode are denied instead, as for a running executable: no open for
+//!   writing and no truncate succeeds (`ETXTBSY`) until the release.
 //! - **Breaking.** The file system's operation calls `lm_break` under the inode's
 //!   lease lock, then waits. [`broken`] marks the map [`HOMI_MAP_REVOKED`] in the
 //!   holder's map status page and starts the fence's clock; nothing there sleeps.
@@ -83,8 +85,11 @@ pub(crate) struct RawExtent {
 // Kernel structs are passed as `c_void` pointers, as in `glue.rs`.
 extern "C" {
     fn homi_file_glue_init(broken: unsafe extern "C" fn(owner: *mut c_void));
-    fn homi_lease_take(filp: *mut c_void, owner: *mut c_void, layout: bool) -> i32;
-    fn homi_lease_drop(filp: *mut c_void, owner: *mut c_void);
+    fn homi_lease_take(filp: *mut c_void, owner: *mut c_void) -> i32;
+    fn homi_lease_drop(filp: *mut c_void, owner: *mut c_void) -> i32;
+    fn homi_write_deny(filp: *mut c_void) -> i32;
+    fn homi_write_allow(filp: *mut c_void);
+    fn homi_file_next_data(filp: *mut c_void, pos: u64) -> i64;
     fn homi_file_describe(ctrl: *mut NvmeCtrl, filp: *mut c_void, info: *mut FileInfo) -> i32;
     fn homi_file_map_blocks(filp: *mut c_void, offset: u64, len: u64, ext: *mut RawExtent) -> i32;
     fn homi_file_bmap(filp: *mut c_void, block: u64, phys: *mut u64) -> i32;
@@ -135,20 +140,37 @@ pub(crate) fn bmap(file: &File, block: u64) -> Result<u64> {
     Ok(phys)
 }
 
+/// The first byte of data at or after `pos` (SEEK_DATA), or the file's size.
+pub(crate) fn next_data(file: &File, pos: u64) -> Result<u64> {
+    // SAFETY: `file` is referenced.
+    let at = unsafe { homi_file_next_data(file_ptr(file), pos) };
+    u64::try_from(at).map_err(|_| Error::from_errno(at as i32))
+}
+
+/// Drops `start..end` from the page cache (clean pages only; the rest stay).
+pub(crate) fn invalidate(file: &File, start: u64, end: u64) -> Result {
+    // SAFETY: `file` is referenced; `start < end`.
+    kernel::error::to_result(unsafe { homi_file_invalidate(file_ptr(file), start, end) })
+}
+
 /// Writes back the dirty pages of `start..end` and waits.
 pub(crate) fn flush(file: &File, start: u64, end: u64) -> Result {
     // SAFETY: `file` is referenced; `start < end`.
     kernel::error::to_result(unsafe { homi_file_flush(file_ptr(file), start, end) })
 }
 
-/// How long a holder has to acknowledge a revoked map.
-fn revoke_jiffies() -> usize {
+/// How long, in ms, a holder has to acknowledge a revoked map.
+pub(crate) fn revoke_ms() -> u32 {
     // 7.3's `value()` returns a copy, 7.2's a reference (`Kbuild` detects which).
     #[cfg(homi_param_by_value)]
     let ms: u32 = crate::module_parameters::map_revoke_ms.value();
     #[cfg(not(homi_param_by_value))]
     let ms: u32 = *crate::module_parameters::map_revoke_ms.value();
-    msecs_to_jiffies(ms.clamp(10, 60_000)) as usize
+    ms.clamp(10, 60_000)
+}
+
+fn revoke_jiffies() -> usize {
+    msecs_to_jiffies(revoke_ms()) as usize
 }
 
 /// The kernel side of one file map.
@@ -171,6 +193,8 @@ pub(crate) struct Lease {
     pub(crate) start: u64,
     pub(crate) end: u64,
     pub(crate) write: bool,
+    /// A layout lease (XFS); else writes to the inode are denied (ext4).
+    layout: bool,
     /// `HOMI_MAP_LIVE`, `_REVOKED` or `_FENCED`.
     pub(crate) state: AtomicU32,
     held: AtomicBool,
@@ -230,6 +254,7 @@ impl Lease {
         map_slot: u32,
         range: (u64, u64),
         write: bool,
+        layout: bool,
     ) -> Result<Arc<Self>> {
         Arc::pin_init(
             pin_init!(Self {
@@ -241,6 +266,7 @@ impl Lease {
                 start: range.0,
                 end: range.1,
                 write,
+                layout,
                 state: AtomicU32::new(HOMI_MAP_LIVE),
                 held: AtomicBool::new(false),
             }),
@@ -248,13 +274,20 @@ impl Lease {
         )
     }
 
-    /// Takes the lease: a layout lease if `layout`, else a read lease.
-    pub(crate) fn take(self: &Arc<Self>, layout: bool) -> Result {
+    /// Takes the layout lease, or denies writes.
+    pub(crate) fn take(self: &Arc<Self>) -> Result {
         let owner = Arc::as_ptr(self).cast_mut().cast();
-        // SAFETY: `file` is referenced by `self`, which outlives the lease (type
-        // invariant, kept by `release`).
-        kernel::error::to_result(unsafe { homi_lease_take(file_ptr(&self.file), owner, layout) })?;
-        // INVARIANT: the lease is on the list with this owner.
+        let file = file_ptr(&self.file);
+        let err = if self.layout {
+            // SAFETY: `file` is referenced by `self`, which outlives the lease (type
+            // invariant, kept by `release`).
+            unsafe { homi_lease_take(file, owner) }
+        } else {
+            // SAFETY: `file` is referenced; `release` undoes this once.
+            unsafe { homi_write_deny(file) }
+        };
+        kernel::error::to_result(err)?;
+        // INVARIANT: the lease is on the list with this owner (or writes are denied).
         self.held.store(true, Ordering::Release);
         Ok(())
     }
@@ -268,20 +301,30 @@ impl Lease {
             return;
         }
         if self.write && self.end > self.start {
-            // SAFETY: `file` is referenced; the range is not empty.
-            let err = unsafe { homi_file_invalidate(file_ptr(&self.file), self.start, self.end) };
-            if err != 0 {
+            if let Err(err) = invalidate(&self.file, self.start, self.end) {
                 pr_warn!(
-                    "unmap_file: map {}: the page cache kept part of the range ({})\n",
+                    "unmap_file: map {}: the page cache kept part of the range ({:?})\n",
                     self.id,
                     err
                 );
             }
         }
+        if !self.layout {
+            // SAFETY: `take` denied writes through this file, once (`held` was true).
+            unsafe { homi_write_allow(file_ptr(&self.file)) };
+            return;
+        }
         let owner = core::ptr::from_ref(self).cast_mut().cast();
         // SAFETY: the lease was taken with this owner on this file and not removed yet
         // (`held` was true); after this call the lease list no longer names `self`.
-        unsafe { homi_lease_drop(file_ptr(&self.file), owner) };
+        let err = unsafe { homi_lease_drop(file_ptr(&self.file), owner) };
+        if err != 0 {
+            pr_err!(
+                "map {}: the layout lease was not found ({})\n",
+                self.id,
+                err
+            );
+        }
     }
 
     /// Whether the lease has not broken.

@@ -290,17 +290,28 @@ impl Controller {
     /// Releases the packages whose queues are gone (all of them if `everything`), and
     /// their qids.
     fn sweep(&self, everything: bool) {
+        // Dropped after `shared` is released: a package may hold file maps, whose
+        // release can wait for page cache locks.
+        let mut released = KVec::new();
         let mut s = self.shared.lock();
         let Shared {
             qids, quarantine, ..
         } = &mut *s;
-        quarantine.retain(|p| {
-            let release = everything || self.gone(p.born);
-            if release {
-                qids.retain(|q| !p.qids.contains(q));
+        let mut i = 0;
+        while i < quarantine.len() {
+            let p = &quarantine[i];
+            if !(everything || self.gone(p.born)) {
+                i += 1;
+                continue;
             }
-            !release
-        });
+            qids.retain(|q| !p.qids.contains(q));
+            if let Ok(p) = quarantine.remove(i) {
+                // Out of memory: dropped here, under the lock, as before.
+                let _ = released.push(p, GFP_KERNEL);
+            }
+        }
+        drop(s);
+        drop(released);
     }
 
     /// Logs once per controller what a queue holder can reach here.

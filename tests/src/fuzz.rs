@@ -547,9 +547,13 @@ impl Worker<'_> {
             flags: self.rng.zeroish(),
             offset: self.rng.pick(&[0, 4096, 1, odd_off]),
             len: self.rng.pick(&[0, 4096, u64::MAX, odd_len]),
-            extents: if self.rng.one_in(6) { self.rng.bad(self.sh.none.addr) as u64 } else { extents.as_mut_ptr() as u64 },
+            extents: if self.rng.one_in(6) {
+                self.rng.bad(self.sh.none.addr) as u64
+            } else {
+                extents.as_mut_ptr() as u64
+            },
             capacity: self.rng.pick(&[0, 1, 4, HOMI_MAP_MAX_EXTENTS + 1]),
-            reserved: self.rng.zeroish(),
+            revoke_ms: self.rng.zeroish(),
             ..Default::default()
         };
         if self.rng.one_in(8) {

@@ -148,7 +148,7 @@ pub fn map(a: &MapArgs) -> anyhow::Result<()> {
         nsid: m.nsid(),
         lease: match m.lease() {
             Lease::Layout => "layout",
-            Lease::Read => "read",
+            Lease::DenyWrite => "deny-write",
         },
         writable: m.writable(),
         file_size: m.file_size(),
@@ -174,13 +174,13 @@ pub fn map(a: &MapArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    let kept_by = if out.lease == "layout" { "layout lease" } else { "writes denied while mapped" };
     println!(
-        "{}: on {} ({} ns {}), {} lease, {} map",
+        "{}: on {} ({} ns {}), {kept_by}, {} map",
         out.file,
         out.device.as_deref().unwrap_or("?"),
         out.controller,
         out.nsid,
-        out.lease,
         if out.writable { "writable" } else { "read-only" }
     );
     println!(

@@ -436,14 +436,17 @@ pub struct HomiQpairEntry {
 ///   layout lease. Truncate, hole punch, fallocate, reflink onto the file and every
 ///   write break it. Extents come from the export `map_blocks` operation, which first
 ///   writes back dirty pages and drops the page cache of the file.
-/// - **ext4**: a read lease, which every open for writing and every truncate break.
+/// - **ext4** (which breaks no layout leases outside DAX): writes to the inode are
+///   denied for the life of the map, as for a running executable. Every open for
+///   writing and every truncate (`O_RDONLY|O_TRUNC` included) fails with `ETXTBSY`
+///   until the map goes, so nothing can change the layout; there is nothing to revoke.
 ///   The fd must be opened read-only (`EINVAL`), nobody may have the file open for
 ///   writing (`EAGAIN`), and maps are read-only ([`HOMI_MAP_WRITE`] is refused with
-///   `EOPNOTSUPP`). Data journalling (`data=journal`, `chattr +j`) is refused
-///   (`EOPNOTSUPP`). Extents come from `bmap`, which does not tell unwritten blocks
-///   from holes: both are reported as [`HOMI_EXTENT_HOLE`] (both read as zeros). Not
-///   covered: writes through a shared writable mapping made before the map (none can
-///   exist: that needs an fd open for writing) and raw writes to the block device.
+///   `EOPNOTSUPP`). Data journalling (`data=journal`, from the mount or the superblock's
+///   defaults, or `chattr +j`) is refused (`EOPNOTSUPP`). Extents come from `bmap`,
+///   which does not tell unwritten blocks from holes: both are reported as
+///   [`HOMI_EXTENT_HOLE`] (both read as zeros); a hole where SEEK_DATA finds data
+///   fails the call (`EIO`). Not covered: raw writes to the block device.
 ///
 /// The fd's access mode is checked: reading needs it open for reading, and
 /// [`HOMI_MAP_WRITE`] open for reading and writing (`EBADF`). On XFS, writes through
@@ -476,8 +479,8 @@ pub const HOMI_IOCTL_UNMAP_FILE: u32 = ioc(IOC_WRITE, 0x0d, core::mem::size_of::
 pub const HOMI_MAP_WRITE: u32 = 1 << 0;
 /// [`HomiMapFile::flags`] (out): the map is kept by a layout lease (XFS).
 pub const HOMI_MAP_LAYOUT_LEASE: u32 = 1 << 8;
-/// [`HomiMapFile::flags`] (out): the map is kept by a read lease (ext4).
-pub const HOMI_MAP_READ_LEASE: u32 = 1 << 9;
+/// [`HomiMapFile::flags`] (out): the map is kept by denying writes to the file (ext4).
+pub const HOMI_MAP_DENY_WRITE: u32 = 1 << 9;
 
 /// The most extents one [`HOMI_IOCTL_MAP_FILE`] returns.
 pub const HOMI_MAP_MAX_EXTENTS: u32 = 1 << 20;
@@ -514,8 +517,9 @@ pub struct HomiMapFile {
     pub nsid: u32,
     /// Out: log2 of that namespace's LBA data size.
     pub lba_shift: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// In: zero. Out: how long, in ms, the holder has to acknowledge a revocation of
+    /// this map before it is fenced (the module parameter `map_revoke_ms`).
+    pub revoke_ms: u32,
 }
 
 /// [`HomiExtent::kind`]: data at `lba`.

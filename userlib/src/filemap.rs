@@ -2,11 +2,13 @@
 //! bytes lie on the namespace, and [`QueuePair::read_at`] and [`QueuePair::write_at`]
 //! move file bytes at those LBAs through homi queues.
 //!
-//! The map stays true while its lease holds (a layout lease on XFS, a read lease on
-//! ext4). When the file system must change the layout, the module marks the map
-//! [`MapState::Revoked`] in the map status page and waits: the holder stops issuing
-//! I/O on the map, waits for what is in flight, and unmaps, which acknowledges. A
-//! holder too slow to do so is fenced: its queue pairs are destroyed.
+//! The map stays true while its lease holds. On XFS that is a layout lease: when the
+//! file system must change the layout, the module marks the map [`MapState::Revoked`]
+//! in the map status page and waits; the holder stops issuing I/O on the map, waits for
+//! what is in flight, and unmaps, which acknowledges. A holder too slow to do so is
+//! fenced: its queue pairs are destroyed. On ext4, which has no layout leases, writes
+//! to the file are denied while it is mapped (opens for writing and truncates fail
+//! with `ETXTBSY`), so its maps are never revoked.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -96,8 +98,9 @@ impl std::fmt::Display for MapState {
 pub enum Lease {
     /// A layout lease (XFS): broken by writes, truncate, fallocate, reflink.
     Layout,
-    /// A read lease (ext4): broken when anyone opens the file for writing.
-    Read,
+    /// Writes denied (ext4): opens for writing and truncates fail with `ETXTBSY` while
+    /// the file is mapped; the map is never revoked.
+    DenyWrite,
 }
 
 /// Extents the first `HOMI_IOCTL_MAP_FILE` call has room for.
@@ -123,6 +126,7 @@ pub struct FileMap {
     block_size: u32,
     nsid: u32,
     lba_shift: u32,
+    revoke_ms: u32,
     writable: bool,
     lease: Lease,
     id: u32,
@@ -298,7 +302,7 @@ impl FileMap {
         write: bool,
     ) -> Result<Self> {
         raw.truncate((r.count as usize).min(raw.len()));
-        let lease = if r.flags & HOMI_MAP_LAYOUT_LEASE != 0 { Lease::Layout } else { Lease::Read };
+        let lease = if r.flags & HOMI_MAP_LAYOUT_LEASE != 0 { Lease::Layout } else { Lease::DenyWrite };
         let slot = (r.status_slot as usize).min(HOMI_MAP_SLOTS - 1);
         let mut map = Self {
             shared,
@@ -313,6 +317,7 @@ impl FileMap {
             block_size: r.block_size,
             nsid: r.nsid,
             lba_shift: r.lba_shift,
+            revoke_ms: r.revoke_ms,
             writable: write,
             lease,
             id: r.id,
@@ -384,6 +389,13 @@ impl FileMap {
     /// log2 of the namespace's logical block size.
     pub fn lba_shift(&self) -> u32 {
         self.lba_shift
+    }
+
+    /// How long, in ms, the holder has to acknowledge a revocation (stop I/O on the
+    /// map, then [`unmap`](Self::unmap)) before the module fences it: destroys every
+    /// queue pair of the controller handle.
+    pub fn revoke_ms(&self) -> u32 {
+        self.revoke_ms
     }
 
     /// Whether the map was made for writing.
