@@ -65,6 +65,7 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         // A short bound, so that fencing is quick (a module without the parameter
         // ignores it, and the fence check reports itself skipped).
         kmod::load(kmod_path, &format!("map_revoke_ms={REVOKE_MS}")).context("load homi.ko")?;
+        LOADED_HERE.store(true, std::sync::atomic::Ordering::Release);
     }
     let mut fses = Vec::new();
     let ok = h.check("files: XFS on nvme0 nsid 1, ext4 and XFS on partitions of nsid 2 at odd offsets", || {
@@ -81,7 +82,13 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         writes(h, fs);
     }
     crate::files_refuse::refusals(h, &fses);
+    for fs in &fses {
+        h.check(&format!("files: {}: unmounts and mounts again after the refusals", fs.label), || remount(fs));
+    }
     crate::files_revoke::revoke(h, &fses);
+    for fs in &fses {
+        h.check(&format!("files: {}: unmounts and mounts again after the revocations", fs.label), || remount(fs));
+    }
     perf(h, &fses[0]);
     h.check("files: file systems unmount (no reference left behind)", || {
         for fs in &fses {
@@ -94,6 +101,29 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         ensure!(bad.is_empty(), "kernel log:\n{}", bad.join("\n"));
         Ok(())
     });
+    Ok(())
+}
+
+/// The suite loaded homi.ko itself, with `map_revoke_ms` = [`REVOKE_MS`].
+pub(crate) static LOADED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Unmounts `fs` and mounts it again: fails if anything, homi.ko included, still holds
+/// a file on it.
+pub(crate) fn remount(fs: &Fs) -> anyhow::Result<()> {
+    if let Err(e) = sh(&format!("umount {}", fs.mnt.display())) {
+        let mut users = Vec::new();
+        for p in std::fs::read_dir("/proc")?.flatten() {
+            for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_link(fd.path()) {
+                    if t.starts_with(&fs.mnt) {
+                        users.push(format!("{} -> {}", fd.path().display(), t.display()));
+                    }
+                }
+            }
+        }
+        bail!("{e:#}; open files under it in user space: {users:?} (none: the kernel holds a reference)");
+    }
+    sh(&format!("mount -t {} {} {}", if fs.xfs { "xfs" } else { "ext4" }, fs.dev, fs.mnt.display()))?;
     Ok(())
 }
 
@@ -127,7 +157,7 @@ fn write_mbr(disk: &str, parts: &[(u64, u64)]) -> anyhow::Result<()> {
 
 fn make_file_systems() -> anyhow::Result<Vec<Fs>> {
     let ns1 = ns_path(0, 1)?;
-    let ns2 = ns_path(0, 2)?;
+    let ns2 = ns_path(0, 2).context("the files suite needs two namespaces (cargo xtask vm --namespaces 2)")?;
     let sectors = |dev: &str| -> anyhow::Result<u64> {
         let name = dev.trim_start_matches("/dev/");
         Ok(std::fs::read_to_string(format!("/sys/class/block/{name}/size"))?.trim().parse()?)
@@ -222,8 +252,11 @@ struct Shape {
     name: &'static str,
     /// Offsets and the kind of extent that must hold them.
     want: Vec<(u64, ExtentKind)>,
-    /// At least this many mapped extents (also checked with filefrag).
+    /// At least this many mapped extents in homi's map.
     min_extents: usize,
+    /// At least this many extents FIEMAP reports (`filefrag`, which merges extents
+    /// that continue each other on disk even across holes).
+    min_fiemap: usize,
 }
 
 pub(crate) fn write_file(path: &Path, size: u64, writes: &[(u64, usize)], seed: u64) -> anyhow::Result<()> {
@@ -271,6 +304,7 @@ fn make_files(fs: &Fs) -> anyhow::Result<Vec<Shape>> {
             (7 * MIB, Hole),
         ],
         min_extents: 3,
+        min_fiemap: 1,
     });
     // Preallocated, partly written: unwritten extents around a written one.
     {
@@ -283,10 +317,11 @@ fn make_files(fs: &Fs) -> anyhow::Result<Vec<Shape>> {
         name: "unwritten",
         want: vec![(0, Unwritten), (MIB, Mapped), (2 * MIB, Unwritten)],
         min_extents: 1,
+        min_fiemap: 1,
     });
     // Contiguous data with a partial last block.
     write_file(&fs.path("plain"), 3 * MIB + 1000, &[(0, (3 * MIB + 1000) as usize)], 120)?;
-    shapes.push(Shape { name: "plain", want: vec![(0, Mapped), (3 * MIB, Mapped)], min_extents: 1 });
+    shapes.push(Shape { name: "plain", want: vec![(0, Mapped), (3 * MIB, Mapped)], min_extents: 1, min_fiemap: 1 });
     // Every other block punched out: 256 one-block extents between 256 holes.
     {
         write_file(&fs.path("punched"), 2 * MIB, &[(0, 2 * MIB as usize)], 130)?;
@@ -300,6 +335,7 @@ fn make_files(fs: &Fs) -> anyhow::Result<Vec<Shape>> {
         name: "punched",
         want: vec![(0, Mapped), (PAGE, Hole), (2 * MIB - 2 * PAGE, Mapped)],
         min_extents: 256,
+        min_fiemap: 1,
     });
     // Two files appended in turn, one synchronous direct block at a time, so that
     // their blocks interleave on disk: many small extents and no hole.
@@ -321,7 +357,12 @@ fn make_files(fs: &Fs) -> anyhow::Result<Vec<Shape>> {
             b.write_all_at(blk.as_slice(), i * PAGE)?;
         }
     }
-    shapes.push(Shape { name: "interleaved", want: vec![(0, Mapped), (MIB - PAGE, Mapped)], min_extents: 32 });
+    shapes.push(Shape {
+        name: "interleaved",
+        want: vec![(0, Mapped), (MIB - PAGE, Mapped)],
+        min_extents: 32,
+        min_fiemap: 32,
+    });
     Ok(shapes)
 }
 
@@ -410,7 +451,7 @@ fn layouts(h: &mut Harness, fs: &Fs) {
         shapes = make_files(fs)?;
         for s in &shapes {
             let n = filefrag(&fs.path(s.name))?;
-            ensure!(n >= s.min_extents, "{}: filefrag finds {n} extents, expected at least {}", s.name, s.min_extents);
+            ensure!(n >= s.min_fiemap, "{}: filefrag finds {n} extents, expected at least {}", s.name, s.min_fiemap);
             println!("# {label}: {}: {n} extents (filefrag)", s.name);
         }
         Ok(())
@@ -450,6 +491,9 @@ fn layouts(h: &mut Harness, fs: &Fs) {
         );
     }
     h.check(&format!("files: {label}: nothing held after the maps"), ensure_nothing_held_files);
+    h.check(&format!("files: {label}: unmounts and mounts again after the maps (no file reference kept)"), || {
+        remount(fs)
+    });
 }
 
 /// Nothing held on the controller, and no lease on any file.

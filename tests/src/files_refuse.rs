@@ -72,17 +72,19 @@ fn refused_with(
     }
 }
 
-/// The last kernel log line that mentions homi, for the refusal's message.
-fn last_homi_log() -> String {
-    kmod::kernel_log().unwrap_or_default().lines().rev().find(|l| l.contains("homi")).unwrap_or_default().to_owned()
+/// Kernel log lines from homi after the first `skip` lines.
+fn homi_log_since(skip: usize) -> Vec<String> {
+    let log = kmod::kernel_log().unwrap_or_default();
+    log.lines().skip(skip).filter(|l| l.contains("homi")).map(str::to_owned).collect()
 }
 
 fn refusal(h: &mut Harness, name: &str, f: impl FnOnce(&Controller) -> anyhow::Result<()>) {
     h.check(&format!("files: refused: {name}; nothing held after"), || {
         let ctrl = open_live()?;
+        let before = kmod::kernel_log().unwrap_or_default().lines().count();
         let r = f(&ctrl);
-        if r.is_ok() {
-            println!("#   log: {}", last_homi_log());
+        for l in homi_log_since(before) {
+            println!("#   log: {l}");
         }
         drop(ctrl);
         r?;
@@ -283,7 +285,7 @@ pub(crate) fn refusals(h: &mut Harness, fses: &[Fs]) {
                 call(HomiMapFile { capacity: HOMI_MAP_MAX_EXTENTS + 1, ..base }),
                 Errno::EINVAL,
             )?;
-            refused_with(c, "reserved non-zero", call(HomiMapFile { reserved: 1, ..base }), Errno::EINVAL)?;
+            refused_with(c, "revoke_ms non-zero on input", call(HomiMapFile { revoke_ms: 1, ..base }), Errno::EINVAL)?;
             for (name, m) in [
                 ("count", HomiMapFile { count: 1, ..base }),
                 ("id", HomiMapFile { id: 1, ..base }),

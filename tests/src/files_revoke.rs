@@ -1,14 +1,14 @@
 //! File maps that the file system takes back: every layout-changing operation on XFS
-//! and the lease-breaking ones on ext4 revoke a map while a reader holds it, the
-//! operation waits for the reader's acknowledgement and then completes; the blocks a
-//! truncate frees, once another file holds them, never reach the reader; a holder
-//! that never acknowledges is fenced after `map_revoke_ms`; a SIGKILLed holder leaves
-//! nothing behind.
+//! revokes a map while a reader holds it, waits for the reader's acknowledgement and
+//! then completes; the blocks a truncate frees, once another file holds them, never
+//! reach the reader; a holder that never acknowledges is fenced after
+//! `map_revoke_ms`. ext4 maps deny writes instead (`ETXTBSY`) and are never revoked.
+//! A SIGKILLed holder leaves nothing behind.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -191,9 +191,19 @@ fn bounded<T: Send + 'static>(
     }
 }
 
-/// The module's `map_revoke_ms`, as loaded.
-fn revoke_ms() -> Option<u64> {
-    std::fs::read_to_string("/sys/module/homi/parameters/map_revoke_ms").ok()?.trim().parse().ok()
+/// The module's `map_revoke_ms`, as a map's reply gives it (0 if mapping fails).
+fn revoke_ms(fs: &Fs) -> u64 {
+    let probe = fs.path("revoke-ms-probe");
+    let ms = (|| -> anyhow::Result<u64> {
+        new_file(&probe, 4096, 599)?;
+        let ctrl = open_live()?;
+        let m = map_whole(&ctrl, &File::open(&probe)?, false)?;
+        let ms = m.revoke_ms();
+        m.unmap()?;
+        Ok(u64::from(ms))
+    })();
+    let _ = std::fs::remove_file(&probe);
+    ms.unwrap_or(0)
 }
 
 fn new_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
@@ -224,7 +234,9 @@ fn revoke_case_then(h: &mut Harness, fs: &Fs, what: &str, shares: bool, op: Op) 
         reader.wait_passes(1)?;
         let before = reader.revocations();
         let p = path.clone();
-        let limit = Duration::from_millis(revoke_ms().unwrap_or(REVOKE_MS)) + Duration::from_secs(30);
+        let ms = revoke_ms(fs);
+        ensure!(ms > 0, "the map reply gives no revoke_ms");
+        let limit = Duration::from_millis(ms) + Duration::from_secs(30);
         let ((), t0, t1) = bounded(what, limit, move || op(&p))?;
         if shares {
             // The file now shares blocks: mapping it again is refused (ETXTBSY).
@@ -246,7 +258,7 @@ fn revoke_case_then(h: &mut Harness, fs: &Fs, what: &str, shares: bool, op: Op) 
             revoked.len(),
             t1 - t0
         );
-        if let Some(ms) = revoke_ms() {
+        {
             ensure!(
                 t1 - t0 < Duration::from_millis(ms),
                 "took {:?}, as long as fencing would (map_revoke_ms {ms})",
@@ -303,47 +315,12 @@ pub fn revoke(h: &mut Harness, fses: &[Fs]) {
         stale_blocks(h, fs);
     }
     for fs in fses.iter().filter(|f| !f.xfs) {
-        revoke_case(h, fs, "truncate(2)", Box::new(|p: &Path| Ok(nix::unistd::truncate(p, MIB as i64)?)));
-        revoke_case(
-            h,
-            fs,
-            "an open for writing",
-            Box::new(|p: &Path| {
-                let w = OpenOptions::new().write(true).open(p)?;
-                // Held open a while: the reader's maps meanwhile are refused as busy.
-                std::thread::sleep(Duration::from_millis(300));
-                drop(w);
-                Ok(())
-            }),
-        );
-        h.check(
-            &format!(
-                "files: {}: a map while a writer has the file open is refused (EAGAIN), and works after",
-                fs.label
-            ),
-            || {
-                let path = fs.path("revoked");
-                let reader = Reader::start(&path);
-                reader.wait_passes(1)?;
-                let w = OpenOptions::new().write(true).open(&path)?;
-                let t = Instant::now();
-                while reader.seen.busy.load(Ordering::Acquire) == 0 {
-                    ensure!(
-                        t.elapsed() < Duration::from_secs(30),
-                        "the reader was never refused while the writer held the file"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                drop(w);
-                let passes = reader.passes();
-                reader.wait_passes(passes + 1)?;
-                reader.stop()?;
-                Ok(())
-            },
-        );
+        deny_write(h, fs);
     }
     if let Some(fs) = fses.iter().find(|f| f.xfs) {
         fence(h, fs);
+    }
+    for fs in fses {
         crash(h, fs);
     }
     h.check("files: nothing held after the revocations", ensure_nothing_held_files);
@@ -452,8 +429,11 @@ fn stale_blocks(h: &mut Harness, fs: &Fs) {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()?;
-        std::thread::sleep(Duration::from_secs(2));
-        let r = truncate_and_reuse(fs, &path, &first, shift);
+        // The reader holds its map (a lease in /proc/locks) before the truncate.
+        let held = wait_for("homi cat to map the file", || {
+            std::fs::read_to_string("/proc/locks").is_ok_and(|l| l.contains("LEASE"))
+        });
+        let r = held.and_then(|()| truncate_and_reuse(fs, &path, &first, shift));
         let _ = std::fs::remove_file(fs.path("reuser"));
         if r.is_ok() {
             std::thread::sleep(Duration::from_secs(2));
@@ -470,9 +450,96 @@ fn stale_blocks(h: &mut Harness, fs: &Fs) {
         println!("#   {last}");
         ensure!(out.status.success(), "homi cat failed ({}):\n{err}", out.status);
         ensure!(field("forbidden_blocks") == 0, "{last}");
-        ensure!((1..u64::MAX).contains(&field("revocations")), "no revocation: {last}");
+        ensure!((1..u64::MAX).contains(&field("revocations")), "no revocation: {last}; stderr:\n{err}");
         ensure!(field("fenced") == 0, "fenced: {last}");
         ensure!((3..u64::MAX).contains(&field("passes")), "too few passes: {last}");
+        Ok(())
+    });
+}
+
+/// Whether `r` failed with `ETXTBSY`.
+fn txtbsy<T>(r: std::io::Result<T>) -> bool {
+    matches!(r, Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY))
+}
+
+/// Every way to write or truncate `path`: each must fail with `ETXTBSY` while
+/// `denied`, and succeed otherwise (the file is then truncated to 8 MiB again).
+fn writers(path: &Path, denied: bool) -> anyhow::Result<()> {
+    let tries: [(&str, std::io::Result<()>); 4] = [
+        ("open O_WRONLY", OpenOptions::new().write(true).open(path).map(drop)),
+        ("open O_RDWR", OpenOptions::new().read(true).write(true).open(path).map(drop)),
+        ("open O_RDONLY|O_TRUNC", OpenOptions::new().read(true).custom_flags(nix::libc::O_TRUNC).open(path).map(drop)),
+        ("truncate(2)", nix::unistd::truncate(path, 8 * MIB as i64).map_err(std::io::Error::from)),
+    ];
+    for (what, r) in tries {
+        if denied {
+            ensure!(txtbsy(r), "{what} while mapped: expected ETXTBSY");
+        } else {
+            r.with_context(|| format!("{what} after the maps went"))?;
+        }
+    }
+    Ok(())
+}
+
+/// ext4 maps deny writes instead of being revoked: while any map of the file lives,
+/// every open for writing and every truncate fails with `ETXTBSY`, the map stays live
+/// and reads go on; once the last map goes, they work again.
+fn deny_write(h: &mut Harness, fs: &Fs) {
+    let label = fs.label;
+    h.check(
+        &format!("files: {label}: while mapped, writes and truncates fail with ETXTBSY; nothing is revoked"),
+        || {
+            let path = fs.path("denied");
+            new_file(&path, 8 * MIB, 540)?;
+            let reader = Reader::start(&path);
+            reader.wait_passes(1)?;
+            let r = writers(&path, true);
+            let n = reader.passes();
+            let w = reader.wait_passes(n + 2);
+            let seen = reader.stop()?;
+            r?;
+            w?;
+            ensure!(seen.revoked_at.lock().unwrap().is_empty(), "the ext4 map was revoked");
+            writers(&path, false)?;
+            ensure!(
+                std::fs::metadata(&path)?.len() == 8 * MIB,
+                "truncate(2) to 8 MiB after the maps went had no effect"
+            );
+            Ok(())
+        },
+    );
+    h.check(&format!("files: {label}: writes stay denied until the last of two maps goes"), || {
+        let path = fs.path("denied");
+        let ctrl = open_live()?;
+        let other = open_live()?;
+        let (f, g) = (File::open(&path)?, File::open(&path)?);
+        let a = map_whole(&ctrl, &f, false)?;
+        let b = map_whole(&other, &g, false)?;
+        ensure!(a.lease() == homi::Lease::DenyWrite, "ext4 map kept by {:?}", a.lease());
+        let first = writers(&path, true);
+        a.unmap()?;
+        let second = writers(&path, true);
+        b.unmap()?;
+        first.context("both maps live")?;
+        second.context("one map left")?;
+        writers(&path, false)
+    });
+    h.check(&format!("files: {label}: a file open for writing is not mapped (EAGAIN), and is once closed"), || {
+        let path = fs.path("denied");
+        let w = OpenOptions::new().write(true).open(&path)?;
+        let ctrl = open_live()?;
+        let f = File::open(&path)?;
+        let r = map_whole(&ctrl, &f, false);
+        drop(w);
+        match r {
+            Err(Error::MapRefused { reason: MapRefusal::Busy, .. }) => {}
+            Err(e) => bail!("with a writer: {e}, not busy"),
+            Ok(m) => {
+                m.unmap()?;
+                bail!("mapped while a writer had the file open");
+            }
+        }
+        map_whole(&ctrl, &f, false).context("map after the writer closed")?.unmap()?;
         Ok(())
     });
 }
@@ -480,10 +547,17 @@ fn stale_blocks(h: &mut Harness, fs: &Fs) {
 /// A holder that never acknowledges: the truncate waits `map_revoke_ms`, then the
 /// holder's queue pairs are destroyed and its map is fenced.
 fn fence(h: &mut Harness, fs: &Fs) {
-    let Some(ms) = revoke_ms() else {
-        h.skip("files: a holder that never acknowledges is fenced", "homi.ko has no map_revoke_ms parameter");
+    let ms = revoke_ms(fs);
+    if LOADED_HERE.load(Ordering::Acquire) {
+        h.check("files: a map's reply gives the map_revoke_ms the module was loaded with", || {
+            ensure!(ms == REVOKE_MS, "revoke_ms {ms}, loaded with map_revoke_ms={REVOKE_MS}");
+            Ok(())
+        });
+    }
+    if ms == 0 {
+        h.skip("files: a holder that never acknowledges is fenced", "no map gives revoke_ms");
         return;
-    };
+    }
     h.check(
         &format!("files: {}: a holder that never acknowledges is fenced after map_revoke_ms ({ms})", fs.label),
         || {
@@ -554,8 +628,14 @@ fn crash(h: &mut Harness, fs: &Fs) {
                 let _ = child.wait();
                 bail!("the holder did not map the file: {line:?}");
             }
-            let locks = std::fs::read_to_string("/proc/locks")?;
-            ensure!(locks.contains("LEASE"), "premise: no lease in /proc/locks while the holder runs:\n{locks}");
+            // The premise: the map holds (a layout lease on XFS, writes denied on ext4).
+            let premise = if fs.xfs {
+                let locks = std::fs::read_to_string("/proc/locks")?;
+                ensure!(locks.contains("LEASE"), "premise: no lease in /proc/locks while the holder runs:\n{locks}");
+                Ok(())
+            } else {
+                writers(&path, true)
+            };
             child.kill()?;
             child.wait()?;
             wait_for("the holder's queue pairs and leases to go", || ensure_nothing_held_files().is_ok())?;
@@ -563,6 +643,7 @@ fn crash(h: &mut Harness, fs: &Fs) {
             let (_, t0, t1) = bounded("truncate", Duration::from_secs(30), move || {
                 Ok(OpenOptions::new().write(true).open(&p)?.set_len(MIB)?)
             })?;
+            premise?;
             ensure!(t1 - t0 < Duration::from_millis(500), "the truncate took {:?}", t1 - t0);
             Ok(())
         },
