@@ -511,6 +511,46 @@ fn layouts(h: &mut Harness, fs: &Fs) {
             },
         );
     }
+    h.check(&format!("files: {label}: homi map --json lists the library's extents for every file"), || {
+        let ctrl = open_live()?;
+        for sh_ in &shapes {
+            let path = fs.path(sh_.name);
+            let out = Proc::new(&cli).args(["map", "--json"]).arg(&path).output()?;
+            ensure!(out.status.success(), "{}: homi map failed: {}", sh_.name, String::from_utf8_lossy(&out.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let map = map_whole(&ctrl, &File::open(&path)?, false)?;
+            let lib: Vec<(u64, u64, &str, u64)> = map
+                .extents()
+                .iter()
+                .map(|e| {
+                    let kind = match e.kind {
+                        ExtentKind::Mapped => "mapped",
+                        ExtentKind::Unwritten => "unwritten",
+                        ExtentKind::Hole => "hole",
+                    };
+                    (e.file_offset, e.len, kind, e.lba)
+                })
+                .collect();
+            map.unmap()?;
+            let cli_ext: Vec<(u64, u64, &str, u64)> = v["extents"]
+                .as_array()
+                .context("no extents array")?
+                .iter()
+                .map(|e| {
+                    let n = |k: &str| e[k].as_u64().unwrap_or(u64::MAX);
+                    (n("file_offset"), n("len"), e["kind"].as_str().unwrap_or("?"), n("lba"))
+                })
+                .collect();
+            ensure!(cli_ext == lib, "{}: homi map says {cli_ext:?}, the library {lib:?}", sh_.name);
+            ensure!(
+                v["file_size"].as_u64() == Some(std::fs::metadata(&path)?.len()),
+                "{}: file_size {}",
+                sh_.name,
+                v["file_size"]
+            );
+        }
+        Ok(())
+    });
     h.check(&format!("files: {label}: nothing held after the maps"), ensure_nothing_held_files);
     h.check(&format!("files: {label}: unmounts and mounts again after the maps (no file reference kept)"), || {
         remount(fs)
@@ -619,6 +659,25 @@ fn writes(h: &mut Harness, fs: &Fs) {
             let mut got = vec![0u8; 4 * MIB as usize];
             f.read_exact_at(&mut got, 0)?;
             ensure!(got[65536..].iter().all(|&b| b == 0), "the unwritten or hole range changed");
+            Ok(())
+        },
+    );
+    h.check(
+        &format!("files: {label}: homi write-file --pattern lands in the file, seen by a buffered read after it exits"),
+        || {
+            let path = fs.path("cli-written");
+            write_file(&path, MIB, &[(0, MIB as usize)], 220)?;
+            let mut want = std::fs::read(&path)?; // cached now
+            let out = Proc::new(homi_cli()?)
+                .args(["write-file", "--offset", "65536", "--len", "131072", "--pattern", "0x5a"])
+                .arg(&path)
+                .output()?;
+            ensure!(out.status.success(), "homi write-file failed: {}", String::from_utf8_lossy(&out.stderr));
+            want[65536..196608].fill(0x5a);
+            let got = std::fs::read(&path)?;
+            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                bail!("the kernel reads other data than homi write-file wrote, from offset {i}");
+            }
             Ok(())
         },
     );

@@ -4,6 +4,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::process::Command as Proc;
 
 use anyhow::{bail, ensure, Context};
 use homi::uapi::*;
@@ -183,6 +184,20 @@ pub(crate) fn refusals(h: &mut Harness, fses: &[Fs]) {
     refusal(h, "a writable map on ext4 (fd read-write): EOPNOTSUPP", |c| {
         let f = OpenOptions::new().read(true).write(true).open(ext4.path("r-plain"))?;
         refused(c, "ext4 HOMI_MAP_WRITE", &f, HOMI_MAP_WRITE, Errno::EOPNOTSUPP)
+    });
+    h.check("files: refused: homi write-file on ext4 fails, names the reason, and leaves the file unchanged", || {
+        let path = ext4.path("r-plain");
+        let before = std::fs::read(&path)?;
+        let out = Proc::new(homi_cli()?)
+            .args(["write-file", "--offset", "0", "--len", "4096", "--pattern", "0x5a"])
+            .arg(&path)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        println!("#   homi write-file on ext4: {}", err.trim());
+        ensure!(!out.status.success(), "homi write-file on ext4 succeeded");
+        ensure!(err.contains("XFS") || err.contains("read-only"), "the message names no reason: {err}");
+        ensure!(std::fs::read(&path)? == before, "the file changed");
+        ensure_nothing_held_files()
     });
     refusal(h, "a writable map of a read-only fd, any map of a write-only fd: EBADF", |c| {
         let f = File::open(xfs.path("r-plain"))?;
