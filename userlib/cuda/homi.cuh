@@ -47,6 +47,7 @@
 #define HOMI_GPU_DEAD (-2)     // the queue was destroyed (reset, unbind) or stopped
 #define HOMI_GPU_INVALID (-3)  // bad arguments: nothing was submitted
 #define HOMI_GPU_CORRUPT (-4)  // a completion named a command not in flight
+#define HOMI_GPU_REVOKED (-5)  // the file map is not live: nothing more was submitted on it
 
 // `struct homi_queue::flags`
 #define HOMI_GPU_MMIO_DOORBELLS 1u  // doorbells are MMIO registers (st.mmio)
@@ -443,6 +444,151 @@ __device__ __forceinline__ int homi_write(struct homi_queue *q, unsigned int nsi
 __device__ __forceinline__ int homi_flush(struct homi_queue *q, unsigned int nsid) {
     unsigned int cdw[6] = {0, 0, 0, 0, 0, 0};
     return homi_io(q, HOMI_OPC_FLUSH, nsid, cdw, 0, 0, 0);
+}
+
+// ---- file maps ------------------------------------------------------------------
+//
+// A file map is the extent table HOMI_IOCTL_MAP_FILE returned for a byte range of a
+// file, copied to GPU memory by `homi::gpu::DeviceFileMap`, plus the map's
+// HOMI_MAP_* state word. Threads read file offsets with
+//
+//     int st = homi_read_file(q, map, off, len, mem, dst);
+//
+// which splits the range at extent boundaries: mapped pieces become Reads on `q`,
+// holes and unwritten pieces are zeroed in `dst` here, and bytes past the file's size
+// read as zeros.
+//
+// Revocation: before each piece the thread loads the state word with acquire
+// ordering at system scope; anything but HOMI_MAP_LIVE ends the call with
+// HOMI_GPU_REVOKED, and nothing more is submitted for it. A piece checked just before
+// the module revoked the map may still be submitted: the holder waits for its kernels
+// (or their calls) to end before it acknowledges with HOMI_IOCTL_UNMAP_FILE, which
+// the file system operation that broke the lease waits for.
+//
+// The state word the GPU reads is a pinned host word that the host side keeps equal
+// to the module's (see `homi::gpu::DeviceFileMap` for why and for the delay), so the
+// GPU learns of a revocation within the host's poll period plus one bus read.
+
+// One extent, as the module returns it (`homi_uapi::HomiExtent`, field for field).
+struct homi_extent {
+    unsigned long long file_offset;  // bytes
+    unsigned long long lba;          // first LBA, partition offset added; 0 for a hole
+    unsigned long long blocks;       // logical blocks
+    unsigned int nsid;
+    unsigned int kind;               // HOMI_EXTENT_*
+};
+
+// A file map as kernels see it (`homi::gpu::FileMapDesc`, field for field). The host
+// checked the table: file order, no gaps, offsets and lengths whole blocks, known kinds.
+struct homi_file_map {
+    const struct homi_extent *extents;
+    unsigned long long count;
+    const unsigned int *state;       // HOMI_MAP_* (host memory mapped into the GPU)
+    unsigned long long start;        // extents[0].file_offset
+    unsigned long long end;          // where the last extent ends
+    unsigned long long file_size;    // bytes from here on read as zeros
+    unsigned int lba_shift;          // log2 of the namespace's block size
+    unsigned int reserved;
+};
+static_assert(sizeof(struct homi_extent) == 32, "struct homi_extent is shared with homi_uapi::HomiExtent");
+static_assert(sizeof(struct homi_file_map) == 56, "struct homi_file_map is shared with homi::gpu::FileMapDesc");
+
+// The map's HOMI_MAP_* state now.
+__device__ __forceinline__ unsigned int homi_map_state(const struct homi_file_map *m) {
+    unsigned int v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(m->state) : "memory");
+    return v;
+}
+
+// The index of the extent that holds file byte `off`, or m->count if none does.
+__device__ __forceinline__ unsigned long long homi_map_find(const struct homi_file_map *m, unsigned long long off) {
+    if (off < m->start || off >= m->end)
+        return m->count;
+    // extents[lo].file_offset <= off < extents[hi].file_offset (or m->end).
+    unsigned long long lo = 0, hi = m->count;
+    while (hi - lo > 1) {
+        unsigned long long mid = lo + (hi - lo) / 2;
+        if (m->extents[mid].file_offset <= off)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+// Zeroes `n` bytes at `p`, 16 bytes a store where it can.
+__device__ __forceinline__ void homi_zero(unsigned char *p, unsigned long long n) {
+    while (n && ((unsigned long long)p & 15u)) {
+        *p++ = 0;
+        n--;
+    }
+    uint4 *w = (uint4 *)p;
+    for (unsigned long long i = 0; i < n / 16; i++)
+        w[i] = make_uint4(0, 0, 0, 0);
+    for (unsigned long long o = n & ~15ull; o < n; o++)
+        p[o] = 0;
+}
+
+// The most bytes one Read of a file map moves into buffer offset `mo`: the queue's
+// largest transfer, no more than one PRP list page holds where `mo` is not
+// page-aligned, whole blocks, and at most 65536 of them. `homi::gpu::ExtentTable::plan`
+// applies the same rule on the host.
+__device__ __forceinline__ unsigned long long homi_file_chunk(const struct homi_queue *q, unsigned int lba_shift,
+                                                              unsigned long long mo) {
+    unsigned long long c = q->max_transfer;
+    if (mo % HOMI_PAGE && c > (unsigned long long)HOMI_PRP_LIST_ENTRIES * HOMI_PAGE)
+        c = (unsigned long long)HOMI_PRP_LIST_ENTRIES * HOMI_PAGE;
+    c = min(c, 65536ull << lba_shift);
+    return c & ~((1ull << lba_shift) - 1ull);
+}
+
+// Reads `len` bytes at file offset `off` through map `m` into `dst` (inside `mem`),
+// with Reads on `q`, whose namespace block size must be the map's. `off` and `len` are
+// whole blocks inside the map, `dst` is 4-aligned. Returns 0, the NVMe status of a
+// failed Read, HOMI_GPU_REVOKED once the map is not live, or another negative
+// HOMI_GPU_*; on an error the pieces before it are in `dst` and nothing after it was
+// submitted.
+__device__ int homi_read_file(struct homi_queue *q, const struct homi_file_map *m, unsigned long long off,
+                              unsigned long long len, const struct homi_dma *mem, void *dst) {
+    unsigned int shift = m->lba_shift;
+    unsigned long long bs = 1ull << shift;
+    unsigned char *d = (unsigned char *)dst;
+    unsigned long long mo = (unsigned long long)(d - mem->base);
+    if (shift != q->lba_shift || len == 0 || ((off | len) & (bs - 1ull)) || off < m->start || off > m->end ||
+        len > m->end - off || d < mem->base || mo > mem->len || len > mem->len - mo || (mo & 3u))
+        return HOMI_GPU_INVALID;
+    unsigned long long i = homi_map_find(m, off);
+    unsigned long long at = off, stop = off + len;
+    while (at < stop) {
+        if (i >= m->count)
+            return HOMI_GPU_INVALID;
+        const struct homi_extent e = m->extents[i++];
+        unsigned long long piece_end = min(e.file_offset + (e.blocks << shift), stop);
+        if (e.kind == HOMI_EXTENT_HOLE || e.kind == HOMI_EXTENT_UNWRITTEN) {
+            if (homi_map_state(m) != HOMI_MAP_LIVE)
+                return HOMI_GPU_REVOKED;
+            homi_zero(d + (at - off), piece_end - at);
+            at = piece_end;
+            continue;
+        }
+        if (e.kind != HOMI_EXTENT_MAPPED)
+            return HOMI_GPU_INVALID;
+        while (at < piece_end) {
+            unsigned long long n = min(piece_end - at, homi_file_chunk(q, shift, mo + (at - off)));
+            if (homi_map_state(m) != HOMI_MAP_LIVE)
+                return HOMI_GPU_REVOKED;
+            unsigned char *p = d + (at - off);
+            int st = homi_read(q, e.nsid, e.lba + ((at - e.file_offset) >> shift), (unsigned int)(n >> shift), mem, p);
+            if (st)
+                return st;
+            if (at + n > m->file_size) {
+                unsigned long long from = max(at, m->file_size);
+                homi_zero(p + (from - at), at + n - from);
+            }
+            at += n;
+        }
+    }
+    return 0;
 }
 
 #endif  // HOMI_CUH

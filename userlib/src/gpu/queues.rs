@@ -85,6 +85,8 @@ pub const GPU_DEAD: i32 = -2;
 pub const GPU_INVALID: i32 = -3;
 /// A completion named a command not in flight.
 pub const GPU_CORRUPT: i32 = -4;
+/// The file map is not live (revoked or fenced): nothing more was submitted on it.
+pub const GPU_REVOKED: i32 = -5;
 
 /// What a controller gives for one queue pair, in GPU addresses.
 #[derive(Clone, Copy, Debug, Default)]
