@@ -9,10 +9,14 @@
 //!   GPU: `soft_gpu`, feature `cuda`);
 //! - `gpu_ctrl` (feature `cuda`): a GPU-resident controller, one warp per queue
 //!   serving rings in GPU memory, in null mode (the device engine's ceiling) or
-//!   pattern mode (data checked).
+//!   pattern mode (data checked);
+//! - `gpu_file` (feature `cuda`): GPU threads reading file offsets through a file map
+//!   against the GPU-resident controller, with the commands and data they must give.
 
 #[cfg(feature = "cuda")]
 pub mod gpu_ctrl;
+#[cfg(feature = "cuda")]
+pub mod gpu_file;
 #[cfg(feature = "cuda")]
 pub mod gpu_work;
 pub mod soft;
@@ -40,5 +44,9 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 /// time, by name: for checks that they build.
 #[cfg(feature = "cuda")]
 pub fn cuda_sources() -> Vec<(&'static str, String)> {
-    vec![("cuda/gpu_ctrl.cu", gpu_ctrl::source()), ("cuda/workload.cu (with homi.cuh)", gpu_work::source())]
+    vec![
+        ("cuda/gpu_ctrl.cu", gpu_ctrl::source()),
+        ("cuda/workload.cu (with homi.cuh)", gpu_work::source()),
+        ("cuda/file_read.cu (with homi.cuh)", gpu_file::source()),
+    ]
 }
