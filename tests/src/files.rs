@@ -13,6 +13,7 @@ use std::process::Command as Proc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
+use homi::uapi::*;
 use homi::{Controller, DmaBuffer, ExtentKind, FileMap, QueuePair};
 use nix::errno::Errno;
 
@@ -77,6 +78,30 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     }
     for fs in &fses {
         layouts(h, fs);
+    }
+    // ext4 with 1 KiB blocks, smaller than a page, on the scratch partition (which the
+    // refusals make again afterwards).
+    let mut small = None;
+    h.check("files: ext4 with 1 KiB blocks on partition 3 of nsid 2", || {
+        let dev = scratch_dev()?;
+        let mnt = Path::new(MNT).join("ext4-1k-part3");
+        std::fs::create_dir_all(&mnt)?;
+        sh(&format!("mkfs.ext4 -q -F -b 1024 {dev} && mount {dev} {}", mnt.display()))?;
+        let end = PARTS[2].0 + PARTS[2].1;
+        small = Some(Fs {
+            label: "ext4-1k-part3",
+            xfs: false,
+            dev,
+            disk: ns_path(0, 2)?,
+            mnt,
+            nsid: 2,
+            sectors: (PARTS[2].0, end),
+        });
+        Ok(())
+    });
+    if let Some(fs) = small {
+        layouts(h, &fs);
+        h.check("files: ext4-1k-part3: unmounts", || sh(&format!("umount {}", fs.mnt.display())).map(drop));
     }
     for fs in fses.iter().filter(|f| f.xfs) {
         writes(h, fs);
@@ -178,7 +203,9 @@ fn make_file_systems() -> anyhow::Result<Vec<Fs>> {
         if xfs {
             sh(&format!("mkfs.xfs -f -q {dev}"))?;
         } else {
-            sh(&format!("mkfs.ext4 -q -F {dev}"))?;
+            // 4 KiB blocks, as on any ext4 past 512 MiB (smaller ones default to 1 KiB,
+            // which the scratch partition covers).
+            sh(&format!("mkfs.ext4 -q -F -b 4096 {dev}"))?;
         }
         sh(&format!("mount -t {} {dev} {}", if xfs { "xfs" } else { "ext4" }, mnt.display()))?;
         let len = sectors(&dev)?;
@@ -479,6 +506,51 @@ fn layouts(h: &mut Harness, fs: &Fs) {
     }) {
         return;
     }
+    h.check(&format!("files: {label}: a partial map covers its range; I/O outside it is refused"), || {
+        let path = fs.path("plain");
+        let ctrl = open_live()?;
+        let mut qp = ctrl.create_qpair(8)?;
+        let buf = ctrl.alloc(65536)?;
+        let f = File::open(&path)?;
+        let map = ctrl.map_file(&f, MIB, 2 * MIB, false)?;
+        let (lo, hi) =
+            (map.extents().first().map_or(0, |e| e.file_offset), map.extents().last().map_or(0, |e| e.end()));
+        let inside = homi_read_file(&mut qp, &buf, &map, MIB, 65536);
+        let outside = qp.read_at(&map, 3 * MIB, &buf, 0, 4096, TIMEOUT);
+        let before = qp.read_at(&map, 0, &buf, 0, 4096, TIMEOUT);
+        map.unmap()?;
+        ensure!(lo <= MIB && hi >= 3 * MIB, "extents cover {lo}..{hi}, not 1 MiB..3 MiB");
+        ensure!(inside? == std::fs::read(&path)?[MIB as usize..][..65536], "the partial map reads other data");
+        ensure!(matches!(outside, Err(homi::Error::OutsideMap { .. })), "a read past the range: {outside:?}");
+        ensure!(matches!(before, Err(homi::Error::OutsideMap { .. })), "a read before the range: {before:?}");
+        // A range past the end is clipped to the file's last block.
+        let map = ctrl.map_file(&f, 0, 1 << 30, false)?;
+        let end = map.extents().last().map_or(0, |e| e.end());
+        let map_bs = map.block_size();
+        map.unmap()?;
+        let bs = u64::from(map_bs);
+        ensure!(end == round_up(3 * MIB + 1000, bs), "a map asked for 1 GiB ends at {end} (block size {bs})");
+        Ok(())
+    });
+    h.check(&format!("files: {label}: a reply cut short by capacity covers exactly its extents"), || {
+        let ctrl = open_live()?;
+        let f = File::open(fs.path("punched"))?;
+        let mut ext = vec![HomiExtent::default(); 4];
+        let mut m = HomiMapFile {
+            fd: f.as_raw_fd(),
+            len: 2 * MIB,
+            extents: ext.as_mut_ptr() as u64,
+            capacity: 4,
+            ..Default::default()
+        };
+        raw(ctrl.homi_fd(), HOMI_IOCTL_MAP_FILE, &mut m).context("MAP_FILE")?;
+        raw(ctrl.homi_fd(), HOMI_IOCTL_UNMAP_FILE, &mut HomiId { id: m.id, flags: 0 }).context("UNMAP_FILE")?;
+        ensure!(m.count == 4, "{} extents in an array of 4", m.count);
+        let covered: u64 = ext.iter().map(|e| e.blocks << m.lba_shift).sum();
+        ensure!(m.len == covered && m.len < 2 * MIB, "reply len {} for extents covering {covered}", m.len);
+        ensure!(ext[0].file_offset == 0 && ext[1].kind == HOMI_EXTENT_HOLE, "extents {ext:?}");
+        Ok(())
+    });
     let Ok(cli) = homi_cli() else { return };
     for s in &shapes {
         let path = fs.path(s.name);
@@ -681,6 +753,37 @@ fn writes(h: &mut Harness, fs: &Fs) {
             Ok(())
         },
     );
+    h.check(&format!("files: {label}: a writable map revoked by a kernel write: both writes survive"), || {
+        let path = fs.path("shared-writes");
+        write_file(&path, MIB, &[(0, MIB as usize)], 230)?;
+        let f = OpenOptions::new().read(true).write(true).open(&path)?;
+        let ctrl = open_live()?;
+        let mut qp = ctrl.create_qpair(8)?;
+        let buf = ctrl.alloc(65536)?;
+        let map = map_whole(&ctrl, &f, true)?;
+        let ours = pattern(231, 65536);
+        homi_write_file(&mut qp, &buf, &map, 0, &ours)?;
+        let theirs = pattern(232, 4096);
+        let (p, t) = (path.clone(), theirs.clone());
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            OpenOptions::new().write(true).open(&p)?.write_all_at(&t, 512 << 10)
+        });
+        let revoked = wait_for("the kernel write to revoke the writable map", || map.state() != homi::MapState::Live);
+        let state = map.state();
+        // The acknowledgement, also when the wait failed: the writer must not hang.
+        map.unmap()?;
+        writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        revoked?;
+        ensure!(state == homi::MapState::Revoked, "map {state:?}, not revoked");
+        let mut want = pattern(230, MIB as usize);
+        want[..65536].copy_from_slice(&ours);
+        want[512 << 10..(512 << 10) + 4096].copy_from_slice(&theirs);
+        let got = std::fs::read(&path)?;
+        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+            bail!("the file differs from both writes from offset {i}");
+        }
+        Ok(())
+    });
     h.check(&format!("files: {label}: nothing held after the writes"), ensure_nothing_held_files);
 }
 

@@ -31,6 +31,7 @@ pub(crate) fn raw_map(ctrl: &Controller, fd: i32, offset: u64, len: u64, flags: 
 /// anyway is let go.
 fn refused(ctrl: &Controller, what: &str, file: &File, flags: u32, want: Errno) -> anyhow::Result<()> {
     refused_with(ctrl, what, |c| raw_map(c, file.as_raw_fd(), 0, 65536, flags), want)?;
+    writes_allowed(what, file)?;
     let write = flags & HOMI_MAP_WRITE != 0;
     match ctrl.map_file(file, 0, 65536, write) {
         Err(e @ homi::Error::MapRefused { .. }) => {
@@ -55,6 +56,19 @@ fn refused(ctrl: &Controller, what: &str, file: &File, flags: u32, want: Errno) 
             bail!("{what}: the library mapped the file")
         }
     }
+}
+
+/// A refused map leaves no write denial behind (ext4 maps deny writes): reopening the
+/// file for writing fails, if at all, for another reason than `ETXTBSY`.
+fn writes_allowed(what: &str, file: &File) -> anyhow::Result<()> {
+    let again = OpenOptions::new().write(true).open(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if let Err(e) = again {
+        ensure!(
+            e.raw_os_error() != Some(nix::libc::ETXTBSY),
+            "{what}: writes to the file stay denied after the refusal"
+        );
+    }
+    Ok(())
 }
 
 fn refused_with(
