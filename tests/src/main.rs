@@ -12,6 +12,7 @@ mod dmabuf;
 mod files;
 mod files_refuse;
 mod files_revoke;
+mod files_write;
 mod fio;
 mod fuzz;
 mod hardening;
