@@ -19,7 +19,9 @@
 //! memory, which works there), which `homi_read_file` loads with `ld.acquire.sys`
 //! before every piece. A revocation reaches GPU threads within one poll period plus
 //! the thread's wake-up delay (scheduler latency: tens of microseconds on an idle
-//! machine, more under CPU contention) plus one bus read; `homi-gpucheck` measures it.
+//! machine, more under CPU contention) plus one bus read; `homi-gpucheck` measures it
+//! (on an H100 with the default poll: a GPU thread refused 76 us after the host's
+//! store, 256 reading threads all returned within 293 us).
 //! That delay only lengthens the time before the GPU stops: the file system operation
 //! that broke the lease waits for the holder's `UNMAP_FILE`, which the holder sends
 //! after its kernels are done, within the module's `map_revoke_ms`.
