@@ -117,7 +117,9 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
     perf(h, &fses[0]);
     h.check("files: file systems unmount (no reference left behind)", || {
         for fs in &fses {
-            sh(&format!("umount {}", fs.mnt.display()))?;
+            if let Some(late) = unmount(fs)? {
+                println!("#   {}: busy at first, unmounted {late:?} later", fs.label);
+            }
         }
         Ok(())
     });
@@ -133,23 +135,44 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
 pub(crate) static LOADED_HERE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Unmounts `fs` and mounts it again: fails if anything, homi.ko included, still holds
-/// a file on it.
+/// a file on it after 10 s. A reference dropped late (after an acknowledged revocation
+/// the module keeps the file until `map_revoke_ms` ran out) is only noted here: the
+/// revocation checks test for that one.
 pub(crate) fn remount(fs: &Fs) -> anyhow::Result<()> {
-    if let Err(e) = sh(&format!("umount {}", fs.mnt.display())) {
-        let mut users = Vec::new();
-        for p in std::fs::read_dir("/proc")?.flatten() {
-            for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
-                if let Ok(t) = std::fs::read_link(fd.path()) {
-                    if t.starts_with(&fs.mnt) {
-                        users.push(format!("{} -> {}", fd.path().display(), t.display()));
-                    }
-                }
-            }
-        }
-        bail!("{e:#}; open files under it in user space: {users:?} (none: the kernel holds a reference)");
+    if let Some(late) = unmount(fs)? {
+        println!("#   {}: busy at first, unmounted {late:?} later", fs.label);
     }
     sh(&format!("mount -t {} {} {}", if fs.xfs { "xfs" } else { "ext4" }, fs.dev, fs.mnt.display()))?;
     Ok(())
+}
+
+/// Unmounts `fs`: `None` at once, else how much later (at most 10 s); fails with who
+/// holds it.
+pub(crate) fn unmount(fs: &Fs) -> anyhow::Result<Option<Duration>> {
+    let Err(e) = sh(&format!("umount {}", fs.mnt.display())) else {
+        return Ok(None);
+    };
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+        if sh(&format!("umount {}", fs.mnt.display())).is_ok() {
+            return Ok(Some(t.elapsed()));
+        }
+    }
+    let mut users = Vec::new();
+    for p in std::fs::read_dir("/proc")?.flatten() {
+        for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
+            if let Ok(t) = std::fs::read_link(fd.path()) {
+                if t.starts_with(&fs.mnt) {
+                    users.push(format!("{} -> {}", fd.path().display(), t.display()));
+                }
+            }
+        }
+    }
+    bail!(
+        "{} for 10 s; open files under it in user space: {users:?} (none: the kernel holds a reference)",
+        e.to_string().trim()
+    )
 }
 
 /// Runs `cmd` with `sh -c`; fails with its output unless it exits 0.

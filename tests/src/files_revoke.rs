@@ -319,6 +319,7 @@ pub fn revoke(h: &mut Harness, fses: &[Fs]) {
     }
     if let Some(fs) = fses.iter().find(|f| f.xfs) {
         fence(h, fs);
+        unmount_after_ack(h, fs);
     }
     for fs in fses {
         crash(h, fs);
@@ -363,13 +364,16 @@ fn truncate_and_reuse(
     // The log forced: XFS reuses no extent freed by an uncommitted transaction.
     nix::unistd::sync();
     let other = fs.path("reuser");
+    // Buffered: delayed allocation with XFS's speculative preallocation reuses the
+    // freed extents sooner than direct writes, which allocate onwards from the last.
     let f = OpenOptions::new().write(true).create(true).truncate(true).open(&other)?;
     let chunk: Vec<u8> = FORBIDDEN.iter().copied().cycle().take(MIB as usize).collect();
+    let chunk = chunk.as_slice();
     let ctrl = open_live()?;
     let (mut covered, mut off) = (0, 0);
     // Bounded, so that a file system that never reuses them fails rather than fills.
-    while covered < total && off < 256 * MIB {
-        match f.write_all_at(&chunk, off) {
+    while covered < total && off < 512 * MIB {
+        match f.write_all_at(chunk, off) {
             Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => break,
             r => r?,
         }
@@ -607,6 +611,37 @@ fn fence(h: &mut Harness, fs: &Fs) {
             ensure_nothing_held_files()
         },
     );
+}
+
+/// Once the holder acknowledged a revocation (UNMAP_FILE returned) and closed the file,
+/// nothing keeps the file open: its file system unmounts at once.
+fn unmount_after_ack(h: &mut Harness, fs: &Fs) {
+    h.check(&format!("files: {}: right after an acknowledged revocation the file system unmounts", fs.label), || {
+        let path = fs.path("acked");
+        new_file(&path, MIB, 550)?;
+        let ctrl = open_live()?;
+        let f = File::open(&path)?;
+        let map = map_whole(&ctrl, &f, false)?;
+        let p = path.clone();
+        let truncate = std::thread::spawn(move || -> std::io::Result<()> {
+            OpenOptions::new().write(true).open(&p)?.set_len(4096)
+        });
+        let revoked = wait_for("the truncate to revoke the map", || map.state() != MapState::Live);
+        map.unmap()?;
+        truncate.join().map_err(|_| anyhow::anyhow!("truncate panicked"))??;
+        revoked?;
+        drop((f, ctrl));
+        let late = unmount(fs);
+        sh(&format!("mount -t xfs {} {}", fs.dev, fs.mnt.display()))?;
+        if let Some(after) = late? {
+            bail!(
+                "umount failed with EBUSY for {after:?} after UNMAP_FILE acknowledged the revocation and every fd \
+                 was closed (map_revoke_ms {} ms): the module still held the file",
+                revoke_ms(fs)
+            );
+        }
+        Ok(())
+    });
 }
 
 /// A SIGKILLed holder leaves nothing held, and the file's truncate completes at once.
