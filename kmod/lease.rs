@@ -31,8 +31,10 @@ use kernel::{
     prelude::*,
     sync::{
         aref::ARef,
+        new_mutex,
         Arc,
-        ArcBorrow, //
+        ArcBorrow,
+        Mutex, //
     },
     time::msecs_to_jiffies,
     workqueue::{
@@ -177,8 +179,9 @@ fn revoke_jiffies() -> usize {
 ///
 /// # Invariants
 ///
-/// While `held` is true, the lease list of `file`'s inode holds a lease whose owner is
-/// this object; it is removed (and `held` cleared) only by [`Lease::release`].
+/// While `held` is true, `file` holds the file, and its inode's lease list holds a
+/// lease whose owner is this object (or writes to the inode are denied once); both are
+/// undone, and `held` cleared, only by [`Lease::release`].
 #[pin_data(PinnedDrop)]
 pub(crate) struct Lease {
     #[pin]
@@ -186,7 +189,10 @@ pub(crate) struct Lease {
     /// The file that holds the map, whose queues a fence destroys. A closed file has
     /// released every lease, so the fence then finds nothing to do.
     pub(crate) holder: Arc<FileState>,
-    pub(crate) file: ARef<File>,
+    /// The mapped file, until the release: a pending fence must not keep it open (the
+    /// file system could not be unmounted).
+    #[pin]
+    file: Mutex<Option<ARef<File>>>,
     pub(crate) id: u32,
     pub(crate) map_slot: u32,
     /// The byte range mapped; for a writable map, what release drops from the cache.
@@ -260,7 +266,7 @@ impl Lease {
             pin_init!(Self {
                 work <- new_delayed_work!("homi::Lease::work"),
                 holder,
-                file,
+                file <- new_mutex!(Some(file)),
                 id,
                 map_slot,
                 start: range.0,
@@ -277,7 +283,13 @@ impl Lease {
     /// Takes the layout lease, or denies writes.
     pub(crate) fn take(self: &Arc<Self>) -> Result {
         let owner = Arc::as_ptr(self).cast_mut().cast();
-        let file = file_ptr(&self.file);
+        let guard = self.file.lock();
+        let file = guard
+            .as_ref()
+            .map_or(core::ptr::null_mut(), |f| file_ptr(f));
+        if file.is_null() {
+            return Err(EINVAL);
+        }
         let err = if self.layout {
             // SAFETY: `file` is referenced by `self`, which outlives the lease (type
             // invariant, kept by `release`).
@@ -300,8 +312,12 @@ impl Lease {
         if !self.held.swap(false, Ordering::AcqRel) {
             return;
         }
+        // Taken once: `held` was true, and `take` set it only with the file present.
+        let Some(file) = self.file.lock().take() else {
+            return;
+        };
         if self.write && self.end > self.start {
-            if let Err(err) = invalidate(&self.file, self.start, self.end) {
+            if let Err(err) = invalidate(&file, self.start, self.end) {
                 pr_warn!(
                     "unmap_file: map {}: the page cache kept part of the range ({:?})\n",
                     self.id,
@@ -311,13 +327,13 @@ impl Lease {
         }
         if !self.layout {
             // SAFETY: `take` denied writes through this file, once (`held` was true).
-            unsafe { homi_write_allow(file_ptr(&self.file)) };
+            unsafe { homi_write_allow(file_ptr(&file)) };
             return;
         }
         let owner = core::ptr::from_ref(self).cast_mut().cast();
         // SAFETY: the lease was taken with this owner on this file and not removed yet
         // (`held` was true); after this call the lease list no longer names `self`.
-        let err = unsafe { homi_lease_drop(file_ptr(&self.file), owner) };
+        let err = unsafe { homi_lease_drop(file_ptr(&file), owner) };
         if err != 0 {
             pr_err!(
                 "map {}: the layout lease was not found ({})\n",
