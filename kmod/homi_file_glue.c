@@ -137,6 +137,10 @@ int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 
 	memset(info, 0, sizeof(*info));
 	strscpy(info->fs, sb->s_type->name, sizeof(info->fs));
+	if (bdev)
+		snprintf(info->bdev, sizeof(info->bdev), "%pg", bdev);
+	else
+		strscpy(info->bdev, "no block device", sizeof(info->bdev));
 	if (!S_ISREG(inode->i_mode)) {
 		info->why = "not a regular file";
 		return -EINVAL;
@@ -145,7 +149,6 @@ int homi_file_describe(struct nvme_ctrl *ctrl, struct file *filp,
 		info->why = "its file system is on no block device";
 		return -EXDEV;
 	}
-	snprintf(info->bdev, sizeof(info->bdev), "%pg", bdev);
 
 	srcu_idx = srcu_read_lock(&ctrl->srcu);
 	list_for_each_entry_srcu(ns, &ctrl->namespaces, list,

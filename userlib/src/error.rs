@@ -28,7 +28,7 @@ pub enum MapRefusal {
     #[error("its file system cannot keep the map true (homi maps files on XFS, and on ext4 without data journalling)")]
     Unsupported,
     /// `EINVAL`.
-    #[error("its data is encrypted, verity-protected, DAX, inline or not block-aligned (or the offset is not a multiple of 4096)")]
+    #[error("its data is encrypted, verity-protected, DAX, inline, compressed or not aligned to the namespace's blocks, or the request is malformed (an offset not a multiple of 4096; on ext4, an fd not opened read-only); the kernel log names which")]
     Unmappable,
     /// `EAGAIN`, after retries.
     #[error("it is open for writing elsewhere (ext4 maps need no writer) or its layout kept changing while being mapped; try again")]
