@@ -281,6 +281,11 @@ fn debug_kernel(args: &TestArgs, t: &mut Tally, bin: &std::path::Path) {
         args.fuzz_secs
     );
     vm_suites(t, &dk, &opts, "debug-kernel", &script);
+    // File maps under KASAN and lockdep: leases, their breaks, the fence, and the
+    // SIGKILLed holder, on file systems of their own (about 3 minutes under TCG).
+    let files = VmOptions { namespaces: 2, ..opts };
+    let script = format!("{}/homi-vmtest --kmod {} files\n", bin.display(), ko.display());
+    vm_suites(t, &dk, &files, "debug-kernel-files", &script);
 }
 
 /// Boots one VM, runs `script`, and tallies what the in-VM suites reported.
