@@ -345,6 +345,32 @@ pub(crate) fn refusals(h: &mut Harness, fses: &[Fs]) {
             Ok(())
         },
     );
+    refusal(h, "more maps than the map status page has slots: ENOSPC, slots reused after unmap", |c| {
+        let f = File::open(xfs.path("r-plain"))?;
+        let mut held = Vec::new();
+        let r = (|| -> anyhow::Result<()> {
+            for i in 0..HOMI_MAP_SLOTS {
+                let m = raw_map(c, f.as_raw_fd(), 0, 65536, 0).map_err(|e| anyhow::anyhow!("map {i}: {e}"))?;
+                held.push((m.id, m.status_slot));
+            }
+            let mut slots: Vec<u32> = held.iter().map(|&(_, s)| s).collect();
+            slots.sort_unstable();
+            slots.dedup();
+            ensure!(slots.len() == HOMI_MAP_SLOTS, "{} distinct slots for {} maps", slots.len(), HOMI_MAP_SLOTS);
+            ensure!(slots.last() < Some(&(HOMI_MAP_SLOTS as u32)), "slot {:?} out of range", slots.last());
+            refused_with(c, "one map more", |c| raw_map(c, f.as_raw_fd(), 0, 65536, 0), Errno::ENOSPC)?;
+            let (id, slot) = held.pop().context("no map")?;
+            raw(c.homi_fd(), HOMI_IOCTL_UNMAP_FILE, &mut HomiId { id, flags: 0 }).context("UNMAP_FILE")?;
+            let m = raw_map(c, f.as_raw_fd(), 0, 65536, 0).map_err(|e| anyhow::anyhow!("map after an unmap: {e}"))?;
+            held.push((m.id, m.status_slot));
+            ensure!(m.status_slot == slot, "the freed slot {slot} was not reused (got {})", m.status_slot);
+            Ok(())
+        })();
+        for (id, _) in held {
+            raw(c.homi_fd(), HOMI_IOCTL_UNMAP_FILE, &mut HomiId { id, flags: 0 }).context("UNMAP_FILE")?;
+        }
+        r
+    });
     refusal(h, "UNMAP_FILE of an unknown id, twice-unmapped id, non-zero flags: ENOENT/EINVAL", |c| {
         expect_errno(
             "UNMAP of id 12345",
