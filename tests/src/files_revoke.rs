@@ -258,12 +258,21 @@ fn revoke_case_then(h: &mut Harness, fs: &Fs, what: &str, shares: bool, op: Op) 
             revoked.len(),
             t1 - t0
         );
-        {
-            ensure!(
-                t1 - t0 < Duration::from_millis(ms),
-                "took {:?}, as long as fencing would (map_revoke_ms {ms})",
-                t1 - t0
-            );
+        ensure!(
+            t1 - t0 < Duration::from_millis(ms),
+            "took {:?}, as long as fencing would (map_revoke_ms {ms})",
+            t1 - t0
+        );
+        if !shares {
+            // A new map shows the file as the operation left it.
+            let want = std::fs::read(&path)?;
+            let ctrl = open_live()?;
+            let mut qp = ctrl.create_qpair(16)?;
+            let buf = ctrl.alloc(MIB as usize)?;
+            let map = map_whole(&ctrl, &File::open(&path)?, false)?;
+            let got = homi_read_file(&mut qp, &buf, &map, 0, want.len());
+            map.unmap()?;
+            ensure!(got? == want, "after the {what}, homi reads other data than the kernel");
         }
         println!(
             "#   {what}: completed in {:?}; {} revocation(s), {} passes",
