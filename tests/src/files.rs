@@ -1,8 +1,9 @@
 //! File-backed I/O (MAP_FILE, issue 12): XFS on a whole namespace, ext4 and XFS on
 //! partitions that start at odd offsets, files with holes, unwritten extents and many
-//! small extents read through homi and compared with the kernel's view, writes through
-//! a writable map that the page cache must not hide, every refusal with its errno, and
-//! `homi perf --file`. Revocation, fencing and crashed holders are in `files_revoke`.
+//! small extents read through homi and `homi cat` and compared with the kernel's view,
+//! and `homi perf --file`. Writes through writable maps are in `files_write`, the
+//! refusals in `files_refuse`, revocation, fencing and crashed holders in
+//! `files_revoke`.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -23,7 +24,8 @@ use crate::kmod;
 
 /// Where the suite mounts its file systems (the guest's root is read-only).
 pub(crate) const MNT: &str = "/run/homi-files";
-/// Filled with [`FORBIDDEN`] blocks: a reader that ever returns it read stale LBAs.
+/// The pattern of the file that takes over the blocks a truncate freed: a reader of the
+/// truncated file that ever returns it read stale LBAs.
 pub(crate) const FORBIDDEN: &[u8; 16] = b"HOMI-STALE-LBAS!";
 /// `map_revoke_ms` the suite loads the module with: short, so that fencing is quick.
 pub(crate) const REVOKE_MS: u64 = 1500;

@@ -16,8 +16,6 @@ use crate::files::*;
 use crate::harness::Harness;
 use crate::kmod;
 
-const MIB: u64 = 1 << 20;
-
 /// MAP_FILE through the raw ioctl, for input the library would never send.
 pub(crate) fn raw_map(ctrl: &Controller, fd: i32, offset: u64, len: u64, flags: u32) -> Result<HomiMapFile, Errno> {
     let mut ext = vec![HomiExtent::default(); 64];

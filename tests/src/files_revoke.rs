@@ -24,8 +24,6 @@ use crate::common::*;
 use crate::files::*;
 use crate::harness::Harness;
 
-const MIB: u64 = 1 << 20;
-
 /// What a reader thread saw, shared with the test.
 #[derive(Default)]
 struct Seen {
