@@ -105,6 +105,39 @@ pub fn files(kmod_path: &Path, h: &mut Harness) -> anyhow::Result<()> {
         layouts(h, &fs);
         h.check("files: ext4-1k-part3: unmounts", || sh(&format!("umount {}", fs.mnt.display())).map(drop));
     }
+    // XFS on a namespace of 4096-byte LBAs, where the map's LBAs count 4 KiB.
+    match ns_path(0, 3) {
+        Err(_) => {
+            h.skip("files: XFS on a namespace with 4096-byte LBAs", "no nsid 3 (boot with --namespaces 3 --last-ns-4k)")
+        }
+        Ok(dev) => {
+            let mut big = None;
+            h.check("files: XFS on nsid 3, whose LBAs are 4096 bytes", || {
+                let name = dev.trim_start_matches("/dev/");
+                let lbs = std::fs::read_to_string(format!("/sys/block/{name}/queue/logical_block_size"))?;
+                ensure!(lbs.trim() == "4096", "nsid 3 has {}-byte LBAs", lbs.trim());
+                let mnt = Path::new(MNT).join("xfs-4k-ns3");
+                std::fs::create_dir_all(&mnt)?;
+                sh(&format!("mkfs.xfs -f -q {dev} && mount {dev} {}", mnt.display()))?;
+                let end: u64 = std::fs::read_to_string(format!("/sys/class/block/{name}/size"))?.trim().parse()?;
+                big = Some(Fs {
+                    label: "xfs-4k-ns3",
+                    xfs: true,
+                    dev: dev.clone(),
+                    disk: dev.clone(),
+                    mnt,
+                    nsid: 3,
+                    sectors: (0, end),
+                });
+                Ok(())
+            });
+            if let Some(fs) = big {
+                layouts(h, &fs);
+                crate::files_write::writes(h, &fs);
+                h.check("files: xfs-4k-ns3: unmounts", || sh(&format!("umount {}", fs.mnt.display())).map(drop));
+            }
+        }
+    }
     for fs in fses.iter().filter(|f| f.xfs) {
         crate::files_write::writes(h, fs);
     }
@@ -269,7 +302,9 @@ pub(crate) fn homi_read_file(
     let mut out = vec![0u8; len];
     let mut done = 0;
     while done < len {
-        let n = round_up((len - done) as u64, 512).min(buf.len() as u64) as usize;
+        // Whole blocks of any namespace (512 or 4096 bytes); the tail past the end of the
+        // file comes back zeroed and is cut off.
+        let n = round_up((len - done) as u64, 4096).min(buf.len() as u64) as usize;
         let got = qp.read_at(map, off + done as u64, buf, 0, n, TIMEOUT)?.min(len - done);
         if got == 0 {
             out.truncate(done);

@@ -143,7 +143,7 @@ fn read_loop(path: &Path, seen: &Seen) -> anyhow::Result<()> {
         while !seen.stop.load(Ordering::Acquire) {
             let mut off = 0;
             while off < map.file_size() {
-                let n = round_up(map.file_size() - off, 512).min(buf.len() as u64) as usize;
+                let n = round_up(map.file_size() - off, 4096).min(buf.len() as u64) as usize;
                 match qp.read_at(&map, off, &buf, 0, n, TIMEOUT) {
                     Ok(got) => {
                         buf.read_at(0, &mut block[..n])?;

@@ -215,9 +215,10 @@ fn in_vm(args: &TestArgs, t: &mut Tally) {
         ("dbcs-on", dbcs.clone(), "dbcs"),
         // The C library, the fio engine and `homi bench`, as their users run them.
         ("tools", base.clone(), "capi fio bench"),
-        // File-backed I/O on file systems of their own: XFS on nsid 1, and on nsid 2 a
-        // partition table with ext4, XFS and a scratch partition at odd offsets.
-        ("files", VmOptions { namespaces: 2, ..base.clone() }, "files"),
+        // File-backed I/O on file systems of their own: XFS on nsid 1, on nsid 2 a
+        // partition table with ext4, XFS and a scratch partition at odd offsets, and XFS
+        // on nsid 3, whose LBAs are 4096 bytes.
+        ("files", VmOptions { namespaces: 3, last_ns_4k: true, ..base.clone() }, "files"),
         ("user-queues-shadow", with(&dbcs, "nvme.user_queues=16"), "basic queues stress shadow unbind capi"),
         ("user-queues-own-page", VmOptions { max_ioqpairs: 600, ..with(&dbcs, "nvme.user_queues=4") }, "placement"),
         ("no-spare", VmOptions { max_ioqpairs: base.smp, ..base.clone() }, "nospare"),
@@ -283,7 +284,7 @@ fn debug_kernel(args: &TestArgs, t: &mut Tally, bin: &std::path::Path) {
     vm_suites(t, &dk, &opts, "debug-kernel", &script);
     // File maps under KASAN and lockdep: leases, their breaks, the fence, and the
     // SIGKILLed holder, on file systems of their own (about 3 minutes under TCG).
-    let files = VmOptions { namespaces: 2, ..opts };
+    let files = VmOptions { namespaces: 3, last_ns_4k: true, ..opts };
     let script = format!("{}/homi-vmtest --kmod {} files\n", bin.display(), ko.display());
     vm_suites(t, &dk, &files, "debug-kernel-files", &script);
 }

@@ -56,6 +56,9 @@ pub struct VmOptions {
     /// Size of each namespace in MiB (sparse image files).
     #[arg(long, default_value_t = 1024)]
     pub ns_size_mb: u64,
+    /// Give the last namespace of each controller 4096-byte LBAs (the others have 512).
+    #[arg(long)]
+    pub last_ns_4k: bool,
     /// Add a second NVMe controller.
     #[arg(long)]
     pub second_controller: bool,
@@ -268,7 +271,12 @@ fn boot_with(k: &Kernel, opts: &VmOptions, script: &str, name: &str, accel: Acce
             let img = dir.join(format!("nvme{c}n{n}.img"));
             fs::File::create(&img)?.set_len(opts.ns_size_mb << 20)?;
             qemu.arg("-drive").arg(format!("file={},if=none,id=c{c}n{n},format=raw,cache=unsafe", img.display()));
-            qemu.args(["-device", &format!("nvme-ns,drive=c{c}n{n},bus=nvme{c},nsid={n}")]);
+            let lba = if opts.last_ns_4k && n == opts.namespaces {
+                ",logical_block_size=4096,physical_block_size=4096"
+            } else {
+                ""
+            };
+            qemu.args(["-device", &format!("nvme-ns,drive=c{c}n{n},bus=nvme{c},nsid={n}{lba}")]);
         }
     }
     qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
