@@ -145,7 +145,11 @@ done
     );
     let run = vm::boot_named(&k, &opts, &script, "perf-file")?;
     if run.exit_status != 0 {
-        bail!("homi perf --file failed in the VM (exit {}); see {}", run.exit_status, run.dir.join("serial.log").display());
+        bail!(
+            "homi perf --file failed in the VM (exit {}); see {}",
+            run.exit_status,
+            run.dir.join("serial.log").display()
+        );
     }
     let dest = repo_root().join("target/bench/vm");
     std::fs::create_dir_all(&dest)?;

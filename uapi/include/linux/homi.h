@@ -12,7 +12,7 @@
 
 #define HOMI_IOCTL_TYPE 0xB9
 #define HOMI_ABI_MAJOR 0
-#define HOMI_ABI_MINOR 6
+#define HOMI_ABI_MINOR 7
 
 #define HOMI_FEAT_USER_QUEUES		(1ULL << 0)
 
@@ -144,6 +144,52 @@ struct homi_qpair_entry {
 	__u32 reserved;
 };
 
+/* MAP_FILE: a file's extents under a lease (see uapi/src/abi.rs). */
+#define HOMI_MAP_WRITE		(1U << 0)
+#define HOMI_MAP_LAYOUT_LEASE	(1U << 8)
+#define HOMI_MAP_DENY_WRITE	(1U << 9)
+#define HOMI_MAP_MAX_EXTENTS	(1U << 20)
+
+struct homi_map_file {
+	__s32 fd;		/* a regular file */
+	__u32 flags;		/* in: HOMI_MAP_WRITE or 0; out: also HOMI_MAP_*_LEASE/DENY_WRITE */
+	__u64 offset;		/* bytes, a multiple of 4096 */
+	__u64 len;		/* in: non-zero; out: bytes the extents cover */
+	__u64 extents;		/* struct homi_extent[capacity] */
+	__u32 capacity;		/* 1..HOMI_MAP_MAX_EXTENTS */
+	__u32 count;		/* out: extents written */
+	__u32 id;		/* out: for HOMI_IOCTL_UNMAP_FILE */
+	__u32 status_slot;	/* out: slot in struct homi_map_status */
+	__u64 file_size;	/* out */
+	__u32 block_size;	/* out */
+	__u32 nsid;		/* out */
+	__u32 lba_shift;	/* out */
+	__u32 revoke_ms;	/* in: 0; out: how long a revocation waits for UNMAP_FILE */
+};
+
+#define HOMI_EXTENT_MAPPED	1
+#define HOMI_EXTENT_UNWRITTEN	2
+#define HOMI_EXTENT_HOLE	3
+
+struct homi_extent {
+	__u64 file_offset;	/* bytes */
+	__u64 lba;		/* partition offset added; 0 for a hole */
+	__u64 blocks;		/* in the namespace's LBAs */
+	__u32 nsid;
+	__u32 kind;		/* HOMI_EXTENT_* */
+};
+
+#define HOMI_MAP_STATUS_OFFSET 4096
+#define HOMI_MAP_SLOTS 1024
+#define HOMI_MAP_NONE 0
+#define HOMI_MAP_LIVE 1
+#define HOMI_MAP_REVOKED 2
+#define HOMI_MAP_FENCED 3
+
+struct homi_map_status {
+	__u32 map_state[HOMI_MAP_SLOTS];
+};
+
 #define HOMI_STATUS_OFFSET 0
 #define HOMI_STATUS_SLOTS 1020
 #define HOMI_QUEUE_NONE 0
@@ -172,5 +218,7 @@ struct homi_status {
 #define HOMI_IOCTL_UNREGISTER	_IOW(HOMI_IOCTL_TYPE, 0x09, struct homi_id)
 #define HOMI_IOCTL_LIST_QPAIRS	_IOWR(HOMI_IOCTL_TYPE, 0x0a, struct homi_list)
 #define HOMI_IOCTL_REGISTER_DMABUF _IOWR(HOMI_IOCTL_TYPE, 0x0b, struct homi_register_dmabuf)
+#define HOMI_IOCTL_MAP_FILE	_IOWR(HOMI_IOCTL_TYPE, 0x0c, struct homi_map_file)
+#define HOMI_IOCTL_UNMAP_FILE	_IOW(HOMI_IOCTL_TYPE, 0x0d, struct homi_id)
 
 #endif /* _UAPI_LINUX_HOMI_H */
