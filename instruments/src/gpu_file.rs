@@ -235,15 +235,7 @@ impl FileReader {
     }
 
     fn wait(&self, limit: Duration) -> Result<()> {
-        let ev = self.stream.record_event(None).map_err(GpuError::driver("cuEventRecord"))?;
-        let start = Instant::now();
-        while !ev.is_complete() {
-            if start.elapsed() > limit {
-                return Err(Error::Timeout(limit));
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        self.stream.synchronize().map_err(GpuError::driver("kernel"))
+        crate::gpu_work::wait_stream(&self.stream, limit, Duration::from_micros(100))
     }
 
     /// One thread per request; what each returned.

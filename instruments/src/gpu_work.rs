@@ -91,18 +91,8 @@ impl Workload {
         })
     }
 
-    /// Waits for the stream, at most `limit`: a kernel that does not finish is a hang,
-    /// reported as [`Error::Timeout`] (the caller should exit; the kernel keeps the GPU).
     fn wait(&self, limit: Duration) -> Result<()> {
-        let ev = self.stream.record_event(None).map_err(GpuError::driver("cuEventRecord"))?;
-        let start = Instant::now();
-        while !ev.is_complete() {
-            if start.elapsed() > limit {
-                return Err(Error::Timeout(limit));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        self.stream.synchronize().map_err(GpuError::driver("kernel"))
+        wait_stream(&self.stream, limit, Duration::from_micros(200))
     }
 
     fn counts(&self) -> Result<Counts> {
@@ -306,4 +296,19 @@ impl Workload {
             })
             .collect())
     }
+}
+
+/// Waits for `stream`, looking every `poll`, at most `limit`: a kernel that does not
+/// finish is a hang, reported as [`Error::Timeout`] (the caller should exit; the kernel
+/// keeps the GPU).
+pub(crate) fn wait_stream(stream: &CudaStream, limit: Duration, poll: Duration) -> Result<()> {
+    let ev = stream.record_event(None).map_err(GpuError::driver("cuEventRecord"))?;
+    let start = Instant::now();
+    while !ev.is_complete() {
+        if start.elapsed() > limit {
+            return Err(Error::Timeout(limit));
+        }
+        std::thread::sleep(poll);
+    }
+    stream.synchronize().map_err(GpuError::driver("kernel"))
 }
