@@ -99,6 +99,14 @@ pub(crate) struct FileState {
     _module: ModuleRef,
 }
 
+/// A plain reference to the file behind `fd` of the calling process (`EBADF` for none).
+pub(crate) fn file_of_fd(fd: i32) -> Result<ARef<File>> {
+    let local = LocalFile::fget(u32::try_from(fd).map_err(|_| EBADF)?)?;
+    // SAFETY: the callers hold no `fdget_pos` on that file: they are in an ioctl on a
+    // file of `/dev/homi`, and keep the reference only as a plain reference.
+    Ok(unsafe { LocalFile::assume_no_fdget_pos(local) })
+}
+
 pub(crate) fn capable_rawio() -> bool {
     // SAFETY: `capable` only reads the current task's credentials; it checks the
     // initial user namespace.
@@ -154,11 +162,8 @@ impl FileState {
             refuse!("attach: refused under kernel lockdown (raw PCI access)\n");
             return Err(EPERM);
         }
-        let fd = u32::try_from(req.nvme_fd).map_err(|_| EBADF)?;
-        let local = LocalFile::fget(fd)?;
-        // SAFETY: this thread holds no `fdget_pos` on that file: it is in an ioctl on a
-        // different file, and keeps the reference only as a plain reference.
-        let nvme_file = unsafe { LocalFile::assume_no_fdget_pos(local) };
+        let fd = req.nvme_fd;
+        let nvme_file = file_of_fd(fd)?;
         let Some(ctrl) = Ctrl::from_file(&nvme_file) else {
             refuse!(
                 "attach: fd {} is not an nvme-pci controller (/dev/nvmeX)\n",

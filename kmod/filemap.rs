@@ -25,10 +25,7 @@ use core::sync::atomic::Ordering;
 use kernel::{
     alloc::KVVec,
     bindings,
-    fs::{
-        File,
-        LocalFile, //
-    },
+    fs::File,
     prelude::*,
     sync::{
         aref::ARef,
@@ -295,10 +292,7 @@ impl FileState {
             return Err(EINVAL);
         }
         let write = req.flags & HOMI_MAP_WRITE != 0;
-        let local = LocalFile::fget(req.fd as u32)?;
-        // SAFETY: this thread holds no `fdget_pos` on that file: it is in an ioctl on a
-        // different file, and keeps the reference only as a plain reference.
-        let file = unsafe { LocalFile::assume_no_fdget_pos(local) };
+        let file = crate::file::file_of_fd(req.fd)?;
         let mode = file.flags() & bindings::O_ACCMODE;
         if mode == bindings::O_WRONLY || (write && mode != bindings::O_RDWR) {
             refuse!(
@@ -311,13 +305,8 @@ impl FileState {
             );
             return Err(EBADF);
         }
-        let (c, id, slot) = self.with_attached(|a| {
-            let slot = a.map_slots.take()?;
-            a.maps
-                .reserve(1, GFP_KERNEL)
-                .inspect_err(|_| a.map_slots.free(slot))?;
-            Ok((a.c.clone(), a.next_id(), slot))
-        })?;
+        let (c, id, slot) =
+            self.with_attached(|a| Ok((a.c.clone(), a.next_id(), a.map_slots.take()?)))?;
         let res = self.map_file_in(&c, file, req, write, id, slot);
         if res.is_err() {
             let _ = self.with_attached(|a| {
